@@ -1,0 +1,111 @@
+"""Engines, sessions and migrations for the app database (and the ML server's cache store).
+
+SQLite is the embedded default. It runs in WAL mode (readers never wait for the writer) with a busy
+timeout, and every transaction starts with ``BEGIN IMMEDIATE``: a transaction that reads and then
+writes would otherwise hold a shared lock and deadlock against another one upgrading at the same
+time, which SQLite reports as "database is locked" instead of waiting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+ROOT = Path(__file__).resolve().parent.parent
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """Create an engine for ``url`` with Tagdesk's connection settings.
+
+    For SQLite the parent folder is created, and WAL, the busy timeout, foreign keys and
+    ``BEGIN IMMEDIATE`` are set on every connection.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        kwargs.setdefault("pool_pre_ping", True)
+        return create_engine(url, **kwargs)
+
+    database = parsed.database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    connect_args = kwargs.pop("connect_args", {})
+    connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
+    connect_args.setdefault("check_same_thread", False)
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A session factory; use it as ``with factory.begin() as session:``."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(url: str) -> Config:
+    """Alembic's configuration for the app database at ``url``."""
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "db" / "migrations"))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Bring the app database at ``url`` to ``revision`` (default: the newest)."""
+    command.upgrade(alembic_config(url), revision)
+
+
+def upsert(
+    session: Session,
+    table: Any,
+    rows: list[dict[str, Any]],
+    *,
+    key: list[str],
+    update: list[str],
+) -> int:
+    """Insert ``rows``; where ``key`` exists already, overwrite the ``update`` columns.
+
+    One statement for SQLite and PostgreSQL alike (``INSERT ... ON CONFLICT``), so concurrent
+    writers of the same key never fail on a unique violation. With ``update=[]`` existing rows are
+    left alone. Returns the number of rows inserted or updated.
+    """
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - we only ship these two
+        raise NotImplementedError(f"upsert is not implemented for {dialect}")
+    statement = insert(table)
+    if update:
+        statement = statement.on_conflict_do_update(
+            index_elements=key, set_={column: statement.excluded[column] for column in update}
+        )
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=key)
+    # Count with RETURNING: psycopg reports no rowcount for INSERT ... ON CONFLICT.
+    statement = statement.returning(*(table.c[column] for column in key))
+    return len(session.execute(statement, rows).all())

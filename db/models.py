@@ -1,0 +1,209 @@
+"""The app database's tables, as typed SQLAlchemy 2.0 models.
+
+Changing a model means writing an Alembic migration in ``db/migrations/versions``.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock the models use."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ScrapeStatus(enum.StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    """Finished, but some items have an image error or an ML failure."""
+    FAILED = "failed"
+    """The sitemap itself could not be read: no items."""
+
+
+class ItemStatus(enum.StrEnum):
+    OK = "ok"
+    ML_FAILURE = "ml_failure"
+    """The ML server could not be reached, timed out or answered garbage: defaults applied."""
+    ERROR = "error"
+    """The image itself failed (fetch refused, 404, corrupt...): defaults applied."""
+
+
+class FixSource(enum.StrEnum):
+    ANALYST = "analyst"
+    ADVERTISER = "advertiser"
+    CARRY_OVER = "carry_over"
+
+
+class SyncStatus(enum.StrEnum):
+    PENDING = "pending"
+    SYNCED = "synced"
+
+
+class Advertiser(Base):
+    __tablename__ = "advertisers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    sitemap_url: Mapped[str] = mapped_column(Text)
+    color_from_feed: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Scrape config: the feed gives each vehicle's color, so the ML color is not applied."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    scrapes: Mapped[list[Scrape]] = relationship(back_populates="advertiser")
+
+
+class Scrape(Base):
+    __tablename__ = "scrapes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    advertiser_id: Mapped[int] = mapped_column(ForeignKey("advertisers.id", ondelete="CASCADE"))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(32), default=ScrapeStatus.RUNNING)
+    trigger: Mapped[str] = mapped_column(String(32), default="cli")
+    item_count: Mapped[int] = mapped_column(Integer, default=0)
+    cached_count: Mapped[int] = mapped_column(Integer, default=0)
+    classified_count: Mapped[int] = mapped_column(Integer, default=0)
+    failed_count: Mapped[int] = mapped_column(Integer, default=0)
+    """Items with an image error or an ML failure."""
+    ml_failure_count: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    """Why the whole scrape failed, or the sitemap problems that did not stop it."""
+
+    advertiser: Mapped[Advertiser] = relationship(back_populates="scrapes")
+
+    __table_args__ = (Index("ix_scrapes_advertiser_started", "advertiser_id", "started_at"),)
+
+
+class SitemapItem(Base):
+    """One image of one vehicle page, as one scrape saw it."""
+
+    __tablename__ = "sitemap_items"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scrape_id: Mapped[int] = mapped_column(ForeignKey("scrapes.id", ondelete="CASCADE"))
+    advertiser_id: Mapped[int] = mapped_column(ForeignKey("advertisers.id", ondelete="CASCADE"))
+    position: Mapped[int]
+    page_url: Mapped[str] = mapped_column(Text)
+    image_url: Mapped[str] = mapped_column(Text)
+    title: Mapped[str | None] = mapped_column(Text)
+    image_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    ml_image_type: Mapped[str] = mapped_column(String(32))
+    """What the ML system said, or "Placeholder" when it said nothing."""
+    ml_color: Mapped[str | None] = mapped_column(String(32))
+    feed_color: Mapped[str | None] = mapped_column(String(64))
+    image_type: Mapped[str] = mapped_column(String(32))
+    """The current value: the ML value until a manual fix changes it."""
+    color: Mapped[str | None] = mapped_column(String(32))
+    """The current value: feed color when the scrape config says so, else ML, then manual fixes."""
+    status: Mapped[str] = mapped_column(String(32), default=ItemStatus.OK)
+    error: Mapped[str | None] = mapped_column(Text)
+    cached: Mapped[bool] = mapped_column(Boolean, default=False)
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    color_model_version: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_sitemap_items_scrape_position", "scrape_id", "position"),
+        Index("ix_sitemap_items_scrape_type", "scrape_id", "image_type"),
+        Index("ix_sitemap_items_image_url", "image_url"),
+    )
+
+
+class Image(Base):
+    """One image version, identified by its image_key (URL + response headers)."""
+
+    __tablename__ = "images"
+
+    image_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    etag: Mapped[str | None] = mapped_column(Text)
+    last_modified: Mapped[str | None] = mapped_column(Text)
+    content_length: Mapped[int | None]
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    phash: Mapped[str | None] = mapped_column(String(16), index=True)
+    width: Mapped[int | None]
+    height: Mapped[int | None]
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Thumbnail(Base):
+    """A small JPEG per image_key, kept apart so that listing images stays light."""
+
+    __tablename__ = "thumbnails"
+
+    image_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    jpeg: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ManualFix(Base):
+    """The history of manual fixes: what, who, when, from where, and whether the ML cache has it."""
+
+    __tablename__ = "manual_fixes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_key: Mapped[str] = mapped_column(String(64), index=True)
+    image_url: Mapped[str] = mapped_column(Text)
+    advertiser_id: Mapped[int | None] = mapped_column(
+        ForeignKey("advertisers.id", ondelete="SET NULL"), index=True
+    )
+    sitemap_item_id: Mapped[int | None] = mapped_column(
+        ForeignKey("sitemap_items.id", ondelete="SET NULL")
+    )
+    field: Mapped[str] = mapped_column(String(32))
+    """``image_type`` or ``color``."""
+    old_value: Mapped[str | None] = mapped_column(String(64))
+    new_value: Mapped[str | None] = mapped_column(String(64))
+    user: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(32), default=FixSource.ANALYST)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
+    sync_status: Mapped[str] = mapped_column(String(32), default=SyncStatus.PENDING, index=True)
+    synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sync_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_sync_error: Mapped[str | None] = mapped_column(Text)
+
+
+__all__ = [
+    "Advertiser",
+    "Base",
+    "FixSource",
+    "Image",
+    "ItemStatus",
+    "ManualFix",
+    "Scrape",
+    "ScrapeStatus",
+    "SitemapItem",
+    "SyncStatus",
+    "Thumbnail",
+]

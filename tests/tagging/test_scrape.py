@@ -1,0 +1,277 @@
+"""Scrapes end to end over real HTTP on loopback: demo CDN → scrape → ML server → database."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.engine import make_engine, make_session_factory
+from db.models import Image, ItemStatus, Scrape, SitemapItem, Thumbnail
+from db.queries import add_advertiser, scrape_items
+from tagging.demo.generate import DemoInventory
+from tagging.demo.setup import register_demo_advertisers
+from tagging.fetch import client_from_settings
+from tagging.ml_client import MLClient
+from tagging.scrape import ScrapeConfig, ScrapeSummary, run_scrape
+
+
+@pytest.fixture
+def app_sessions(
+    app_settings: object, demo_dir: Path, cdn: object
+) -> Iterator[sessionmaker[Session]]:
+    register_demo_advertisers(app_settings, DemoInventory.load(demo_dir), cdn.url)  # type: ignore[arg-type, attr-defined]
+    engine = make_engine(app_settings.database_url)  # type: ignore[attr-defined]
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def scrape(
+    settings: object, sessions: sessionmaker[Session], name: str, **config: object
+) -> ScrapeSummary:
+    client = client_from_settings(settings, extra_allowed=[settings.ml_host_entry()])  # type: ignore[arg-type, attr-defined]
+    ml = MLClient.from_settings(settings, client)  # type: ignore[arg-type]
+    ml.timeout = float(config.pop("timeout", 60.0))  # type: ignore[arg-type]
+    try:
+        return run_scrape(sessions, name, ml=ml, client=client, config=ScrapeConfig(**config))  # type: ignore[arg-type]
+    finally:
+        client.close()
+
+
+def test_scrape_stores_every_item_then_rescrape_is_all_cache_hits(
+    app_settings: object, app_sessions: sessionmaker[Session], demo_dir: Path
+) -> None:
+    inventory = DemoInventory.load(demo_dir)
+    harbor = inventory.advertiser("harbor-autos")
+    first = scrape(app_settings, app_sessions, harbor.name, batch_size=16)
+    listed = sum(len(v.images) for v in harbor.vehicles)
+    assert first.items == listed
+    broken = {p for p in harbor.image_paths() if inventory.images[p].kind == "broken"}
+    assert broken, "the demo gives Harbor Autos broken files"
+    assert first.failed >= len(broken)
+    assert first.classified + first.cached + first.failed == first.items
+    assert first.status == "completed_with_errors"
+
+    with app_sessions() as session:
+        items = scrape_items(session, first.scrape_id)
+        assert len(items) == listed
+        assert [i.position for i in items] == sorted(i.position for i in items)
+        for item in items:
+            path = item.image_url.split("://", 1)[1].split("/", 1)[1]
+            if "/" + path in broken:
+                assert item.status == ItemStatus.ERROR and item.error
+                assert (item.image_type, item.color) == ("Placeholder", None)  # the seed's defaults
+            else:
+                assert item.status == ItemStatus.OK, item.error
+                assert item.image_key and item.model_version
+        keys = {i.image_key for i in items if i.image_key and i.status == ItemStatus.OK}
+        assert session.scalar(
+            select(func.count()).select_from(Image).where(Image.image_key.in_(keys))
+        ) == len(keys)
+        assert session.scalar(select(func.count()).select_from(Thumbnail)) == len(keys)
+
+    second = scrape(app_settings, app_sessions, harbor.name, batch_size=16)
+    assert second.classified == 0, "an unchanged sitemap must be all cache hits"
+    assert second.cached == first.classified + first.cached
+    assert second.failed == first.failed  # broken files are tried again, and fail again
+    with app_sessions() as session:
+        before = {
+            (i.image_url, i.image_key, i.image_type, i.color)
+            for i in scrape_items(session, first.scrape_id)
+        }
+        after = {
+            (i.image_url, i.image_key, i.image_type, i.color)
+            for i in scrape_items(session, second.scrape_id)
+        }
+    assert before == after
+
+
+def test_color_from_feed_is_not_replaced_by_the_ml_color(
+    app_settings: object, app_sessions: sessionmaker[Session], demo_dir: Path
+) -> None:
+    inventory = DemoInventory.load(demo_dir)
+    valley = next(a for a in inventory.advertisers if a.color_from_feed)
+    summary = scrape(app_settings, app_sessions, valley.name)
+    with app_sessions() as session:
+        items = scrape_items(session, summary.scrape_id)
+    assert items and all(i.ml_color is None for i in items)  # the color model was not asked
+    feed = {v.page_path: v.feed_color for v in valley.vehicles}
+    for item in items:
+        expected = feed["/" + item.page_url.split("://", 1)[1].split("/", 1)[1]]
+        if item.status == ItemStatus.OK:
+            assert item.color == expected and item.feed_color == expected
+
+
+def test_ml_server_down_marks_ml_failures_and_a_rerun_fixes_them(
+    app_settings: object, app_sessions: sessionmaker[Session], demo_dir: Path
+) -> None:
+    from dataclasses import replace
+
+    inventory = DemoInventory.load(demo_dir)
+    name = inventory.advertisers[0].name
+    down = replace(app_settings, ml_url="http://127.0.0.1:9")  # type: ignore[type-var]
+    started = time.perf_counter()
+    failed = scrape(down, app_sessions, name, batch_size=8, max_consecutive_ml_failures=2)
+    assert time.perf_counter() - started < 20, "a down server must fail fast, not per item"
+    assert failed.ml_failures == failed.items > 0
+    assert failed.status == "completed_with_errors"
+    assert any("relaunch" in p for p in failed.problems)
+    with app_sessions() as session:
+        items = scrape_items(session, failed.scrape_id)
+    assert {(i.status, i.image_type, i.color) for i in items} == {
+        (ItemStatus.ML_FAILURE, "Placeholder", None)
+    }
+
+    fixed = scrape(app_settings, app_sessions, name)
+    assert fixed.ml_failures == 0
+    assert fixed.classified > 0
+    with app_sessions() as session:  # the failed scrape is kept as it was: nothing is lost
+        assert len(scrape_items(session, failed.scrape_id)) == failed.items
+
+
+class _MisbehavingML(BaseHTTPRequestHandler):
+    """An ML server gone wrong: answers garbage, or nothing in time."""
+
+    mode = "garbage"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.mode == "slow":
+            time.sleep(3)
+        body = b"<html>502 Bad Gateway</html>" if self.mode == "garbage" else b'{"results": []}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("mode", ["garbage", "slow"])
+def test_misbehaving_ml_server_gives_ml_failures(
+    mode: str, app_settings: object, app_sessions: sessionmaker[Session], demo_dir: Path
+) -> None:
+    from dataclasses import replace
+
+    handler = type("Handler", (_MisbehavingML,), {"mode": mode})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = replace(app_settings, ml_url=f"http://127.0.0.1:{server.server_address[1]}")  # type: ignore[type-var]
+        name = DemoInventory.load(demo_dir).advertisers[0].name
+        summary = scrape(
+            settings, app_sessions, name, batch_size=8, timeout=1.0, max_consecutive_ml_failures=2
+        )
+    finally:
+        server.shutdown()
+    assert summary.ml_failures == summary.items > 0
+    with app_sessions() as session:
+        items = scrape_items(session, summary.scrape_id)
+    errors = {i.error for i in items}
+    expected = "timed out" if mode == "slow" else "not a valid"
+    assert any(expected in (e or "") for e in errors), errors
+
+
+def test_republished_images_get_new_keys_and_are_classified_again(
+    app_settings: object, app_sessions: sessionmaker[Session], demo_dir: Path, cdn: object
+) -> None:
+    name = DemoInventory.load(demo_dir).advertiser("sunrise-motors").name
+    first = scrape(app_settings, app_sessions, name)
+    moved = cdn.state.republish(0.3, seed=1)  # type: ignore[attr-defined]
+    assert moved
+    second = scrape(app_settings, app_sessions, name)
+    assert second.failed == first.failed
+    assert 0 < second.classified <= len(moved) + first.failed
+    with app_sessions() as session:
+        old = {i.image_key for i in scrape_items(session, first.scrape_id)}
+        new = {i.image_key for i in scrape_items(session, second.scrape_id)}
+        assert new - old, "republished images come back under new image_keys"
+        # Same bytes under the new key: the content hash recognises them.
+        moved_keys = new - old
+        shas = session.scalars(select(Image.sha256).where(Image.image_key.in_(moved_keys))).all()
+        old_shas = set(session.scalars(select(Image.sha256).where(Image.image_key.in_(old))).all())
+    assert set(shas) <= old_shas
+
+
+def test_unreadable_sitemap_fails_the_scrape_clearly_and_keeps_history(
+    app_settings: object, app_sessions: sessionmaker[Session]
+) -> None:
+    with app_sessions.begin() as session:
+        add_advertiser(session, "Private", "http://10.1.2.3/sitemap.xml")
+    summary = scrape(app_settings, app_sessions, "Private")
+    assert summary.status == "failed" and summary.items == 0
+    assert "private" in summary.problems[0].lower()
+    with app_sessions() as session:
+        scrape_row = session.get(Scrape, summary.scrape_id)
+        assert scrape_row is not None and scrape_row.finished_at is not None
+        assert "private" in (scrape_row.error or "").lower()
+        assert session.scalar(select(func.count()).select_from(SitemapItem)) == 0
+
+
+def test_report_json_cli(
+    app_settings: object, app_sessions: sessionmaker[Session], demo_dir: Path
+) -> None:
+    """The CLI in a real process: scrape --json then report --json."""
+    import os
+    import subprocess
+    import sys
+
+    name = DemoInventory.load(demo_dir).advertiser("summit-auto-group").name
+    env = {
+        **os.environ,
+        "TAGGING_DATA_DIR": str(app_settings.data_dir),  # type: ignore[attr-defined]
+        "TAGGING_DATABASE_URL": app_settings.database_url,  # type: ignore[attr-defined]
+        "TAGGING_ML_URL": app_settings.ml_url,  # type: ignore[attr-defined]
+        "TAGGING_ML_TOKEN": app_settings.ml_token,  # type: ignore[attr-defined]
+        "TAGGING_ALLOWED_HOSTS": ",".join(app_settings.allowed_hosts),  # type: ignore[attr-defined]
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "tagging", "scrape", name, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["advertiser"] == name and summary["items"] > 0
+    report = subprocess.run(
+        [sys.executable, "-m", "tagging", "report", name, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert report.returncode == 0, report.stderr
+    data = json.loads(report.stdout)
+    assert data["scrape_id"] == summary["scrape_id"]
+    assert len(data["items"]) == summary["items"]
+    assert set(data["items"][0]) >= {
+        "vehicle_url",
+        "image_url",
+        "image_key",
+        "image_type",
+        "color",
+        "status",
+    }
+    missing = subprocess.run(
+        [sys.executable, "-m", "tagging", "report", "Nobody", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert missing.returncode == 1
+    assert "no advertiser named" in json.loads(missing.stdout)["error"]

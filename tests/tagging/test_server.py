@@ -1,0 +1,160 @@
+"""The ML server over real HTTP on loopback: auth, classify, cache, fixes, thumbnails, docs."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from tagging.demo.generate import DemoInventory
+
+AUTH = {"Authorization": "Bearer test-token-0123456789"}
+
+
+def demo_urls(cdn: object, demo_dir: Path, kind: str = "ok", limit: int = 12) -> list[str]:
+    inventory = DemoInventory.load(demo_dir)
+    paths = [p for p, image in inventory.images.items() if image.kind == kind][:limit]
+    return [cdn.url.rstrip("/") + p for p in paths]  # type: ignore[attr-defined]
+
+
+def classify(server: object, urls: list[str], **options: object) -> dict:
+    response = requests.post(
+        f"{server.url}/classify",  # type: ignore[attr-defined]
+        json={"urls": urls, **options},
+        headers=AUTH,
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_health_needs_no_token_and_names_the_models(ml_server: object, classifier: object) -> None:
+    health = requests.get(f"{ml_server.url}/health", timeout=5).json()  # type: ignore[attr-defined]
+    assert health["status"] == "ok"
+    assert health["model_version"] == classifier.version  # type: ignore[attr-defined]
+    assert health["cache_size"] == 0
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic dGVzdA=="}]
+)
+def test_every_other_endpoint_needs_the_token(ml_server: object, headers: dict) -> None:
+    base = ml_server.url  # type: ignore[attr-defined]
+    calls = [
+        ("POST", "/classify", {"urls": ["http://x/a.jpg"]}),
+        ("GET", "/images/" + "a" * 32, None),
+        ("PUT", "/images/" + "a" * 32, {"image_type": "Stock"}),
+        ("GET", "/images/" + "a" * 32 + "/thumbnail", None),
+    ]
+    for method, path, body in calls:
+        response = requests.request(method, base + path, json=body, headers=headers, timeout=5)
+        assert response.status_code == 401, (method, path)
+
+
+def test_classify_then_cache_hit_then_fix(ml_server: object, cdn: object, demo_dir: Path) -> None:
+    inventory = DemoInventory.load(demo_dir)
+    urls = demo_urls(cdn, demo_dir)
+    first = classify(ml_server, urls)
+    results = first["results"]
+    assert [r["url"] for r in results] == urls
+    assert all(r["error"] is None and not r["cached"] for r in results)
+    for result in results:
+        assert result["image_type"] in ("Dealer", "Stock", "Placeholder")
+        assert len(result["image_key"]) == 32 and len(result["sha256"]) == 64
+        assert result["width"] > 0 and result["thumbnail_b64"]
+        if result["image_type"] == "Placeholder":
+            assert result["color"] is None  # the seed: a Placeholder has no color
+    correct = sum(r["image_type"] == inventory.ground_truth(r["url"])[0] for r in results)
+    assert correct >= len(results) * 0.75  # a quick test model, but clearly learnt
+
+    second = classify(ml_server, urls)["results"]
+    assert all(r["cached"] for r in second)
+    assert [(r["image_key"], r["image_type"], r["color"]) for r in second] == [
+        (r["image_key"], r["image_type"], r["color"]) for r in results
+    ]
+
+    key = results[0]["image_key"]
+    fixed_type = "Stock" if results[0]["image_type"] != "Stock" else "Dealer"
+    put = requests.put(
+        f"{ml_server.url}/images/{key}",  # type: ignore[attr-defined]
+        json={"image_type": fixed_type, "color": "Purple", "fix_id": 1},
+        headers=AUTH,
+        timeout=5,
+    ).json()
+    assert put["applied"] is True
+    again = requests.put(
+        f"{ml_server.url}/images/{key}",  # type: ignore[attr-defined]
+        json={"image_type": fixed_type, "color": "Purple", "fix_id": 1},
+        headers=AUTH,
+        timeout=5,
+    ).json()
+    assert again["applied"] is False
+    third = classify(ml_server, urls[:1])["results"][0]
+    assert (third["image_type"], third["color"], third["type_source"]) == (
+        fixed_type,
+        "Purple",
+        "manual",
+    )
+
+    record = requests.get(f"{ml_server.url}/images/{key}", headers=AUTH, timeout=5).json()  # type: ignore[attr-defined]
+    assert record["applied_fix_ids"] == [1]
+    thumb = requests.get(f"{ml_server.url}/images/{key}/thumbnail", headers=AUTH, timeout=5)  # type: ignore[attr-defined]
+    assert thumb.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(thumb.content)).size[0] <= 240
+
+
+def test_broken_images_are_per_item_errors(ml_server: object, cdn: object, demo_dir: Path) -> None:
+    broken = demo_urls(cdn, demo_dir, kind="broken")
+    good = demo_urls(cdn, demo_dir, limit=2)
+    missing = cdn.url.rstrip("/") + "/cdn/nowhere/404.jpg"  # type: ignore[attr-defined]
+    results = classify(ml_server, [*good, *broken, missing])["results"]
+    assert [r["error"] for r in results[:2]] == [None, None]
+    for result in results[2:]:
+        assert result["image_type"] is None and result["error"], result
+        assert result["error_code"] in ("bad_image", "bad_content_type", "fetch_failed")
+    assert results[-1]["error_code"] == "fetch_failed" and "404" in results[-1]["error"]
+
+
+def test_private_addresses_are_refused(ml_server: object) -> None:
+    urls = ["http://127.0.0.1:9/x.jpg", "http://10.0.0.1/y.jpg", "http://169.254.169.254/latest"]
+    results = classify(ml_server, urls)["results"]
+    assert all(r["error_code"] == "blocked_url" for r in results), results
+
+
+def test_color_false_skips_the_color_model(ml_server: object, cdn: object, demo_dir: Path) -> None:
+    results = classify(ml_server, demo_urls(cdn, demo_dir, limit=6), color=False)["results"]
+    assert all(r["color"] is None and r["color_source"] == "none" for r in results)
+    # Asked again with color: decoded again for the color, everything else unchanged.
+    with_color = classify(ml_server, demo_urls(cdn, demo_dir, limit=6))["results"]
+    assert any(r["color"] for r in with_color)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"urls": []},
+        {"urls": ["http://x/"] * 257},
+        {"urls": "not a list"},
+        {},
+    ],
+)
+def test_bad_requests_get_422(ml_server: object, body: dict) -> None:
+    response = requests.post(f"{ml_server.url}/classify", json=body, headers=AUTH, timeout=5)  # type: ignore[attr-defined]
+    assert response.status_code == 422
+
+
+def test_bad_fixes_get_422(ml_server: object) -> None:
+    base = f"{ml_server.url}/images/{'a' * 32}"  # type: ignore[attr-defined]
+    for body in ({"image_type": "Truck"}, {"color": "Mauve"}, {}):
+        assert requests.put(base, json=body, headers=AUTH, timeout=5).status_code == 422
+    bad_key = f"{ml_server.url}/images/..%2Fetc"  # type: ignore[attr-defined]
+    assert requests.get(bad_key, headers=AUTH, timeout=5).status_code in (404, 422)
+
+
+def test_openapi_docs(ml_server: object) -> None:
+    spec = requests.get(f"{ml_server.url}/openapi.json", timeout=5).json()  # type: ignore[attr-defined]
+    assert {"/classify", "/images/{image_key}", "/health"} <= set(spec["paths"])
+    assert requests.get(f"{ml_server.url}/docs", timeout=5).status_code == 200  # type: ignore[attr-defined]

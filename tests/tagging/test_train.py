@@ -1,0 +1,153 @@
+"""Synthetic training data and training: reproducible, balanced, and it clearly learns."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tagging import IMAGE_TYPES
+from tagging.data import (
+    DEMO_SEED,
+    SyntheticDatasetConfig,
+    generate_dataset,
+    render_decoded,
+)
+from tagging.inference import TypeClassifier
+from tagging.model import list_versions, production_version
+from tagging.train import TrainConfig, TrainResult, stratified_split, train
+
+# Small enough to train twice in a few seconds; reproducibility does not need a good model.
+TINY = TrainConfig.quick(n_per_class=30, epochs=2, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainResult, Path, list]:
+    models_dir = tmp_path_factory.mktemp("models")
+    calls: list[tuple[int, int]] = []
+    result = train(TrainConfig.quick(), models_dir, progress=lambda d, t: calls.append((d, t)))
+    return result, models_dir, calls
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def test_dataset_is_balanced_and_labelled() -> None:
+    config = SyntheticDatasetConfig(seed=3, n_per_class=13, input_size=32, workers=1)
+    data = generate_dataset(config)
+    assert data.images.shape == (39, 32, 32, 3) and data.images.dtype == np.uint8
+    assert data.counts == {name: 13 for name in IMAGE_TYPES}
+    for label, color in zip(data.labels, data.colors, strict=True):
+        assert (color is None) == (IMAGE_TYPES[label] == "Placeholder")
+    # Every car color appears once per class in 13 images of that class.
+    dealer_colors = [c for lab, c in zip(data.labels, data.colors, strict=True) if lab == 0]
+    assert len(set(dealer_colors)) == 13
+    assert data.describe()["counts"] == data.counts
+
+
+def test_dataset_is_reproducible_whatever_the_number_of_workers() -> None:
+    config = SyntheticDatasetConfig(seed=5, n_per_class=8, input_size=32, workers=1)
+    progress: list[tuple[int, int]] = []
+    serial = generate_dataset(config, progress=lambda d, t: progress.append((d, t)), chunk_size=5)
+    parallel = generate_dataset(
+        SyntheticDatasetConfig(seed=5, n_per_class=8, input_size=32, workers=2), chunk_size=5
+    )
+    assert np.array_equal(serial.images, parallel.images)
+    assert np.array_equal(serial.labels, parallel.labels)
+    assert progress[-1] == (24, 24) and [d for d, _ in progress] == sorted(d for d, _ in progress)
+    other = generate_dataset(
+        SyntheticDatasetConfig(seed=6, n_per_class=8, input_size=32, workers=1)
+    )
+    assert not np.array_equal(serial.images, other.images)
+
+
+def test_the_demo_seed_is_refused() -> None:
+    with pytest.raises(ValueError, match="held-out"):
+        SyntheticDatasetConfig(seed=DEMO_SEED)
+    with pytest.raises(ValueError, match="held-out"):
+        TrainConfig(seed=DEMO_SEED).dataset_config()
+
+
+def test_stratified_split_holds_out_every_class() -> None:
+    labels = np.repeat(np.arange(3), [50, 30, 20])
+    train_idx, val_idx = stratified_split(labels, 0.2, seed=1)
+    assert sorted(np.concatenate([train_idx, val_idx]).tolist()) == list(range(100))
+    assert np.bincount(labels[val_idx]).tolist() == [10, 6, 4]
+    assert np.array_equal(stratified_split(labels, 0.2, seed=1)[1], val_idx)
+
+
+def test_config_validation_and_overrides() -> None:
+    with pytest.raises(ValueError):
+        TrainConfig(val_fraction=0.0)
+    with pytest.raises(ValueError):
+        TrainConfig(batch_size=1)
+    assert TrainConfig().replace(seed=3, epochs=2).seed == 3
+    assert json.loads(json.dumps(TrainConfig().to_dict()))["image_sizes"][0] == [480, 360]
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def test_quick_training_clearly_learns(quick: tuple[TrainResult, Path, list]) -> None:
+    result, models_dir, _ = quick
+    assert result.val_accuracy >= 0.85, result.summary()
+    assert set(result.per_class_recall) == set(IMAGE_TYPES)
+    assert sum(map(sum, result.confusion)) == result.metadata.metrics["val_size"]
+
+    # Fresh images from another seed, through the serving path (PIL → TypeClassifier).
+    classifier = TypeClassifier.load(models_dir, result.version)
+    rng = random.Random("fresh-images")
+    truth, images = [], []
+    for i in range(60):
+        image_type = IMAGE_TYPES[i % 3]
+        color = None if image_type == "Placeholder" else rng.choice(["Red", "White", "Gray"])
+        size = rng.choice([(480, 360), (640, 480), (400, 300)])
+        images.append(
+            render_decoded(image_type, color, rng, quality=rng.randint(70, 95), size=size)
+        )
+        truth.append(image_type)
+    predicted = [p.label for p in classifier.predict(images)]
+    accuracy = np.mean([p == t for p, t in zip(predicted, truth, strict=True)])
+    assert accuracy >= 0.85, list(zip(truth, predicted, strict=True))
+
+
+def test_first_model_is_promoted_and_described(quick: tuple[TrainResult, Path, list]) -> None:
+    result, models_dir, calls = quick
+    assert result.promoted and production_version(models_dir) == result.version
+    meta = result.metadata
+    assert meta.train_config == TrainConfig.quick().to_dict()
+    data = meta.training_data
+    assert data["generator"] == "tagging.synth.render"
+    assert data["config"]["seed"] == 1
+    assert data["counts"] == {name: 150 for name in IMAGE_TYPES}
+    assert sum(data["train_counts"].values()) + sum(data["val_counts"].values()) == 450
+    assert meta.metrics["val_accuracy"] == result.val_accuracy
+    assert "val_confusion" in meta.metrics and "epoch_losses" in meta.metrics
+    assert "held-out accuracy" in result.summary()
+    # Progress went through rendering (450 images), then training steps to their total.
+    assert (450, 450) in calls
+    assert calls[-1][0] == calls[-1][1]
+
+
+def test_training_is_reproducible(tmp_path: Path) -> None:
+    # Two threads, like the default configuration: parallel reductions must stay deterministic.
+    config = TINY.replace(threads=2)
+    a = train(config, tmp_path / "a")
+    b = train(config, tmp_path / "b")
+    assert a.metadata.weights_sha256 == b.metadata.weights_sha256
+    assert a.version == b.version
+    c = train(config.replace(seed=2), tmp_path / "a")
+    assert c.metadata.weights_sha256 != a.metadata.weights_sha256
+
+
+def test_later_models_are_promoted_only_on_request(tmp_path: Path) -> None:
+    first = train(TINY, tmp_path)
+    second = train(TINY.replace(seed=3), tmp_path)
+    assert first.promoted and not second.promoted
+    assert production_version(tmp_path) == first.version
+    third = train(TINY.replace(seed=4), tmp_path, promote=True)
+    assert third.promoted and production_version(tmp_path) == third.version
+    assert set(list_versions(tmp_path)) == {first.version, second.version, third.version}
