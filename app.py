@@ -1,12 +1,36 @@
-"""Tagdesk's frame: page config and navigation. Pages live in ``pages/``."""
+"""Tagdesk's frame: page config, sign-in, and the navigation each role may see.
+
+Pages hold UI only; the checks that matter are in the library calls they make (``db.accounts``).
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from db.accounts import Permission
+from pages.common import current_actor, sign_out
+
 st.set_page_config(page_title="Tagdesk", page_icon="🏷️", layout="wide")
 
-navigation = st.navigation(
-    [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True)]
-)
-navigation.run()
+actor = current_actor()
+if actor is None:
+    st.navigation([st.Page("pages/sign_in.py", title="Sign in", icon=":material/login:")]).run()
+    st.stop()
+
+sections: dict[str, list[st.Page]] = {
+    "Review": [
+        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("pages/review.py", title="Sitemap review", icon=":material/grid_view:"),
+        st.Page("pages/history.py", title="Fix history", icon=":material/history:"),
+    ],
+}
+if actor.can(Permission.MANAGE_USERS):
+    sections["Admin"] = [
+        st.Page("pages/admin.py", title="Accounts", icon=":material/manage_accounts:"),
+    ]
+
+with st.sidebar:
+    st.caption(f"Signed in as **{actor.username}** · {actor.role}")
+    st.button("Sign out", on_click=sign_out, icon=":material/logout:")
+
+st.navigation(sections).run()

@@ -64,7 +64,19 @@ class FixSource(enum.StrEnum):
 
 class SyncStatus(enum.StrEnum):
     PENDING = "pending"
+    """Written to the history; not acknowledged by the ML server yet (the sender retries)."""
     SYNCED = "synced"
+
+
+class Role(enum.StrEnum):
+    ANALYST = "analyst"
+    """Reviews sitemaps, fixes images, relaunches scrapes."""
+    DEVELOPER = "developer"
+    """All an analyst may, plus the dataset and model pages."""
+    MANAGER = "manager"
+    """Reads pages and charts; writes nothing."""
+    ADMIN = "admin"
+    """Manages accounts and advertiser tokens, and may do everything else."""
 
 
 class Advertiser(Base):
@@ -78,6 +90,7 @@ class Advertiser(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     scrapes: Mapped[list[Scrape]] = relationship(back_populates="advertiser")
+    tokens: Mapped[list[AdvertiserToken]] = relationship(back_populates="advertiser")
 
 
 class Scrape(Base):
@@ -95,6 +108,9 @@ class Scrape(Base):
     failed_count: Mapped[int] = mapped_column(Integer, default=0)
     """Items with an image error or an ML failure."""
     ml_failure_count: Mapped[int] = mapped_column(Integer, default=0)
+    expected_items: Mapped[int | None]
+    """How many items the sitemap listed, known once it is read: the progress bar's total."""
+    requested_by: Mapped[str | None] = mapped_column(String(200))
     seconds: Mapped[float | None]
     error: Mapped[str | None] = mapped_column(Text)
     """Why the whole scrape failed, or the sitemap problems that did not stop it."""
@@ -192,18 +208,61 @@ class ManualFix(Base):
     synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     sync_attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_sync_error: Mapped[str | None] = mapped_column(Text)
+    superseded_fix_id: Mapped[int | None] = mapped_column(Integer)
+    """The fix this one overwrote when its author had not seen it (a lost race), if any."""
+
+    __table_args__ = (Index("ix_manual_fixes_key_field", "image_key", "field", "id"),)
+
+
+class User(Base):
+    """A person who signs in. OpenID Connect users are matched by ``email``."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(200), unique=True)
+    email: Mapped[str | None] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(Text)
+    """argon2id; None for an account that signs in through OpenID Connect only."""
+    role: Mapped[str] = mapped_column(String(32))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AdvertiserToken(Base):
+    """A bearer token with which an advertiser's own front end records fixes."""
+
+    __tablename__ = "advertiser_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    advertiser_id: Mapped[int] = mapped_column(ForeignKey("advertisers.id", ondelete="CASCADE"))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    """Only the hash is stored: the token is shown once, when it is made."""
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    advertiser: Mapped[Advertiser] = relationship(back_populates="tokens")
 
 
 __all__ = [
     "Advertiser",
+    "AdvertiserToken",
     "Base",
     "FixSource",
     "Image",
     "ItemStatus",
     "ManualFix",
+    "Role",
     "Scrape",
     "ScrapeStatus",
     "SitemapItem",
     "SyncStatus",
     "Thumbnail",
+    "User",
 ]

@@ -1,22 +1,29 @@
-"""What every page shares: the cached engine and session factory, and error display.
+"""What every page shares: the cached engine and clients, the signed-in user, error display.
 
-The one place that caches: ``st.cache_resource`` for the engine, ``st.cache_data(ttl=...)`` for
-query results (cleared after writes by :func:`clear_query_cache`). Sessions are never cached.
+The one place that caches: ``st.cache_resource`` for the engine and clients,
+``st.cache_data(ttl=...)`` for query results (cleared after writes by :func:`clear_query_cache`).
+Sessions are never cached.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 
 import streamlit as st
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.accounts import Actor, Permission
 from db.engine import make_engine, make_session_factory, migrate
+from db.models import utcnow
 from tagging.config import Settings
 from tagging.errors import TaggingError
 
 QUERY_TTL_SECONDS = 30
+SESSION_IDLE = timedelta(minutes=int(os.environ.get("TAGGING_SESSION_IDLE_MINUTES", "480")))
+"""A signed-in session that has been idle this long must sign in again."""
 
 
 @st.cache_resource
@@ -32,6 +39,14 @@ def session_factory() -> sessionmaker[Session]:
     return make_session_factory(make_engine(url))
 
 
+@st.cache_resource
+def ml_client():
+    """The ML server's client (its token stays on the server side, never in the page)."""
+    from tagging.ml_client import MLClient
+
+    return MLClient.from_settings(settings())
+
+
 def clear_query_cache() -> None:
     """Call after every write so that the next render reads fresh data."""
     st.cache_data.clear()
@@ -44,3 +59,46 @@ def shown_errors() -> Iterator[None]:
         yield
     except TaggingError as exc:
         st.error(str(exc), icon="⚠️")
+
+
+def sign_in(actor: Actor) -> None:
+    st.session_state["actor"] = actor
+    st.session_state["signed_in_at"] = st.session_state["last_seen_at"] = utcnow()
+
+
+def sign_out() -> None:
+    for key in ("actor", "signed_in_at", "last_seen_at"):
+        st.session_state.pop(key, None)
+    st.session_state["signed_out"] = True
+    if _oidc_configured() and getattr(st.user, "is_logged_in", False):
+        st.logout()
+
+
+def current_actor() -> Actor | None:
+    """The signed-in user, or None (also when the session has been idle too long)."""
+    actor: Actor | None = st.session_state.get("actor")
+    if actor is None:
+        return None
+    last_seen: datetime = st.session_state.get("last_seen_at") or utcnow()
+    if utcnow() - last_seen > SESSION_IDLE:
+        sign_out()
+        st.session_state["session_expired"] = True
+        return None
+    st.session_state["last_seen_at"] = utcnow()
+    return actor
+
+
+def require_page(permission: Permission) -> Actor:
+    """Stop the page with a message unless the signed-in user may ``permission``."""
+    actor = current_actor()
+    if actor is None or not actor.can(permission):
+        st.error("Your role may not open this page.", icon="🔒")
+        st.stop()
+    return actor
+
+
+def _oidc_configured() -> bool:
+    try:
+        return "auth" in st.secrets
+    except Exception:
+        return False

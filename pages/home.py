@@ -7,7 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from db.queries import advertiser_overview, recent_scrapes
-from pages.common import QUERY_TTL_SECONDS, session_factory
+from db.accounts import Permission
+from pages.common import QUERY_TTL_SECONDS, require_page, session_factory
 
 
 @st.cache_data(ttl=QUERY_TTL_SECONDS)
@@ -40,6 +41,7 @@ def load_recent_scrapes() -> pd.DataFrame:
     )
 
 
+require_page(Permission.READ)
 st.title("Tagdesk")
 st.caption(
     "Image Type and Color of every advertiser's vehicle images, as the latest scrape saw them."

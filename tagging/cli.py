@@ -11,6 +11,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from tagging.cli_users import add_users_parser, cmd_users
 from tagging.config import Settings
 
 
@@ -65,10 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", help="bring the app database to the newest schema")
 
+    worker = sub.add_parser("worker", help="run the task queue's worker (relaunches, fix push)")
+    worker.add_argument("--workers", type=int, default=2)
+
+    sub.add_parser("sync", help="push the manual fixes the ML server has not acknowledged yet")
+
+    api = sub.add_parser("api", help="run the advertisers' fix API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8810)
+
+    add_users_parser(sub)
+
     up = sub.add_parser("up", help="set up and run everything (what `make run` does)")
     up.add_argument("--app-port", type=int, default=8501)
     up.add_argument("--ml-port", type=int, default=8800)
     up.add_argument("--cdn-port", type=int, default=8765)
+    up.add_argument("--api-port", type=int, default=8810)
     return parser
 
 
@@ -148,8 +161,10 @@ def cmd_scrape(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     sessions = _sessions(settings)
-    client = client_from_settings(settings, extra_allowed=[settings.ml_host_entry()])
-    ml = MLClient.from_settings(settings, client)
+    # Two clients on purpose: the one fetching advertisers' sitemaps must not be allowed to reach
+    # the ML server, or a sitemap could aim at our own services.
+    client = client_from_settings(settings)
+    ml = MLClient.from_settings(settings)
     if args.all:
         with sessions() as session:
             names = advertisers_to_scrape(session)
@@ -291,12 +306,45 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from tagging.tasks import huey
+
+    consumer = huey.create_consumer(workers=args.workers, worker_type="thread", periodic=True)
+    consumer.run()
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from db.fixes import push_pending
+    from tagging.ml_client import MLClient
+
+    settings = Settings.from_env()
+    report = push_pending(_sessions(settings), MLClient.from_settings(settings))
+    print(
+        f"pushed {report.synced} fixes, {report.failed} failed, {report.pending} still pending"
+        + (f": {report.error}" if report.error else "")
+    )
+    return 0 if report.error is None else 1
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    from tagging.advertiser_api import run
+
+    run(Settings.from_env(), host=args.host, port=args.port)
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from tagging.launcher import LaunchConfig, launch
 
     return launch(
         Settings.from_env(),
-        LaunchConfig(app_port=args.app_port, ml_port=args.ml_port, cdn_port=args.cdn_port),
+        LaunchConfig(
+            app_port=args.app_port,
+            ml_port=args.ml_port,
+            cdn_port=args.cdn_port,
+            api_port=args.api_port,
+        ),
     )
 
 
@@ -310,4 +358,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "migrate": cmd_migrate,
     "up": cmd_up,
+    "worker": cmd_worker,
+    "sync": cmd_sync,
+    "api": cmd_api,
+    "users": cmd_users,
 }

@@ -184,8 +184,8 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 # the vendor's HTTP model
 
 
-_ALIASES = {"grey": "Gray", "gray": "Gray"}
-"""Spellings the vendor may use for one of our names; matching is otherwise case-insensitive."""
+_KNOWN_NAMES: dict[str, str] = {name.lower(): name for name in COLORS} | {"grey": "Gray"}
+"""Lower-cased vendor spellings → our names: matching is case-insensitive and accepts "Grey"."""
 
 
 @dataclass(frozen=True)
@@ -321,10 +321,9 @@ def _validate_color(value: Any) -> VendorColor:
         return VendorColor(None, None)
     if not isinstance(value, str):
         raise ColorVendorError(f"color vendor answered a {type(value).__name__} as a color")
-    key = value.strip().lower()
-    known = {name.lower(): name for name in COLORS} | _ALIASES
-    if key in known:
-        return VendorColor(known[key], value)
+    name = _KNOWN_NAMES.get(value.strip().lower())
+    if name is not None:
+        return VendorColor(name, value)
     return VendorColor(None, value, reason=f"unknown color {value[:40]!r} mapped to None")
 
 

@@ -274,7 +274,8 @@ def load_demo_ground_truth(demo_dir: Path) -> Iterator[DemoExample]:
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise NotFoundError(f"no demo manifest at {manifest_path}; generate the demo first") from exc
+        message = f"no demo manifest at {manifest_path}; generate the demo first"
+        raise NotFoundError(message) from exc
     except (OSError, ValueError) as exc:
         raise ConfigError(f"unreadable demo manifest {manifest_path}: {exc}") from exc
     entries = manifest.get("images") if isinstance(manifest, dict) else None

@@ -42,7 +42,7 @@ class TypeClassifier:
 
     def __init__(self, artifact: ModelArtifact) -> None:
         """Wrap an artifact from :func:`tagging.model.load_artifact`."""
-        self._model = artifact.model.eval()
+        self._model = artifact.model.fused_for_inference()
         self._metadata = artifact.metadata
         self._lock = threading.Lock()
 

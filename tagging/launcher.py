@@ -26,6 +26,7 @@ class LaunchConfig:
     app_port: int = 8501
     ml_port: int = 8800
     cdn_port: int = 8765
+    api_port: int = 8810
     host: str = "127.0.0.1"
     startup_timeout: float = 120.0
 
@@ -70,6 +71,8 @@ def launch(settings: Settings, config: LaunchConfig) -> int:
         inventory = ensure_demo(settings, cdn_url=cdn_url, progress=progress)
     print(f"  {len(inventory.advertisers)} advertisers, {len(inventory.images)} images")
 
+    accounts = ensure_accounts(settings)
+
     if production_version(settings.models_dir) is None:
         step("training the initial Image Type model (once)")
         run_module(["train", "--promote"], env)
@@ -92,6 +95,10 @@ def launch(settings: Settings, config: LaunchConfig) -> int:
         processes.append(start_module(["serve", "--port", str(config.ml_port)], env))
         wait_for(f"{cdn_url}/sitemap_index.xml", config.startup_timeout, processes)
         wait_for(f"{ml_url}/health", config.startup_timeout, processes)
+        processes.append(start_module(["worker"], env))
+        processes.append(start_module(["api", "--port", str(config.api_port)], env))
+        api_url = f"http://{config.host}:{config.api_port}"
+        wait_for(f"{api_url}/health", config.startup_timeout, processes)
 
         if not has_scrapes(settings):
             step("scraping every demo advertiser (first run)")
@@ -124,8 +131,11 @@ def launch(settings: Settings, config: LaunchConfig) -> int:
             "\nTagdesk is running:\n"
             f"  app        http://{config.host}:{config.app_port}\n"
             f"  ML server  {ml_url}/docs   (token in {settings.data_dir / 'ml_token'})\n"
+            f"  fix API    {api_url}/docs\n"
             f"  demo CDN   {cdn_url}/sitemap_index.xml\n"
-            "Press Ctrl-C to stop them all.",
+            "Demo accounts (for this machine only):\n"
+            + "".join(f"  {role:<10} {name} / {password}\n" for name, role, password in accounts)
+            + "Press Ctrl-C to stop them all.",
             flush=True,
         )
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -156,20 +166,38 @@ def start_module(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes
 
 
 def wait_for(url: str, timeout: float, processes: list[subprocess.Popen[bytes]]) -> None:
-    """Poll ``url`` on loopback until it answers 200; fail early if a process died."""
-    import requests
+    """Poll ``url`` (one of our services, allow-listed) until it answers; fail early if one died."""
+    from urllib.parse import urlsplit
 
+    from tagging.errors import FetchError
+    from tagging.fetch import FetchPolicy, GuardedClient
+
+    parts = urlsplit(url)
+    policy = FetchPolicy(allowed_hosts=(parts.netloc,), total_timeout=2.0, read_timeout=2.0)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in processes):
-            raise TaggingError(f"a service exited while waiting for {url}")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
+    with GuardedClient(policy) as client:
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in processes):
+                raise TaggingError(f"a service exited while waiting for {url}")
+            try:
+                client.get(url)
                 return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
+            except FetchError:
+                time.sleep(0.3)
     raise TaggingError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def ensure_accounts(settings: Settings) -> list[tuple[str, str, str]]:
+    """Create the demo accounts (one per role) if missing; return them for printing."""
+    from db.accounts import ensure_demo_accounts
+    from db.engine import make_engine, make_session_factory
+
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            return ensure_demo_accounts(session)
+    finally:
+        engine.dispose()
 
 
 def has_scrapes(settings: Settings) -> bool:

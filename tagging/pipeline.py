@@ -10,6 +10,7 @@ headers give the same key the cached result is returned without downloading or d
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from tagging.images import (
 from tagging.inference import TypeClassifier
 from tagging.ml_cache import CacheEntry, MLCache
 from tagging.schemas import ImageResult
+
+log = logging.getLogger(__name__)
 
 IMAGE_CONTENT_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
 
@@ -176,8 +179,13 @@ class ClassificationPipeline:
         needs_color = [i for i, t in enumerate(types) if color and t.label != "Placeholder"]
         colors: dict[int, str | None] = {}
         if needs_color:
-            predicted = self.color_model.predict([images[i] for i in needs_color])
-            colors = dict(zip(needs_color, predicted, strict=True))
+            try:
+                predicted = self.color_model.predict([images[i] for i in needs_color])
+                colors = dict(zip(needs_color, predicted, strict=True))
+            except TaggingError as exc:
+                # The vendor failed: keep the Image Types, leave Color None (the seed's default)
+                # and uncached as "none", so that the next request asks the vendor again.
+                log.warning("color model failed for %d images: %s", len(needs_color), exc)
         entries = []
         for index, (work, prediction) in enumerate(zip(works, types, strict=True)):
             assert work.decoded is not None and work.key is not None and work.headers is not None

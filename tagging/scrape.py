@@ -50,6 +50,8 @@ class ScrapeConfig:
     max_consecutive_ml_failures: int = 3
     """After this many failed batches in a row the rest are not sent: the server is down."""
     trigger: str = "cli"
+    requested_by: str | None = None
+    """Who asked for it (the app's relaunch button); None for the CLI and schedules."""
 
 
 @dataclass
@@ -89,7 +91,9 @@ def run_scrape(
     started = time.perf_counter()
     with sessions.begin() as session:
         advertiser = get_advertiser(session, advertiser_name)
-        scrape = Scrape(advertiser_id=advertiser.id, trigger=config.trigger)
+        scrape = Scrape(
+            advertiser_id=advertiser.id, trigger=config.trigger, requested_by=config.requested_by
+        )
         session.add(scrape)
         session.flush()
         summary = ScrapeSummary(
@@ -107,6 +111,8 @@ def run_scrape(
 
     items = sitemap.items
     total = len(items)
+    with sessions.begin() as session:
+        session.get_one(Scrape, summary.scrape_id).expected_items = total
     if progress:
         progress(0, total)
     consecutive_failures = 0
@@ -247,6 +253,11 @@ def _store_batch(
                     "jpeg": base64.b64decode(result.thumbnail_b64),
                 }
     summary.items += len(batch)
+    # Counts as we go, so that a page can show the progress of a scrape running elsewhere.
+    scrape = session.get_one(Scrape, summary.scrape_id)
+    scrape.item_count, scrape.failed_count = summary.items, summary.failed
+    scrape.cached_count, scrape.classified_count = summary.cached, summary.classified
+    scrape.ml_failure_count = summary.ml_failures
     if rows:
         session.execute(insert(SitemapItem), rows)
     upsert(session, Image.__table__, list(images.values()), key=["image_key"], update=["last_seen"])

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
+import torch
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -86,6 +87,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.ml_token:
             raise ConfigError("the ML server needs a token: set TAGGING_ML_TOKEN")
+        # One intra-op thread: requests run inference concurrently from the threadpool, and on a
+        # small machine extra torch threads fight the decoders for cores (measured 4× slower).
+        torch.set_num_threads(1)
         client = client_from_settings(settings)
         engine = make_engine(settings.ml_cache_url)
         cache = MLCache(engine)

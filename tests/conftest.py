@@ -1,11 +1,12 @@
-"""Fixtures shared by the whole suite: databases (SQLite and PostgreSQL), trained model, demo
-inventory, and real servers on loopback (demo CDN, ML server).
+"""Fixtures shared by the whole suite: databases (SQLite and PostgreSQL), a trained model, the
+demo inventory, and real servers on loopback (demo CDN, ML server).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine, make_session_factory, migrate
 from db.models import Base
+
+# Tests never touch a developer's real data: modules that read the environment at import time
+# (the task queue) get a throwaway data dir.
+os.environ["TAGGING_DATA_DIR"] = tempfile.mkdtemp(prefix="tagdesk-tests-")
+os.environ.pop("TAGGING_REDIS_URL", None)
 
 POSTGRES_URL = os.environ.get("TAGGING_TEST_POSTGRES_URL")
 REQUIRE_POSTGRES = os.environ.get("TAGGING_REQUIRE_POSTGRES") == "1"

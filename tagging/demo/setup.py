@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
+from pathlib import Path
 
 from db.engine import make_engine, make_session_factory, migrate
 from db.queries import upsert_advertiser
 from tagging.config import Settings
 from tagging.demo.generate import DemoInventory, generate_demo
+from tagging.errors import TaggingError
 
 
 def ensure_demo(
@@ -23,12 +24,20 @@ def ensure_demo(
 
     Registers (or updates) every demo advertiser with its sitemap URL on ``cdn_url``.
     """
-    manifest = settings.demo_dir / "manifest.json"
-    if force or not manifest.exists() or json.loads(manifest.read_text()).get("seed") != seed:
-        generate_demo(settings.demo_dir, seed=seed, progress=progress)
-    inventory = DemoInventory.load(settings.demo_dir)
+    inventory = None if force else _load_if_current(settings.demo_dir, seed)
+    if inventory is None:
+        inventory = generate_demo(settings.demo_dir, seed=seed, progress=progress)
     register_demo_advertisers(settings, inventory, cdn_url)
     return inventory
+
+
+def _load_if_current(demo_dir: Path, seed: int) -> DemoInventory | None:
+    """The demo on disk if it was made with ``seed`` by this manifest version, else None."""
+    try:
+        inventory = DemoInventory.load(demo_dir)
+    except (OSError, ValueError, KeyError, TaggingError):
+        return None
+    return inventory if inventory.seed == seed else None
 
 
 def register_demo_advertisers(settings: Settings, inventory: DemoInventory, cdn_url: str) -> None:

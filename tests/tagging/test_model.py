@@ -59,6 +59,22 @@ def test_network_shapes() -> None:
     assert sum(p.numel() for p in build_model(8).parameters()) < 50_000
 
 
+def test_fused_inference_copy_matches_the_network() -> None:
+    model = _model(0)
+    # Non-trivial BatchNorm statistics, as after training.
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 3, INPUT, INPUT) * 2 + 0.5)
+    model.eval()
+    fused = model.fused_for_inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # original intact
+    x = torch.randn(8, 3, INPUT, INPUT)
+    with torch.inference_mode():
+        assert torch.allclose(fused(x), model(x), atol=1e-4)
+
+
 def test_round_trip(tmp_path: Path) -> None:
     model = _model(1)
     meta = save_artifact(

@@ -36,13 +36,14 @@ def app_sessions(
 def scrape(
     settings: object, sessions: sessionmaker[Session], name: str, **config: object
 ) -> ScrapeSummary:
-    client = client_from_settings(settings, extra_allowed=[settings.ml_host_entry()])  # type: ignore[arg-type, attr-defined]
-    ml = MLClient.from_settings(settings, client)  # type: ignore[arg-type]
+    client = client_from_settings(settings)  # type: ignore[arg-type]
+    ml = MLClient.from_settings(settings)  # type: ignore[arg-type]
     ml.timeout = float(config.pop("timeout", 60.0))  # type: ignore[arg-type]
     try:
         return run_scrape(sessions, name, ml=ml, client=client, config=ScrapeConfig(**config))  # type: ignore[arg-type]
     finally:
         client.close()
+        ml.client.close()
 
 
 def test_scrape_stores_every_item_then_rescrape_is_all_cache_hits(
@@ -215,6 +216,17 @@ def test_unreadable_sitemap_fails_the_scrape_clearly_and_keeps_history(
         assert scrape_row is not None and scrape_row.finished_at is not None
         assert "private" in (scrape_row.error or "").lower()
         assert session.scalar(select(func.count()).select_from(SitemapItem)) == 0
+
+
+def test_a_sitemap_cannot_aim_at_the_ml_server(
+    app_settings: object, app_sessions: sessionmaker[Session], ml_server: object
+) -> None:
+    """The ML server is allow-listed for the ML client only, never for advertisers' URLs."""
+    with app_sessions.begin() as session:
+        add_advertiser(session, "Sneaky", f"{ml_server.url}/openapi.json")  # type: ignore[attr-defined]
+    summary = scrape(app_settings, app_sessions, "Sneaky")
+    assert summary.status == "failed"
+    assert "TAGGING_ALLOWED_HOSTS" in summary.problems[0]
 
 
 def test_report_json_cli(

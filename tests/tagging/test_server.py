@@ -158,3 +158,24 @@ def test_openapi_docs(ml_server: object) -> None:
     spec = requests.get(f"{ml_server.url}/openapi.json", timeout=5).json()  # type: ignore[attr-defined]
     assert {"/classify", "/images/{image_key}", "/health"} <= set(spec["paths"])
     assert requests.get(f"{ml_server.url}/docs", timeout=5).status_code == 200  # type: ignore[attr-defined]
+
+
+def test_color_vendor_down_keeps_types_and_leaves_color_none(
+    tmp_path: Path, cdn: object, demo_dir: Path, classifier: object
+) -> None:
+    """The third-party color model failing must not fail the batch (the only fake: the vendor)."""
+    from tagging.color import HttpColorModel
+    from tagging.fetch import FetchPolicy, GuardedClient
+    from tagging.server import create_app
+    from tagging.testing import UvicornThread
+    from tests.conftest import cdn_host, ml_settings
+
+    settings = ml_settings(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite'}", cdn_host(cdn))
+    vendor = HttpColorModel(
+        "http://127.0.0.1:9/colors", GuardedClient(FetchPolicy(allowed_hosts=("127.0.0.1:9",)))
+    )
+    app = create_app(settings, classifier=classifier, color_model=vendor)  # type: ignore[arg-type]
+    with UvicornThread(app) as server:
+        results = classify(server, demo_urls(cdn, demo_dir, limit=6))["results"]
+        assert all(r["error"] is None and r["image_type"] for r in results)
+        assert all(r["color"] is None and r["color_source"] == "none" for r in results)

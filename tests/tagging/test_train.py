@@ -133,7 +133,7 @@ def test_first_model_is_promoted_and_described(quick: tuple[TrainResult, Path, l
 
 
 def test_training_is_reproducible(tmp_path: Path) -> None:
-    # Two threads, like the default configuration: parallel reductions must stay deterministic.
+    # With two threads too: parallel reductions must stay deterministic.
     config = TINY.replace(threads=2)
     a = train(config, tmp_path / "a")
     b = train(config, tmp_path / "b")

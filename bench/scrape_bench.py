@@ -1,0 +1,715 @@
+"""Scrape throughput end to end over real HTTP on loopback: CDN → scrape → ML server → database.
+
+Measured side by side in one run, against real ``python -m tagging cdn`` / ``serve`` subprocesses:
+
+1. a cold scrape of every demo advertiser (the ML server starts on a fresh, empty cache file;
+   a new SQLite app database), then a re-scrape of the same unchanged sitemaps (all cache hits:
+   one HEAD per image). Images/s of each, their ratio, and where the scrape's wall time goes;
+2. a large scrape (50,000 items, ``--quick``: 5,000) of a synthetic sitemap served by a small
+   stdlib server in this process, whose image URLs point at the demo CDN's images, each made
+   distinct by a query string (``?n=12345``, which the demo CDN ignores when it looks an image
+   up, so every URL gets the real ETag/Last-Modified/Content-Length). That scrape runs in a child
+   process (``python -m tagging scrape``) whose peak RSS (``ru_maxrss``, taken by a small wrapper
+   process, see :data:`RUSAGE_WRAPPER`) is reported, next to the ML server's own peak
+   (``VmHWM``) and the throughput. A 1,000-item scrape first gives the fixed part of the peak.
+
+Usage::
+
+    .venv/bin/python bench/scrape_bench.py [--quick] [--large N] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import common
+
+from tagging.config import Settings
+from tagging.scrape import ScrapeConfig
+
+TARGET_COLD = 300.0
+"""Images/s a cold scrape should reach."""
+TARGET_CACHED_RATIO = 20.0
+"""How many times faster than cold a re-scrape of unchanged sitemaps should be."""
+TARGET_PEAK_RSS = 1024**3
+IMAGES_PER_PAGE = 5
+LARGE_ADVERTISER = "Bench Large Sitemap"
+BASELINE_ADVERTISER = "Bench Baseline Sitemap"
+BASELINE_ITEMS = 1_000
+
+
+@dataclass
+class ScrapeRun:
+    label: str
+    items: int
+    classified: int
+    cached: int
+    failed: int
+    ml_failures: int
+    seconds: float
+    phases: dict[str, float]
+    ml_calls: int = 0
+    ml_call_seconds: float = 0.0
+    cpu: dict[str, float] | None = None
+    """CPU seconds each process used during the run."""
+    background: float = 0.0
+    """Cores other processes on the machine used meanwhile, on average."""
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.seconds if self.seconds else 0.0
+
+
+# --- the demo: cold scrape, then cached re-scrape ------------------------------------------------
+
+
+def warm_up(settings: Settings, cdn: common.Service, data: common.BenchData) -> None:
+    """Two classify calls on URLs no scrape lists (``?warmup=``), then the same again (cached).
+
+    This loads torch's kernels, the thread pools and the connection pools of both sides, so the
+    measured scrape does not pay one-off start-up costs; the demo's own URLs stay uncached.
+    """
+    from tagging.ml_client import MLClient
+
+    paths = [p for p, img in sorted(data.inventory.images.items()) if img.kind == "ok"][:128]
+    urls = [f"{cdn.url}{p}?warmup={i}" for i, p in enumerate(paths)]
+    ml = MLClient.from_settings(settings)
+    try:
+        for _ in range(2):
+            for start in range(0, len(urls), 64):
+                ml.classify(urls[start : start + 64])
+    finally:
+        ml.client.close()
+
+
+def scrape_advertisers(
+    label: str,
+    settings: Settings,
+    names: list[str],
+    services: dict[str, common.Service],
+    max_wait: float,
+    config: ScrapeConfig,
+) -> ScrapeRun:
+    """Scrape ``names`` one after another in this process, as ``scrape --all`` does.
+
+    The main thread's time is split into reading the sitemap, writing batches to the app
+    database, and the rest, which is waiting for the ML server (two calls stay in flight).
+    """
+    import tagging.scrape as scrape_module
+    from db.engine import make_engine, make_session_factory
+    from tagging.fetch import client_from_settings
+    from tagging.ml_client import MLClient
+    from tagging.scrape import run_scrape
+
+    watch = common.Stopwatch()
+    engine = make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
+    client = client_from_settings(settings)
+    ml = MLClient.from_settings(settings)
+    ml.classify = watch.wrap("ml_call", ml.classify)  # type: ignore[method-assign]
+    originals = {
+        name: getattr(scrape_module, name) for name in ("read_sitemap", "_store_batch", "_finish")
+    }
+    totals = dict.fromkeys(("items", "classified", "cached", "failed", "ml_failures"), 0)
+    try:
+        for name, function in originals.items():
+            setattr(scrape_module, name, watch.wrap(name, function))
+        common.wait_for_quiet(max_wait)
+        load = common.LoadMeter([service.cpu_seconds for service in services.values()])
+        cpu_before = {name: service.cpu_seconds() for name, service in services.items()}
+        cpu_before["scrape (this process)"] = time.process_time()
+        started = time.perf_counter()
+        with load:
+            for name in names:
+                with common.progress_bar(f"{label}: {name}") as progress:
+                    summary = run_scrape(
+                        sessions, name, ml=ml, client=client, config=config, progress=progress
+                    )
+                for key in totals:
+                    totals[key] += getattr(summary, key)
+                if summary.status == "failed":
+                    raise SystemExit(f"the scrape of {name} failed: {summary.problems}")
+        seconds = time.perf_counter() - started
+        cpu = {name: service.cpu_seconds() for name, service in services.items()}
+        cpu["scrape (this process)"] = time.process_time()
+        cpu = {name: cpu[name] - cpu_before[name] for name in cpu}
+    finally:
+        for name, function in originals.items():
+            setattr(scrape_module, name, function)
+        client.close()
+        ml.client.close()
+        engine.dispose()
+    main_thread = sum(watch.seconds.get(k, 0.0) for k in originals)
+    phases = {
+        "sitemap fetch + parse": watch.seconds.get("read_sitemap", 0.0),
+        "waiting for the ML server": max(0.0, seconds - main_thread),
+        "app DB writes": watch.seconds.get("_store_batch", 0.0),
+        "scrape bookkeeping": watch.seconds.get("_finish", 0.0),
+    }
+    return ScrapeRun(
+        label=label,
+        seconds=seconds,
+        phases=phases,
+        ml_calls=watch.calls.get("ml_call", 0),
+        ml_call_seconds=watch.seconds.get("ml_call", 0.0),
+        cpu=cpu,
+        background=load.background,
+        **totals,
+    )
+
+
+# --- the large synthetic sitemap ---------------------------------------------------------------
+
+
+def large_sitemap(cdn: common.Service, data: common.BenchData, count: int, tag: str) -> bytes:
+    """A urlset of ``count`` image items, every URL distinct (``?<tag>=``), cycling the demo images.
+
+    The images are the demo's own mix (the broken files included), 5 per vehicle page.
+    """
+    paths = sorted(data.inventory.images)
+    parts = [
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9" '
+        'xmlns:image="http://www.google.com/schemas/sitemap-image/1.1">\n'
+    ]
+    for page_start in range(0, count, IMAGES_PER_PAGE):
+        page = page_start // IMAGES_PER_PAGE
+        parts.append(f"<url><loc>{cdn.url}/vehicles/{tag}{page}</loc>")
+        for n in range(page_start, min(page_start + IMAGES_PER_PAGE, count)):
+            url = escape(f"{cdn.url}{paths[n % len(paths)]}?{tag}={n}")
+            parts.append(
+                f"<image:image><image:loc>{url}</image:loc>"
+                f"<image:title>Vehicle {page}</image:title></image:image>"
+            )
+        parts.append("</url>\n")
+    parts.append("</urlset>\n")
+    return "".join(parts).encode()
+
+
+class SitemapServer(ThreadingHTTPServer):
+    """Serves fixed XML documents by path (stdlib only, loopback, from a daemon thread)."""
+
+    daemon_threads = True
+
+    def __init__(self, documents: dict[str, bytes]) -> None:
+        self.documents = documents
+        super().__init__((common.HOST, 0), _SitemapHandler)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True, name="sitemap")
+
+    def url(self, path: str) -> str:
+        return f"http://{common.HOST}:{self.server_address[1]}{path}"
+
+    @property
+    def host_entry(self) -> str:
+        return f"{common.HOST}:{self.server_address[1]}"
+
+    def __enter__(self) -> SitemapServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _SitemapHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: SitemapServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        body = self.server.documents.get(self.path.split("?", 1)[0])
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@dataclass
+class ChildScrape:
+    """A ``python -m tagging scrape`` child process's summary and resource use."""
+
+    items: int
+    classified: int
+    cached: int
+    failed: int
+    ml_failures: int
+    seconds: float
+    """The scrape's own timing (from its summary: sitemap to last batch stored)."""
+    wall_seconds: float
+    """The child process from start to exit (interpreter start-up and migration included)."""
+    peak_rss: int
+    """``ru_maxrss`` of the child, bytes."""
+    background: float
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class LargeRun:
+    baseline: ChildScrape
+    large: ChildScrape
+    ml_peak_rss: int | None
+    sitemap_bytes: int
+
+
+RUSAGE_WRAPPER = """
+import json, os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+try:
+    _pid, status, usage = os.wait4(child.pid, 0)
+except KeyboardInterrupt:
+    child.terminate()
+    raise
+with open(sys.argv[1], "w") as out:
+    json.dump({"maxrss_kib": usage.ru_maxrss, "exit": os.waitstatus_to_exitcode(status)}, out)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+"""Runs a command and records its ``ru_maxrss``.
+
+Why a wrapper: Linux carries a process's peak RSS across ``exec``, so a child forked straight
+from this (large) benchmark process would report at least this process's RSS at the fork. The
+wrapper is a small interpreter; the scrape it forks starts from that small footprint.
+"""
+
+
+def child_scrape(
+    advertiser: str,
+    env: dict[str, str],
+    meter: common.LoadMeter,
+    max_wait: float,
+    rusage_path: Path,
+) -> ChildScrape:
+    common.wait_for_quiet(max_wait)
+    rusage_path.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "tagging", "scrape", advertiser, "--json"]
+    started = time.perf_counter()
+    with meter:
+        child = subprocess.Popen(
+            [sys.executable, "-c", RUSAGE_WRAPPER, str(rusage_path), *command],
+            env=env,
+            cwd=common.ROOT,
+            stdout=subprocess.PIPE,
+        )
+        try:
+            out, _ = child.communicate()
+        except BaseException:
+            child.terminate()
+            child.wait()
+            raise
+    wall = time.perf_counter() - started
+    try:
+        usage = json.loads(rusage_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"the scrape of {advertiser} left no resource usage") from exc
+    try:
+        summary = json.loads(out)
+    except ValueError as exc:
+        raise SystemExit(f"the scrape of {advertiser} printed no summary") from exc
+    if usage["exit"] != 0 and (summary.get("status") == "failed" or "error" in summary):
+        raise SystemExit(f"the scrape of {advertiser} failed: {summary}")
+    return ChildScrape(
+        items=summary["items"],
+        classified=summary["classified"],
+        cached=summary["cached"],
+        failed=summary["failed"],
+        ml_failures=summary["ml_failures"],
+        seconds=summary["seconds"],
+        wall_seconds=wall,
+        peak_rss=usage["maxrss_kib"] * 1024,  # ru_maxrss is in KiB on Linux
+        background=meter.background,
+    )
+
+
+def large_scrape(
+    stack: common.Services,
+    data: common.BenchData,
+    cdn: common.Service,
+    token: str,
+    count: int,
+    max_wait: float,
+) -> LargeRun:
+    """Scrape a ``count``-item sitemap from a child process, on a fresh ML cache and app DB.
+
+    A 1,000-item scrape runs first in its own child (other URLs, same ML server): its peak RSS
+    is the baseline that tells the fixed cost of a scrape process from what grows with items.
+    """
+    from db.engine import make_engine, make_session_factory
+    from db.queries import add_advertiser
+
+    documents = {
+        "/baseline.xml": large_sitemap(cdn, data, BASELINE_ITEMS, "b"),
+        "/large.xml": large_sitemap(cdn, data, count, "n"),
+    }
+    ml = start_ml(stack, data, cdn, token, f"large-{count}")
+    db_url = common.fresh_app_db(data.path("db", f"app-large-{count}.sqlite"))
+    with SitemapServer(documents) as sitemap_server:
+        settings = common.app_settings(
+            data, Path(db_url.removeprefix("sqlite:///")), ml, token, [cdn.host_entry]
+        )
+        warm_up(settings, cdn, data)
+        engine = make_engine(db_url)
+        with make_session_factory(engine).begin() as session:
+            add_advertiser(session, BASELINE_ADVERTISER, sitemap_server.url("/baseline.xml"))
+            add_advertiser(session, LARGE_ADVERTISER, sitemap_server.url("/large.xml"))
+        engine.dispose()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TAGGING_")}
+        env.update(
+            {
+                "TAGGING_DATA_DIR": str(data.work / "data"),
+                "TAGGING_DATABASE_URL": db_url,
+                "TAGGING_ML_URL": ml.url,
+                "TAGGING_ML_TOKEN": token,
+                # The scrape reads only the sitemap itself; the ML server fetches the images.
+                "TAGGING_ALLOWED_HOSTS": sitemap_server.host_entry,
+            }
+        )
+        extra = [ml.cpu_seconds, cdn.cpu_seconds]
+        rusage_path = data.path("logs", "scrape-rusage.json")
+        print(f"baseline scrape: {BASELINE_ITEMS:,} items", file=sys.stderr, flush=True)
+        baseline = child_scrape(
+            BASELINE_ADVERTISER, env, common.LoadMeter(extra), max_wait, rusage_path
+        )
+        print(f"large scrape: {count:,} items in a child process", file=sys.stderr, flush=True)
+        large = child_scrape(LARGE_ADVERTISER, env, common.LoadMeter(extra), max_wait, rusage_path)
+    ml_peak = ml.peak_rss_bytes()
+    ml.stop()
+    return LargeRun(baseline, large, ml_peak, len(documents["/large.xml"]))
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def start_ml(
+    stack: common.Services, data: common.BenchData, cdn: common.Service, token: str, name: str
+) -> common.Service:
+    """A new ML server on a fresh, empty cache file (a cold cache)."""
+    cache = data.path("caches", f"ml-cache-{name}.sqlite")
+    return common.start_ml_server(stack, data, cdn, token, cache)
+
+
+@dataclass
+class DemoRuns:
+    names: list[str]
+    config: ScrapeConfig
+    cold: ScrapeRun
+    cached: ScrapeRun
+    ml_peak_rss: int | None
+    profiles: dict[str, dict[str, float]]
+
+
+def demo_scrapes(
+    stack: common.Services,
+    data: common.BenchData,
+    cdn: common.Service,
+    token: str,
+    names: list[str],
+    config: ScrapeConfig,
+    args: argparse.Namespace,
+) -> DemoRuns:
+    from tagging.demo.setup import register_demo_advertisers
+
+    ml = start_ml(stack, data, cdn, token, "demo")
+    db_path = data.path("db", "app-demo.sqlite")
+    common.fresh_app_db(db_path)
+    settings = common.app_settings(data, db_path, ml, token, [cdn.host_entry])
+    register_demo_advertisers(settings, data.inventory, cdn.url)
+    warm_up(settings, cdn, data)
+
+    services = {"ML server": ml, "CDN": cdn}
+    profiles: dict[str, dict[str, float]] = {}
+    runs: dict[str, ScrapeRun] = {}
+    for label in ("cold", "cached"):
+        recorder = start_profiler(data, ml, label) if args.profile else None
+        runs[label] = scrape_advertisers(label, settings, names, services, args.max_wait, config)
+        if recorder is not None:
+            profiles[label] = stop_profiler(*recorder)
+    ml_peak = ml.peak_rss_bytes()
+    ml.stop()
+    return DemoRuns(names, config, runs["cold"], runs["cached"], ml_peak, profiles)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="two advertisers and a 5,000-item large scrape"
+    )
+    parser.add_argument("--large", type=int, help="items of the large scrape (default 50,000)")
+    parser.add_argument("--skip-large", action="store_true", help="only the demo scrapes")
+    parser.add_argument("--skip-demo", action="store_true", help="only the large scrape")
+    parser.add_argument(
+        "--in-flight", type=int, help="ScrapeConfig.in_flight for the demo scrapes (default 2)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, help="ScrapeConfig.batch_size for the demo scrapes (default 64)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also record the ML server with py-spy during the demo scrapes (needs py-spy)",
+    )
+    common.add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    large_count = args.large or (5_000 if args.quick else 50_000)
+    overrides = {"in_flight": args.in_flight, "batch_size": args.batch_size}
+    config = ScrapeConfig(**{k: v for k, v in overrides.items() if v is not None})
+
+    data = common.prepare(args.work)
+    names = [a.name for a in data.inventory.advertisers]
+    if args.quick:
+        names = names[:2]
+    token = common.new_token()
+    print(f"machine: {common.machine()}")
+    print(f"model {data.model_version}; demo {data.demo_dir}; work {data.work}", flush=True)
+
+    demo: DemoRuns | None = None
+    large: LargeRun | None = None
+    with common.Services() as stack:
+        cdn = common.start_cdn(stack, data)
+        if not args.skip_demo:
+            demo = demo_scrapes(stack, data, cdn, token, names, config, args)
+        if not args.skip_large:
+            large = large_scrape(stack, data, cdn, token, large_count, args.max_wait)
+
+    results: list[list[object]] = []
+    if demo is not None:
+        results += report_demo(demo)
+    if large is not None:
+        results += report_large(large)
+    common.print_table(
+        f"Scrape benchmark · {common.machine()}", ["", "value", "target", ""], results
+    )
+    return 0
+
+
+# --- optional profile of the ML server ----------------------------------------------------------
+
+
+def start_profiler(
+    data: common.BenchData, ml: common.Service, label: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    import shutil
+
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    out = data.path("profiles", f"ml-server-{label}.txt")
+    out.unlink(missing_ok=True)
+    process = subprocess.Popen(
+        [
+            py_spy,
+            "record",
+            "--pid",
+            str(ml.process.pid),
+            "--format",
+            "raw",
+            "--rate",
+            "100",
+            "--nonblocking",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # py-spy attaches
+    return process, out
+
+
+def stop_profiler(process: subprocess.Popen[bytes], out: Path) -> dict[str, float]:
+    """Stop py-spy and return the share of busy samples per pipeline stage."""
+    import signal
+
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=60)
+    return summarize_profile(out)
+
+
+STAGES = (
+    # (stage, a frame that marks it), matched innermost first.
+    ("classify: torch forward", "inference.py"),
+    ("classify: color model", "color.py"),
+    ("decode (Pillow)", "decode_image"),
+    ("phash", "perceptual_hash"),
+    ("thumbnail", "make_thumbnail"),
+    ("sha256", "content_sha256"),
+    ("fetch images (GET/HEAD)", "_fetch ("),
+    ("ML cache (SQLite)", "ml_cache.py"),
+    ("JSON/pydantic response", "pydantic"),
+    ("HTTP server (uvicorn/fastapi)", "uvicorn"),
+)
+
+
+def summarize_profile(path: Path) -> dict[str, float]:
+    """Busy (non-idle) samples per stage from py-spy's collapsed stacks, as shares."""
+    counts: dict[str, int] = {}
+    total = 0
+    if not path.exists():
+        return {}
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, number = line.rpartition(" ")
+        if not number.isdigit():
+            continue
+        frames = stack.split(";")
+        leaf = frames[-1]
+        if any(idle in leaf for idle in ("wait (threading", "select (", "_worker (", "sleep")):
+            continue
+        samples = int(number)
+        total += samples
+        stage = "other"
+        for name, marker in STAGES:
+            if any(marker in frame for frame in frames):
+                stage = name
+                break
+        counts[stage] = counts.get(stage, 0) + samples
+    return {k: v / total for k, v in sorted(counts.items(), key=lambda kv: -kv[1])} if total else {}
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def report_demo(demo: DemoRuns) -> list[list[object]]:
+    """Print the demo tables; return the summary rows."""
+    cold, cached, config = demo.cold, demo.cached, demo.config
+    ratio = cached.rate / cold.rate if cold.rate else 0.0
+    rows = []
+    for run in (cold, cached):
+        rows.append(
+            [
+                run.label,
+                run.items,
+                run.classified,
+                run.cached,
+                run.failed,
+                run.seconds,
+                run.rate,
+                run.ml_calls,
+                run.ml_call_seconds / run.ml_calls if run.ml_calls else 0.0,
+            ]
+        )
+    common.print_table(
+        f"Demo scrape, {len(demo.names)} advertisers ({', '.join(demo.names)}); "
+        f"batch {config.batch_size}, {config.in_flight} in flight",
+        ["run", "items", "classified", "cached", "failed", "seconds", "images/s", "ML calls",
+         "s/call"],
+        rows,
+    )  # fmt: skip
+    common.print_table(
+        "Where the scrape's wall time goes (main thread)",
+        ["phase", "cold s", "cold %", "cached s", "cached %"],
+        [
+            [
+                phase,
+                cold.phases[phase],
+                f"{cold.phases[phase] / cold.seconds:.0%}",
+                cached.phases[phase],
+                f"{cached.phases[phase] / cached.seconds:.0%}",
+            ]
+            for phase in cold.phases
+        ],
+    )
+    common.print_table(
+        "CPU used per process during the run (2 cores = 2 CPU-s per wall second)",
+        ["process", "cold CPU s", "cold ms/img", "cached CPU s", "cached ms/img"],
+        _cpu_rows(cold, cached),
+    )
+    if demo.profiles:
+        print("\n(py-spy slows the ML server down: take throughput from a run without --profile)")
+        stages = list(dict.fromkeys(s for p in demo.profiles.values() for s in p))
+        common.print_table(
+            "ML server CPU by stage (py-spy, share of busy samples)",
+            ["stage", *demo.profiles],
+            [[stage, *(f"{p.get(stage, 0.0):.0%}" for p in demo.profiles.values())]
+             for stage in stages],
+        )  # fmt: skip
+    return [
+        ["cold scrape images/s", cold.rate, f">= {TARGET_COLD:.0f}", _ok(cold.rate >= TARGET_COLD)],
+        ["cached re-scrape images/s", cached.rate, "", ""],
+        ["cached / cold", f"{ratio:.1f}x", f">= {TARGET_CACHED_RATIO:.0f}x",
+         _ok(ratio >= TARGET_CACHED_RATIO)],
+        ["ML server peak RSS (demo)", common.mib(demo.ml_peak_rss), "", ""],
+        ["other processes' load, cold/cached (cores)",
+         f"{cold.background:.2f}/{cached.background:.2f}", "", ""],
+    ]  # fmt: skip
+
+
+def report_large(run: LargeRun) -> list[list[object]]:
+    """Print the large-scrape table; return the summary rows."""
+    rows = []
+    for label, child in (("baseline", run.baseline), ("large", run.large)):
+        rows.append(
+            [
+                label,
+                child.items,
+                child.classified,
+                child.failed,
+                child.seconds,
+                child.wall_seconds,
+                child.rate,
+                common.mib(child.peak_rss),
+                f"{child.background:.2f}",
+            ]
+        )
+    common.print_table(
+        f"Large synthetic sitemap ({run.sitemap_bytes / 1e6:.1f} MB), scraped by a child process "
+        "(fresh ML cache)",
+        ["run", "items", "classified", "failed", "scrape s", "process s", "images/s",
+         "peak RSS", "other load"],
+        rows,
+    )  # fmt: skip
+    large, baseline = run.large, run.baseline
+    extra_items = large.items - baseline.items
+    growth = (large.peak_rss - baseline.peak_rss) / extra_items * 1000 if extra_items > 0 else 0.0
+    return [
+        [f"large scrape ({large.items:,} items) images/s", large.rate, "", ""],
+        ["large scrape child peak RSS", common.mib(large.peak_rss), "< 1024 MiB",
+         _ok(large.peak_rss < TARGET_PEAK_RSS)],
+        [f"  {baseline.items:,}-item scrape peak RSS (~fixed cost)",
+         common.mib(baseline.peak_rss), "", ""],
+        ["  growth per 1,000 items", f"{growth / 1024:,.0f} KiB", "", ""],
+        ["ML server peak RSS (large)", common.mib(run.ml_peak_rss), "", ""],
+        ["other processes' load, large (cores)", f"{large.background:.2f}", "", ""],
+    ]  # fmt: skip
+
+
+def _cpu_rows(cold: ScrapeRun, cached: ScrapeRun) -> list[list[object]]:
+    assert cold.cpu is not None and cached.cpu is not None
+    rows: list[list[object]] = []
+    for name in [*cold.cpu, "all three"]:
+        a = sum(cold.cpu.values()) if name == "all three" else cold.cpu[name]
+        b = sum(cached.cpu.values()) if name == "all three" else cached.cpu[name]
+        rows.append([name, a, 1000 * a / cold.items, b, 1000 * b / cached.items])
+    rows.append(
+        [
+            "(other processes, not ours)",
+            cold.background * cold.seconds,
+            1000 * cold.background * cold.seconds / cold.items,
+            cached.background * cached.seconds,
+            1000 * cached.background * cached.seconds / cached.items,
+        ]
+    )
+    return rows
+
+
+def _ok(passed: bool) -> str:
+    return "ok" if passed else "MISSED"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Manual fixes: one transaction writes the history, updates the items and queues the push.
+
+The history row *is* the outbox: it is written with ``sync_status = pending`` in the caller's
+transaction, and :func:`push_pending` sends pending rows to the ML server's cache until it
+acknowledges them. The fix id travels with each push, so a retry never applies a fix twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.accounts import Actor, Permission, require
+from db.models import FixSource, ManualFix, SitemapItem, SyncStatus, utcnow
+from tagging import COLORS, IMAGE_TYPES
+from tagging.errors import MLServerError, MLServerUnavailable, NotFoundError, TaggingError
+
+FIELDS: dict[str, tuple[str, ...]] = {"image_type": IMAGE_TYPES, "color": COLORS}
+"""The fields a manual fix may change, with their allowed values."""
+
+
+@dataclass(frozen=True)
+class FixChange:
+    """One dropdown changed by a user.
+
+    Attributes:
+        item_id: the sitemap item shown.
+        field: ``image_type`` or ``color``.
+        new_value: the value chosen.
+        seen_value: the value the page showed when the user chose; when the item has changed
+            since, another fix won a race against this one and the user is told.
+    """
+
+    item_id: int
+    field: str
+    new_value: str
+    seen_value: str | None = None
+
+
+@dataclass(frozen=True)
+class RaceNotice:
+    """A change that overwrote a fix its author had not seen (both are kept in the history)."""
+
+    item_id: int
+    field: str
+    seen_value: str | None
+    overwritten_value: str | None
+    overwritten_by: str
+    overwritten_at: datetime | None
+
+
+@dataclass
+class FixOutcome:
+    fix_ids: list[int] = field(default_factory=list)
+    unchanged: int = 0
+    races: list[RaceNotice] = field(default_factory=list)
+
+
+def apply_fixes(
+    session: Session,
+    actor: Actor | None,
+    changes: Sequence[FixChange],
+    *,
+    source: FixSource = FixSource.ANALYST,
+    advertiser_id: int | None = None,
+) -> FixOutcome:
+    """Record ``changes`` in the caller's transaction.
+
+    Each change writes a history row (pending sync), and sets the field on the item and on every
+    item of the same scrape showing the same image_key. A change to the value the item already
+    has is skipped. ``advertiser_id``, when given, restricts the changes to that advertiser's
+    items (the advertiser endpoint).
+
+    Raises:
+        PermissionDenied: ``actor`` may not fix.
+        TaggingError: an unknown field or value, or an item that has no image to fix.
+        NotFoundError: an item that does not exist (or not for ``advertiser_id``).
+    """
+    actor = require(actor, Permission.FIX)
+    for change in changes:
+        _validate(change)
+    outcome = FixOutcome()
+    # Lock in a stable order so that two bulk fixes over the same items cannot deadlock.
+    for change in sorted(changes, key=lambda c: (c.item_id, c.field)):
+        item = session.get(SitemapItem, change.item_id, with_for_update=True)
+        if item is None or (advertiser_id is not None and item.advertiser_id != advertiser_id):
+            raise NotFoundError(f"no sitemap item {change.item_id}")
+        if not item.image_key:
+            raise TaggingError(
+                f"item {item.id} has no image to fix: it could not be fetched ({item.error})"
+            )
+        current = getattr(item, change.field)
+        if current == change.new_value:
+            outcome.unchanged += 1
+            continue
+        superseded = None
+        if change.seen_value is not None and change.seen_value != current:
+            superseded = _latest_fix(session, item.image_key, change.field)
+            outcome.races.append(
+                RaceNotice(
+                    item_id=item.id,
+                    field=change.field,
+                    seen_value=change.seen_value,
+                    overwritten_value=current,
+                    overwritten_by=superseded.user if superseded else "a scrape",
+                    overwritten_at=superseded.created_at if superseded else None,
+                )
+            )
+        fix = ManualFix(
+            image_key=item.image_key,
+            image_url=item.image_url,
+            advertiser_id=item.advertiser_id,
+            sitemap_item_id=item.id,
+            field=change.field,
+            old_value=current,
+            new_value=change.new_value,
+            user=actor.username,
+            source=source,
+            sync_status=SyncStatus.PENDING,
+            superseded_fix_id=superseded.id if superseded else None,
+        )
+        session.add(fix)
+        session.execute(
+            update(SitemapItem)
+            .where(SitemapItem.scrape_id == item.scrape_id, SitemapItem.image_key == item.image_key)
+            .values({change.field: change.new_value})
+        )
+        session.flush()
+        outcome.fix_ids.append(fix.id)
+    return outcome
+
+
+def _validate(change: FixChange) -> None:
+    allowed = FIELDS.get(change.field)
+    if allowed is None:
+        raise TaggingError(f"unknown field {change.field!r}: use image_type or color")
+    if change.new_value not in allowed:
+        raise TaggingError(
+            f"{change.new_value!r} is not a valid {change.field}: one of {', '.join(allowed)}"
+        )
+
+
+def _latest_fix(session: Session, image_key: str, field_name: str) -> ManualFix | None:
+    return session.scalar(
+        select(ManualFix)
+        .where(ManualFix.image_key == image_key, ManualFix.field == field_name)
+        .order_by(ManualFix.id.desc())
+        .limit(1)
+    )
+
+
+def overwritten_fixes(
+    session: Session, username: str, since: datetime
+) -> list[tuple[ManualFix, ManualFix]]:
+    """The user's fixes since ``since`` that someone else later overwrote: (mine, theirs)."""
+    mine = list(
+        session.scalars(
+            select(ManualFix)
+            .where(ManualFix.user == username, ManualFix.created_at >= since)
+            .order_by(ManualFix.id)
+        )
+    )
+    found = []
+    for fix in mine:
+        later = session.scalar(
+            select(ManualFix)
+            .where(
+                ManualFix.image_key == fix.image_key,
+                ManualFix.field == fix.field,
+                ManualFix.id > fix.id,
+                ManualFix.user != username,
+            )
+            .order_by(ManualFix.id)
+            .limit(1)
+        )
+        if later is not None:
+            found.append((fix, later))
+    return found
+
+
+@dataclass
+class PushReport:
+    """What one :func:`push_pending` run did."""
+
+    synced: int = 0
+    failed: int = 0
+    pending: int = 0
+    """Still pending after the run."""
+    error: str | None = None
+    """Why pushing stopped early (the ML server is down), if it did."""
+
+
+def push_pending(
+    sessions: sessionmaker[Session],
+    ml: object,
+    *,
+    fix_ids: Sequence[int] | None = None,
+    limit: int = 1000,
+) -> PushReport:
+    """Send pending fixes to the ML server's cache, oldest first, until it fails.
+
+    Safe to run from several processes at once: a fix pushed twice is applied once, because
+    its id travels with it. Each acknowledgement is committed on its own, so nothing acknowledged
+    is ever sent again after a crash, and nothing unacknowledged is marked synced.
+
+    Args:
+        ml: a :class:`tagging.ml_client.MLClient` (anything with ``put_fix``).
+        fix_ids: only these (the ones a user just made); default every pending fix.
+    """
+    from tagging.schemas import ImageFix
+
+    report = PushReport()
+    with sessions() as session:
+        query = (
+            select(ManualFix)
+            .where(ManualFix.sync_status == SyncStatus.PENDING)
+            .order_by(ManualFix.id)
+            .limit(limit)
+        )
+        if fix_ids is not None:
+            query = query.where(ManualFix.id.in_(list(fix_ids)))
+        pending = list(session.scalars(query))
+    for fix in pending:
+        body = ImageFix(fix_id=fix.id, url=fix.image_url, **{fix.field: fix.new_value})
+        try:
+            ml.put_fix(fix.image_key, body)  # type: ignore[attr-defined]
+        except MLServerError as exc:
+            with sessions.begin() as session:
+                row = session.get_one(ManualFix, fix.id)
+                row.sync_attempts += 1
+                row.last_sync_error = str(exc)[:1000]
+            report.failed += 1
+            if isinstance(exc, MLServerUnavailable):
+                report.error = str(exc)
+                break  # The server is down: the rest would fail the same way.
+            continue
+        with sessions.begin() as session:
+            row = session.get_one(ManualFix, fix.id)
+            row.sync_status = SyncStatus.SYNCED
+            row.synced_at = utcnow()
+            row.sync_attempts += 1
+            row.last_sync_error = None
+        report.synced += 1
+    with sessions() as session:
+        report.pending = len(
+            session.scalars(
+                select(ManualFix.id).where(ManualFix.sync_status == SyncStatus.PENDING)
+            ).all()
+        )
+    return report

@@ -1,0 +1,273 @@
+"""Queries behind the sitemap review page: counts, filtered pages of items, thumbnails, history.
+
+Everything is filtered and paginated in SQL, so a 5,000-item sitemap costs the same as a small one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Select, and_, case, exists, func, or_, select
+from sqlalchemy.orm import Session
+
+from db.models import ItemStatus, ManualFix, Scrape, SitemapItem, SyncStatus, Thumbnail, utcnow
+
+NO_COLOR = "None"
+"""How the review filters name a missing color."""
+
+FIXED = "fixed"
+PENDING_SYNC = "pending_sync"
+STATUS_FILTERS: tuple[str, ...] = (
+    ItemStatus.OK,
+    ItemStatus.ML_FAILURE,
+    ItemStatus.ERROR,
+    FIXED,
+    PENDING_SYNC,
+)
+
+
+@dataclass(frozen=True)
+class ReviewFilter:
+    """What the analyst narrowed the sitemap to; empty means everything."""
+
+    image_types: tuple[str, ...] = ()
+    colors: tuple[str, ...] = ()
+    """Color names; ``"None"`` matches items without a color."""
+    statuses: tuple[str, ...] = ()
+    """Item statuses, plus ``fixed`` (has a manual fix) and ``pending_sync``."""
+    text: str = ""
+    """Case-insensitive substring of the image URL, the vehicle page URL or the title."""
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    id: int
+    position: int
+    page_url: str
+    image_url: str
+    title: str | None
+    image_key: str | None
+    ml_image_type: str
+    ml_color: str | None
+    image_type: str
+    color: str | None
+    status: str
+    error: str | None
+    fixes: int
+    """How many manual fixes this image_key has, from anyone, in any scrape."""
+    pending: bool
+    """Some fix of this image has not reached the ML server yet."""
+
+
+@dataclass(frozen=True)
+class ReviewCounts:
+    total: int
+    by_type: dict[str, int]
+    by_color: dict[str, int]
+    by_status: dict[str, int]
+
+
+def _fixed_clause() -> object:
+    return exists().where(ManualFix.image_key == SitemapItem.image_key)
+
+
+def _pending_clause() -> object:
+    return exists().where(
+        ManualFix.image_key == SitemapItem.image_key,
+        ManualFix.sync_status == SyncStatus.PENDING,
+    )
+
+
+def _filtered(query: Select, scrape_id: int, review_filter: ReviewFilter) -> Select:
+    query = query.where(SitemapItem.scrape_id == scrape_id)
+    f = review_filter
+    if f.image_types:
+        query = query.where(SitemapItem.image_type.in_(f.image_types))
+    if f.colors:
+        named = [c for c in f.colors if c != NO_COLOR]
+        clauses = [SitemapItem.color.in_(named)] if named else []
+        if NO_COLOR in f.colors:
+            clauses.append(SitemapItem.color.is_(None))
+        query = query.where(or_(*clauses))
+    if f.statuses:
+        plain = [
+            s for s in f.statuses if s in (ItemStatus.OK, ItemStatus.ML_FAILURE, ItemStatus.ERROR)
+        ]
+        clauses = [SitemapItem.status.in_(plain)] if plain else []
+        if FIXED in f.statuses:
+            clauses.append(_fixed_clause())
+        if PENDING_SYNC in f.statuses:
+            clauses.append(_pending_clause())
+        query = query.where(or_(*clauses))
+    text = f.text.strip().lower()
+    if text:
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = query.where(
+            or_(
+                func.lower(SitemapItem.image_url).like(pattern, escape="\\"),
+                func.lower(SitemapItem.page_url).like(pattern, escape="\\"),
+                func.lower(func.coalesce(SitemapItem.title, "")).like(pattern, escape="\\"),
+            )
+        )
+    return query
+
+
+def review_counts(session: Session, scrape_id: int) -> ReviewCounts:
+    """Counts of the whole scrape by current type, color and status (four small queries)."""
+    base = select(func.count()).select_from(SitemapItem).where(SitemapItem.scrape_id == scrape_id)
+
+    def grouped(column: object) -> dict[str, int]:
+        rows = session.execute(
+            select(column, func.count()).where(SitemapItem.scrape_id == scrape_id).group_by(column)
+        )
+        return {(key if key is not None else NO_COLOR): count for key, count in rows}
+
+    by_status = grouped(SitemapItem.status)
+    by_status[FIXED] = session.scalar(base.where(_fixed_clause())) or 0
+    by_status[PENDING_SYNC] = session.scalar(base.where(_pending_clause())) or 0
+    return ReviewCounts(
+        total=session.scalar(base) or 0,
+        by_type=grouped(SitemapItem.image_type),
+        by_color=grouped(SitemapItem.color),
+        by_status=by_status,
+    )
+
+
+def review_page(
+    session: Session,
+    scrape_id: int,
+    review_filter: ReviewFilter,
+    *,
+    offset: int = 0,
+    limit: int = 48,
+) -> tuple[list[ReviewItem], int]:
+    """One page of the filtered items in sitemap order, and how many match in all."""
+    total = session.scalar(
+        _filtered(select(func.count()).select_from(SitemapItem), scrape_id, review_filter)
+    )
+    items = list(
+        session.scalars(
+            _filtered(select(SitemapItem), scrape_id, review_filter)
+            .order_by(SitemapItem.position, SitemapItem.id)
+            .offset(offset)
+            .limit(limit)
+        )
+    )
+    keys = [i.image_key for i in items if i.image_key]
+    fixes: dict[str, tuple[int, bool]] = {}
+    if keys:
+        pending = func.sum(case((ManualFix.sync_status == SyncStatus.PENDING, 1), else_=0))
+        for key, count, pending_count in session.execute(
+            select(ManualFix.image_key, func.count(), pending)
+            .where(ManualFix.image_key.in_(keys))
+            .group_by(ManualFix.image_key)
+        ):
+            fixes[key] = (count, bool(pending_count))
+    return [
+        ReviewItem(
+            id=i.id,
+            position=i.position,
+            page_url=i.page_url,
+            image_url=i.image_url,
+            title=i.title,
+            image_key=i.image_key,
+            ml_image_type=i.ml_image_type,
+            ml_color=i.ml_color,
+            image_type=i.image_type,
+            color=i.color,
+            status=i.status,
+            error=i.error,
+            fixes=fixes.get(i.image_key or "", (0, False))[0],
+            pending=fixes.get(i.image_key or "", (0, False))[1],
+        )
+        for i in items
+    ], total or 0
+
+
+def matching_item_ids(session: Session, scrape_id: int, review_filter: ReviewFilter) -> list[int]:
+    """Every matching item id (for "fix all matching this filter"); only fixable items."""
+    return list(
+        session.scalars(
+            _filtered(select(SitemapItem.id), scrape_id, review_filter)
+            .where(SitemapItem.image_key.is_not(None))
+            .order_by(SitemapItem.position)
+        )
+    )
+
+
+def items_by_id(session: Session, item_ids: list[int]) -> list[SitemapItem]:
+    return list(session.scalars(select(SitemapItem).where(SitemapItem.id.in_(item_ids))))
+
+
+def thumbnails(session: Session, image_keys: list[str]) -> dict[str, bytes]:
+    """The stored JPEG thumbnails of these keys (missing keys are left out)."""
+    if not image_keys:
+        return {}
+    rows = session.execute(
+        select(Thumbnail.image_key, Thumbnail.jpeg).where(Thumbnail.image_key.in_(image_keys))
+    )
+    return {key: jpeg for key, jpeg in rows}
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    id: int
+    created_at: datetime
+    user: str
+    source: str
+    field: str
+    old_value: str | None
+    new_value: str | None
+    sync_status: str
+
+
+def image_history(session: Session, image_key: str) -> list[HistoryEntry]:
+    """Every manual fix of one image, newest first."""
+    return [
+        HistoryEntry(
+            id=f.id,
+            created_at=f.created_at,
+            user=f.user,
+            source=f.source,
+            field=f.field,
+            old_value=f.old_value,
+            new_value=f.new_value,
+            sync_status=f.sync_status,
+        )
+        for f in session.scalars(
+            select(ManualFix).where(ManualFix.image_key == image_key).order_by(ManualFix.id.desc())
+        )
+    ]
+
+
+def scrapes_of(session: Session, advertiser_id: int, limit: int = 30) -> list[Scrape]:
+    """The advertiser's scrapes, newest first."""
+    return list(
+        session.scalars(
+            select(Scrape)
+            .where(Scrape.advertiser_id == advertiser_id)
+            .order_by(Scrape.started_at.desc(), Scrape.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+STALE_AFTER = timedelta(hours=2)
+"""An unfinished scrape older than this was abandoned (its worker died): it no longer counts."""
+
+
+def running_scrape(session: Session, advertiser_id: int) -> Scrape | None:
+    """The advertiser's unfinished scrape, if one is running."""
+    scrape = session.scalar(
+        select(Scrape)
+        .where(and_(Scrape.advertiser_id == advertiser_id, Scrape.finished_at.is_(None)))
+        .order_by(Scrape.id.desc())
+        .limit(1)
+    )
+    if scrape is None:
+        return None
+    started = scrape.started_at
+    if started.tzinfo is None:  # SQLite returns naive UTC datetimes
+        started = started.replace(tzinfo=UTC)
+    return scrape if utcnow() - started < STALE_AFTER else None

@@ -1,0 +1,550 @@
+"""Sitemap review: every image of a scrape with its ML Image Type and Color, and manual fixes.
+
+The grid is one form: dropdown changes cost nothing until "Update" applies all of them in one
+transaction. Each dropdown's key carries the value it was drawn with, so a value changed by someone
+else resets the dropdown instead of being silently reverted, and the value the analyst saw travels
+with the fix (a lost race is reported, not hidden).
+"""
+
+from __future__ import annotations
+
+import io
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+from PIL import Image, ImageDraw
+
+from db.accounts import Actor, Permission
+from db.fixes import FixChange, FixOutcome, apply_fixes, push_pending
+from db.models import ItemStatus
+from db.queries import latest_scrape, list_advertisers
+from db.review import (
+    FIXED,
+    NO_COLOR,
+    PENDING_SYNC,
+    STATUS_FILTERS,
+    ReviewCounts,
+    ReviewFilter,
+    ReviewItem,
+    image_history,
+    items_by_id,
+    matching_item_ids,
+    review_counts,
+    review_page,
+    running_scrape,
+    scrapes_of,
+    thumbnails,
+)
+from pages.common import (
+    QUERY_TTL_SECONDS,
+    clear_query_cache,
+    ml_client,
+    require_page,
+    session_factory,
+    settings,
+    shown_errors,
+)
+from tagging import COLORS, DEFAULT_FIX_COLOR, IMAGE_TYPES
+from tagging.errors import TaggingError
+
+COLUMNS = 6
+PAGE_SIZES = (24, 48, 96)
+STATUS_LABELS = {
+    ItemStatus.OK: "OK",
+    ItemStatus.ML_FAILURE: "ML failure",
+    ItemStatus.ERROR: "Image error",
+    FIXED: "Fixed",
+    PENDING_SYNC: "Pending sync",
+}
+TYPE_COLORS = {"Dealer": "#2f81f7", "Stock": "#a371f7", "Placeholder": "#8b949e"}
+
+
+# --- cached reads ------------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=QUERY_TTL_SECONDS)
+def load_advertisers() -> list[tuple[int, str, bool]]:
+    with session_factory()() as session:
+        return [(a.id, a.name, a.color_from_feed) for a in list_advertisers(session)]
+
+
+@st.cache_data(ttl=QUERY_TTL_SECONDS)
+def load_scrapes(advertiser_id: int) -> list[dict]:
+    with session_factory()() as session:
+        return [
+            {
+                "id": s.id,
+                "started_at": s.started_at,
+                "status": s.status,
+                "items": s.item_count,
+                "finished": s.finished_at is not None,
+                "error": s.error,
+            }
+            for s in scrapes_of(session, advertiser_id)
+        ]
+
+
+@st.cache_data(ttl=QUERY_TTL_SECONDS)
+def load_counts(scrape_id: int) -> ReviewCounts:
+    with session_factory()() as session:
+        return review_counts(session, scrape_id)
+
+
+@st.cache_data(ttl=QUERY_TTL_SECONDS)
+def load_page(
+    scrape_id: int, review_filter: ReviewFilter, offset: int, limit: int
+) -> tuple[list[ReviewItem], int]:
+    with session_factory()() as session:
+        return review_page(session, scrape_id, review_filter, offset=offset, limit=limit)
+
+
+@st.cache_data(ttl=3600, max_entries=64)
+def load_thumbnails(keys: tuple[str, ...]) -> dict[str, bytes]:
+    # Thumbnails never change for a key: cache them long, and hand Streamlit the JPEG bytes
+    # as they are (no decode, no re-encode on a rerun).
+    with session_factory()() as session:
+        return thumbnails(session, list(keys))
+
+
+@st.cache_data
+def missing_thumbnail() -> bytes:
+    image = Image.new("RGB", (240, 180), (238, 240, 243))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((90, 60, 150, 110), outline=(150, 155, 163), width=3)
+    draw.line((90, 110, 150, 60), fill=(150, 155, 163), width=3)
+    draw.text((78, 130), "no image", fill=(120, 125, 133))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+def latest_finished_id(advertiser_id: int) -> int | None:
+    """Not cached: the progress poll needs to see a scrape finish."""
+    with session_factory()() as session:
+        scrape = latest_scrape(session, advertiser_id)
+        return scrape.id if scrape else None
+
+
+def load_running(advertiser_id: int) -> dict | None:
+    with session_factory()() as session:
+        scrape = running_scrape(session, advertiser_id)
+        if scrape is None:
+            return None
+        return {
+            "id": scrape.id,
+            "done": scrape.item_count,
+            "total": scrape.expected_items,
+            "requested_by": scrape.requested_by,
+        }
+
+
+# --- actions ------------------------------------------------------------------------------------
+
+
+def save_fixes(actor: Actor, changes: list[FixChange]) -> None:
+    """Apply the changes in one transaction, push them, and leave a message for the next run."""
+    with session_factory().begin() as session:
+        outcome = apply_fixes(session, actor, changes)
+    clear_query_cache()
+    st.session_state["flash"] = describe(outcome, push(outcome))
+
+
+def push(outcome: FixOutcome) -> str | None:
+    """Push the new fixes now; None when all landed, else why they wait (the worker retries)."""
+    if not outcome.fix_ids:
+        return None
+    report = push_pending(session_factory(), ml_client(), fix_ids=outcome.fix_ids)
+    return report.error if report.synced < len(outcome.fix_ids) else None
+
+
+def describe(outcome: FixOutcome, push_error: str | None) -> list[tuple[str, str]]:
+    messages: list[tuple[str, str]] = []
+    saved = len(outcome.fix_ids)
+    if saved and push_error is None:
+        messages.append(("success", f"{saved} fix(es) saved and sent to the ML server."))
+    elif saved:
+        messages.append(
+            (
+                "warning",
+                f"{saved} fix(es) saved, pending sync: the ML server could not be reached "
+                f"({push_error}). They are retried until it acknowledges them.",
+            )
+        )
+    if outcome.unchanged:
+        messages.append(("info", f"{outcome.unchanged} change(s) already had that value."))
+    for race in outcome.races:
+        when = f" at {race.overwritten_at:%H:%M:%S}" if race.overwritten_at else ""
+        messages.append(
+            (
+                "warning",
+                f"Item {race.item_id}: {race.overwritten_by} had changed {race.field} from "
+                f"{race.seen_value} to {race.overwritten_value}{when} while you were looking. "
+                "Both fixes are in the history; yours, the later one, is the value now.",
+            )
+        )
+    return messages or [("info", "Nothing to update: no dropdown was changed.")]
+
+
+# --- the page -----------------------------------------------------------------------------------
+
+actor = require_page(Permission.READ)
+can_fix = actor.can(Permission.FIX)
+
+st.title("Sitemap review")
+
+for kind, text in st.session_state.pop("flash", []):
+    getattr(st, kind)(text)
+
+advertisers = load_advertisers()
+if not advertisers:
+    st.info("No advertisers yet.")
+    st.stop()
+
+params = st.query_params
+names = [name for _, name, _ in advertisers]
+wanted = params.get("advertiser")
+top = st.columns([3, 3, 2])
+advertiser_name = top[0].selectbox(
+    "Advertiser", names, index=names.index(wanted) if wanted in names else 0
+)
+advertiser_id, _, color_from_feed = next(a for a in advertisers if a[1] == advertiser_name)
+if advertiser_name != wanted:
+    st.query_params["advertiser"] = advertiser_name
+
+scrapes = [s for s in load_scrapes(advertiser_id) if s["finished"]]
+running = load_running(advertiser_id)
+
+with top[2]:
+    st.write("")
+    relaunch = actor.can(Permission.RELAUNCH) and st.button(
+        "Relaunch scrape",
+        icon=":material/refresh:",
+        disabled=running is not None,
+        help="Scrape the sitemap again in the background; only new, changed or failed "
+        "images are classified.",
+    )
+if relaunch:
+    from tagging.tasks import enqueue_scrape
+
+    with shown_errors():
+        enqueue_scrape(settings(), actor, advertiser_name)
+        st.session_state["queued"] = (advertiser_id, latest_finished_id(advertiser_id))
+        st.rerun()
+
+
+@st.fragment(run_every=1.0)
+def scrape_progress(advertiser_id: int) -> None:
+    """Polls the running scrape; leave the page and come back, it is read from the database."""
+    current = load_running(advertiser_id)
+    queued = st.session_state.get("queued")
+    if current is None:
+        if queued and queued[0] == advertiser_id and latest_finished_id(advertiser_id) == queued[1]:
+            st.info("Scrape queued: waiting for the worker…", icon=":material/schedule:")
+            return
+        # It finished (or was never ours to wait for): redraw the page with the new scrape.
+        st.session_state.pop("queued", None)
+        clear_query_cache()
+        st.rerun()
+    total = current["total"] or 0
+    done = current["done"] or 0
+    text = (
+        f"Scrape #{current['id']} running: {done:,} of {total:,} images"
+        if total
+        else f"Scrape #{current['id']}: reading the sitemap…"
+    )
+    st.progress(min(done / total, 1.0) if total else 0.0, text=text)
+
+
+queued = st.session_state.get("queued")
+if running is not None or (queued and queued[0] == advertiser_id):
+    scrape_progress(advertiser_id)
+
+if not scrapes:
+    st.info(f"{advertiser_name} has not been scraped yet.")
+    st.stop()
+
+scrape_ids = [s["id"] for s in scrapes]
+wanted_scrape = params.get("scrape")
+scrape_id = top[1].selectbox(
+    "Scrape",
+    scrape_ids,
+    index=scrape_ids.index(int(wanted_scrape))
+    if wanted_scrape and wanted_scrape.isdigit() and int(wanted_scrape) in scrape_ids
+    else 0,
+    format_func=lambda i: next(
+        f"#{s['id']} · {s['started_at']:%Y-%m-%d %H:%M} · {s['items']:,} images · {s['status']}"
+        for s in scrapes
+        if s["id"] == i
+    ),
+)
+scrape = next(s for s in scrapes if s["id"] == scrape_id)
+counts = load_counts(scrape_id)
+
+# Counts by type and status, then colors as a chart.
+metrics = st.columns(7)
+metrics[0].metric("Images", f"{counts.total:,}")
+for column, image_type in zip(metrics[1:4], IMAGE_TYPES, strict=True):
+    column.metric(image_type, f"{counts.by_type.get(image_type, 0):,}")
+metrics[4].metric("ML failures", f"{counts.by_status.get(ItemStatus.ML_FAILURE, 0):,}")
+metrics[5].metric("Image errors", f"{counts.by_status.get(ItemStatus.ERROR, 0):,}")
+metrics[6].metric(
+    "Fixed",
+    f"{counts.by_status.get(FIXED, 0):,}",
+    help=f"{counts.by_status.get(PENDING_SYNC, 0):,} pending sync",
+)
+
+ml_failures = counts.by_status.get(ItemStatus.ML_FAILURE, 0)
+if ml_failures:
+    st.warning(
+        f"{ml_failures:,} images got no answer from the ML server and show the defaults "
+        "(Placeholder, no color). Relaunch the scrape; if it fails again, tell the dev team.",
+        icon=":material/warning:",
+    )
+if scrape["error"]:
+    with st.expander("Problems found while reading the sitemap"):
+        st.text(scrape["error"])
+
+with st.expander("Colors in this scrape", expanded=False):
+    color_counts = pd.DataFrame(
+        [{"color": k, "images": v} for k, v in counts.by_color.items()]
+    ).sort_values("images", ascending=False)
+    st.altair_chart(
+        alt.Chart(color_counts)
+        .mark_bar()
+        .encode(
+            x=alt.X("color:N", sort="-y", title=None),
+            y=alt.Y("images:Q"),
+            tooltip=["color", "images"],
+        )
+        .properties(height=180),
+        width="stretch",
+    )
+
+# Filters (mirrored in the URL so that a view can be shared or linked from elsewhere).
+filters = st.columns([2, 2, 2, 3])
+type_filter = filters[0].multiselect(
+    "Image Type", IMAGE_TYPES, default=[t for t in params.get_all("type") if t in IMAGE_TYPES]
+)
+color_options = [*COLORS, NO_COLOR]
+color_filter = filters[1].multiselect(
+    "Color", color_options, default=[c for c in params.get_all("color") if c in color_options]
+)
+status_filter = filters[2].multiselect(
+    "Status",
+    STATUS_FILTERS,
+    default=[s for s in params.get_all("status") if s in STATUS_FILTERS],
+    format_func=lambda s: STATUS_LABELS[s],
+)
+text_filter = filters[3].text_input("Search URLs and titles", value=params.get("q", ""))
+review_filter = ReviewFilter(
+    image_types=tuple(type_filter),
+    colors=tuple(color_filter),
+    statuses=tuple(status_filter),
+    text=text_filter,
+)
+
+paging = st.columns([1, 1, 4])
+page_size = paging[0].selectbox("Per page", PAGE_SIZES, index=0)
+_, matching = load_page(scrape_id, review_filter, 0, 1)
+pages = max(1, -(-matching // page_size))
+page_number = paging[1].number_input("Page", min_value=1, max_value=pages, value=1, step=1)
+paging[2].caption(f"{matching:,} of {counts.total:,} images match · page {page_number} of {pages}")
+
+items, _ = load_page(scrape_id, review_filter, (page_number - 1) * page_size, page_size)
+thumbs = load_thumbnails(tuple(sorted({i.image_key for i in items if i.image_key})))
+
+
+def type_key(item: ReviewItem) -> str:
+    return f"type-{item.id}-{item.image_type}"
+
+
+def color_key(item: ReviewItem) -> str:
+    return f"color-{item.id}-{item.color}"
+
+
+def tile(item: ReviewItem) -> None:
+    with st.container(border=True):
+        st.image(thumbs.get(item.image_key or "", missing_thumbnail()), output_format="JPEG")
+        # Advertiser-supplied text is shown as plain text, never as Markdown or HTML.
+        st.text(f"#{item.position} {item.title or ''}".strip()[:60])
+        ml_color = item.ml_color or "None"
+        st.caption(f"ML: {item.ml_image_type} · {ml_color}")
+        badges = []
+        if item.status == ItemStatus.ML_FAILURE:
+            badges.append(("ML failure", "red"))
+        elif item.status == ItemStatus.ERROR:
+            badges.append(("Image error", "orange"))
+        if item.fixes:
+            badges.append((f"Fixed ×{item.fixes}", "blue"))
+        if item.pending:
+            badges.append(("Pending sync", "yellow"))
+        if badges:
+            st.markdown(" ".join(f":{color}-badge[{label}]" for label, color in badges))
+        fixable = can_fix and item.image_key is not None
+        st.selectbox(
+            "Image Type",
+            IMAGE_TYPES,
+            index=IMAGE_TYPES.index(item.image_type) if item.image_type in IMAGE_TYPES else 2,
+            key=type_key(item),
+            disabled=not fixable,
+        )
+        st.selectbox(
+            "Color",
+            COLORS,
+            index=COLORS.index(item.color)
+            if item.color in COLORS
+            else COLORS.index(DEFAULT_FIX_COLOR),
+            key=color_key(item),
+            disabled=not fixable or color_from_feed,
+            help="Comes from the advertiser's feed" if color_from_feed else None,
+        )
+        inner = st.columns(2)
+        inner[0].checkbox("Select", key=f"select-{item.id}", disabled=not fixable)
+        inner[1].form_submit_button(
+            "Details", key=f"details-{item.id}", icon=":material/zoom_in:", type="tertiary"
+        )
+
+
+with st.form("fixes", border=False):
+    for start in range(0, len(items), COLUMNS):
+        for column, item in zip(st.columns(COLUMNS), items[start : start + COLUMNS], strict=False):
+            with column:
+                tile(item)
+    if can_fix:
+        update = st.form_submit_button(
+            "Update", type="primary", icon=":material/save:", width="stretch"
+        )
+        st.markdown("**Bulk fix**")
+        bulk = st.columns([2, 2, 2, 2])
+        bulk_field = bulk[0].selectbox(
+            "Field", ["image_type", "color"], format_func=lambda f: f.replace("_", " ").title()
+        )
+        bulk_value = bulk[1].selectbox("Value", [*IMAGE_TYPES, *COLORS])
+        with bulk[2]:
+            st.write("")
+            bulk_selected = st.form_submit_button("Preview on selected tiles")
+        with bulk[3]:
+            st.write("")
+            bulk_all = st.form_submit_button(f"Preview on all {matching:,} matching")
+    else:
+        update = bulk_selected = bulk_all = False
+        st.caption("Your role can read this sitemap but not change it.")
+
+details = next((i for i in items if st.session_state.get(f"details-{i.id}")), None)
+
+
+@st.dialog("Image details", width="large")
+def show_details(item: ReviewItem) -> None:
+    left, right = st.columns([3, 2])
+    with left:
+        st.image(large_image(item.image_url, item.image_key), output_format="JPEG")
+    with right:
+        st.markdown("**Image URL**")
+        st.code(item.image_url, language=None, wrap_lines=True)
+        st.markdown("**Vehicle page**")
+        st.code(item.page_url, language=None, wrap_lines=True)
+        if item.title:
+            st.markdown("**Title**")
+            st.text(item.title)
+        st.markdown(
+            f"**ML:** {item.ml_image_type} · {item.ml_color or 'None'}  \n"
+            f"**Now:** {item.image_type} · {item.color or 'None'}  \n"
+            f"**Status:** {STATUS_LABELS.get(item.status, item.status)}"
+        )
+        if item.error:
+            st.text(item.error)
+        st.caption(f"image_key {item.image_key or '—'}")
+    st.markdown("**History**")
+    if item.image_key:
+        with session_factory()() as session:
+            history = image_history(session, item.image_key)
+        if history:
+            st.dataframe(
+                pd.DataFrame([h.__dict__ for h in history]).drop(columns=["id"]),
+                hide_index=True,
+                width="stretch",
+            )
+        else:
+            st.caption("No manual fix yet.")
+
+
+@st.cache_data(ttl=600, max_entries=32)
+def large_image(url: str, image_key: str | None) -> bytes:
+    """The original image fetched by the server (guarded), or the thumbnail if it is gone."""
+    from tagging.fetch import client_from_settings
+    from tagging.images import decode_image, make_thumbnail
+
+    try:
+        with client_from_settings(settings()) as client:
+            body = client.get(url, accept=("image/",), max_bytes=15 * 1024 * 1024).body
+        return make_thumbnail(decode_image(body, draft_size=(800, 600)).image, size=(800, 600))
+    except TaggingError:
+        with session_factory()() as session:
+            found = thumbnails(session, [image_key] if image_key else [])
+        return found.get(image_key or "", missing_thumbnail())
+
+
+if details is not None:
+    show_details(details)
+
+if update:
+    changes: list[FixChange] = []
+    for item in items:
+        if item.image_key is None:
+            continue
+        new_type = st.session_state.get(type_key(item), item.image_type)
+        if new_type != item.image_type:
+            changes.append(FixChange(item.id, "image_type", new_type, seen_value=item.image_type))
+        new_color = st.session_state.get(color_key(item))
+        shown_color = item.color if item.color in COLORS else DEFAULT_FIX_COLOR
+        if not color_from_feed and new_color is not None and new_color != shown_color:
+            changes.append(FixChange(item.id, "color", new_color, seen_value=item.color))
+    with shown_errors():
+        save_fixes(actor, changes)
+        st.rerun()
+
+if bulk_selected or bulk_all:
+    if (bulk_field == "image_type") != (bulk_value in IMAGE_TYPES):
+        st.error(f"{bulk_value} is not a valid {bulk_field.replace('_', ' ')}.")
+    else:
+        if bulk_all:
+            with session_factory()() as session:
+                target = matching_item_ids(session, scrape_id, review_filter)
+        else:
+            target = [i.id for i in items if st.session_state.get(f"select-{i.id}")]
+        st.session_state["bulk"] = {"ids": target, "field": bulk_field, "value": bulk_value}
+
+pending_bulk = st.session_state.get("bulk")
+if pending_bulk and can_fix:
+    with session_factory()() as session:
+        rows = items_by_id(session, pending_bulk["ids"])
+    field, value = pending_bulk["field"], pending_bulk["value"]
+    fixable = [r for r in rows if r.image_key]
+    changing = [r for r in fixable if getattr(r, field) != value]
+    with st.container(border=True):
+        st.markdown(f"**Bulk fix preview:** set {field.replace('_', ' ')} to **{value}**")
+        st.write(
+            f"{len(changing):,} of {len(rows):,} images change "
+            f"({len(fixable) - len(changing):,} already have it, "
+            f"{len(rows) - len(fixable):,} have no image to fix)."
+        )
+        confirm = st.columns([1, 1, 4])
+        if confirm[0].button("Apply", type="primary", disabled=not changing):
+            st.session_state.pop("bulk")
+            with shown_errors():
+                save_fixes(
+                    actor,
+                    [FixChange(r.id, field, value, seen_value=getattr(r, field)) for r in changing],
+                )
+                st.rerun()
+        if confirm[1].button("Cancel"):
+            st.session_state.pop("bulk")
+            st.rerun()
+
+# Keep the filters in the URL.
+for name, values in (("type", type_filter), ("color", color_filter), ("status", status_filter)):
+    if sorted(params.get_all(name)) != sorted(values):
+        st.query_params[name] = values
+if params.get("q", "") != text_filter:
+    st.query_params["q"] = text_filter

@@ -1,0 +1,253 @@
+"""Manual fixes: history, item updates, races, permissions, and the push to the ML cache."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+import requests
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.fixes import FixChange, apply_fixes, overwritten_fixes, push_pending
+from db.models import ItemStatus, ManualFix, Role, SitemapItem, SyncStatus, utcnow
+from tagging.errors import NotFoundError, PermissionDenied, TaggingError
+from tagging.ml_client import MLClient
+from tests.factories import actor, make_advertiser, make_scrape
+
+
+@pytest.fixture
+def scrape_items(sessions: sessionmaker[Session]) -> list[int]:
+    with sessions.begin() as session:
+        advertiser = make_advertiser(session)
+        scrape = make_scrape(
+            session, advertiser, [("Dealer", "Red"), ("Stock", None), ("Dealer", "Blue")]
+        )
+        ids = [
+            i.id
+            for i in session.scalars(
+                select(SitemapItem)
+                .where(SitemapItem.scrape_id == scrape.id)
+                .order_by(SitemapItem.position)
+            )
+        ]
+    return ids
+
+
+def test_a_fix_writes_history_and_updates_the_item(
+    sessions: sessionmaker[Session], scrape_items: list[int]
+) -> None:
+    with sessions.begin() as session:
+        outcome = apply_fixes(
+            session,
+            actor(Role.ANALYST, "ana"),
+            [
+                FixChange(scrape_items[0], "image_type", "Stock", "Dealer"),
+                FixChange(scrape_items[1], "color", "White", None),
+            ],
+        )
+    assert len(outcome.fix_ids) == 2 and not outcome.races
+    with sessions() as session:
+        fixes = list(session.scalars(select(ManualFix).order_by(ManualFix.id)))
+        item = session.get_one(SitemapItem, scrape_items[0])
+        assert (item.image_type, item.ml_image_type) == ("Stock", "Dealer")  # the ML value is kept
+        assert session.get_one(SitemapItem, scrape_items[1]).color == "White"
+    first = fixes[0]
+    assert (first.field, first.old_value, first.new_value, first.user, first.source) == (
+        "image_type",
+        "Dealer",
+        "Stock",
+        "ana",
+        "analyst",
+    )
+    assert first.image_key == item.image_key and first.image_url == item.image_url
+    assert first.advertiser_id == item.advertiser_id and first.sitemap_item_id == item.id
+    assert first.sync_status == SyncStatus.PENDING
+    assert (fixes[1].old_value, fixes[1].new_value) == (None, "White")
+
+
+def test_the_same_image_on_two_vehicles_is_fixed_once_for_both(
+    sessions: sessionmaker[Session], scrape_items: list[int]
+) -> None:
+    with sessions.begin() as session:
+        items = [session.get_one(SitemapItem, i) for i in scrape_items]
+        items[2].image_key = items[0].image_key  # the same picture listed twice
+    with sessions.begin() as session:
+        outcome = apply_fixes(
+            session, actor(), [FixChange(scrape_items[0], "image_type", "Placeholder")]
+        )
+    assert len(outcome.fix_ids) == 1
+    with sessions() as session:
+        assert session.get_one(SitemapItem, scrape_items[2]).image_type == "Placeholder"
+
+
+def test_a_change_to_the_current_value_is_skipped(
+    sessions: sessionmaker[Session], scrape_items: list[int]
+) -> None:
+    with sessions.begin() as session:
+        outcome = apply_fixes(
+            session, actor(), [FixChange(scrape_items[0], "image_type", "Dealer")]
+        )
+    assert outcome.unchanged == 1 and outcome.fix_ids == []
+
+
+@pytest.mark.parametrize("role", [Role.MANAGER])
+def test_roles_without_fix_are_refused(
+    sessions: sessionmaker[Session], scrape_items: list[int], role: Role
+) -> None:
+    with sessions.begin() as session, pytest.raises(PermissionDenied):
+        apply_fixes(session, actor(role), [FixChange(scrape_items[0], "image_type", "Stock")])
+    with sessions.begin() as session, pytest.raises(PermissionDenied, match="sign in"):
+        apply_fixes(session, None, [FixChange(scrape_items[0], "image_type", "Stock")])
+    with sessions() as session:
+        assert session.scalars(select(ManualFix)).all() == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (FixChange(0, "image_type", "Truck"), "not a valid image_type"),
+        (FixChange(0, "color", "<script>alert(1)</script>"), "not a valid color"),
+        (FixChange(0, "title", "x"), "unknown field"),
+    ],
+)
+def test_bad_values_are_refused_before_anything_is_written(
+    sessions: sessionmaker[Session], scrape_items: list[int], change: FixChange, message: str
+) -> None:
+    good = FixChange(scrape_items[0], "image_type", "Stock")
+    with sessions.begin() as session, pytest.raises(TaggingError, match=message):
+        apply_fixes(session, actor(), [good, replace(change, item_id=scrape_items[1])])
+    with sessions() as session:
+        assert session.scalars(select(ManualFix)).all() == []
+        assert session.get_one(SitemapItem, scrape_items[0]).image_type == "Dealer"
+
+
+def test_unknown_item_and_item_without_image(
+    sessions: sessionmaker[Session], scrape_items: list[int]
+) -> None:
+    with sessions.begin() as session, pytest.raises(NotFoundError):
+        apply_fixes(session, actor(), [FixChange(999_999, "image_type", "Stock")])
+    with sessions.begin() as session:
+        item = session.get_one(SitemapItem, scrape_items[0])
+        item.image_key, item.status, item.error = None, ItemStatus.ERROR, "404"
+    with sessions.begin() as session, pytest.raises(TaggingError, match="no image to fix"):
+        apply_fixes(session, actor(), [FixChange(scrape_items[0], "image_type", "Stock")])
+
+
+def test_a_lost_race_is_recorded_and_reported(
+    sessions: sessionmaker[Session], scrape_items: list[int]
+) -> None:
+    item_id = scrape_items[0]
+    with sessions.begin() as session:  # Ana saw Dealer and fixed it first
+        first = apply_fixes(
+            session, actor(username="ana"), [FixChange(item_id, "image_type", "Stock", "Dealer")]
+        )
+    with sessions.begin() as session:  # Bob also saw Dealer; his fix lands later
+        second = apply_fixes(
+            session,
+            actor(username="bob"),
+            [FixChange(item_id, "image_type", "Placeholder", "Dealer")],
+        )
+    assert len(second.races) == 1
+    race = second.races[0]
+    assert (race.overwritten_by, race.overwritten_value, race.seen_value) == (
+        "ana",
+        "Stock",
+        "Dealer",
+    )
+    with sessions() as session:
+        history = list(session.scalars(select(ManualFix).order_by(ManualFix.id)))
+        assert [(f.user, f.old_value, f.new_value) for f in history] == [
+            ("ana", "Dealer", "Stock"),
+            ("bob", "Stock", "Placeholder"),
+        ]
+        assert history[1].superseded_fix_id == first.fix_ids[0]
+        assert (
+            session.get_one(SitemapItem, item_id).image_type == "Placeholder"
+        )  # the later one wins
+        lost = overwritten_fixes(session, "ana", utcnow() - timedelta(hours=1))
+    assert [(mine.new_value, theirs.user) for mine, theirs in lost] == [("Stock", "bob")]
+
+
+def test_concurrent_fixes_of_one_image_are_all_recorded(
+    sessions: sessionmaker[Session], scrape_items: list[int]
+) -> None:
+    errors: list[BaseException] = []
+    values = ["Stock", "Placeholder", "Dealer", "Stock"]
+
+    def fix(n: int) -> None:
+        try:
+            with sessions.begin() as session:
+                apply_fixes(
+                    session,
+                    actor(username=f"user{n}"),
+                    [FixChange(scrape_items[0], "image_type", values[n], "Dealer")],
+                )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fix, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with sessions() as session:
+        history = list(session.scalars(select(ManualFix).order_by(ManualFix.id)))
+        final = session.get_one(SitemapItem, scrape_items[0]).image_type
+    # Every fix that changed something is recorded, chained old→new in commit order.
+    assert history, "at least one fix changed the value"
+    for before, after in itertools.pairwise(history):
+        assert after.old_value == before.new_value
+    assert final == history[-1].new_value
+
+
+def test_push_pending_reaches_the_real_ml_server_once(
+    sessions: sessionmaker[Session],
+    scrape_items: list[int],
+    ml_server: object,
+    app_settings: object,
+) -> None:
+    with sessions.begin() as session:
+        outcome = apply_fixes(
+            session,
+            actor(),
+            [
+                FixChange(scrape_items[0], "image_type", "Stock"),
+                FixChange(scrape_items[0], "color", "Gold"),
+            ],
+        )
+        key = session.get_one(SitemapItem, scrape_items[0]).image_key
+
+    down = MLClient.from_settings(replace(app_settings, ml_url="http://127.0.0.1:9"))  # type: ignore[type-var]
+    report = push_pending(sessions, down)
+    assert report.synced == 0 and report.pending == 2 and report.error
+    with sessions() as session:
+        first = session.get_one(ManualFix, outcome.fix_ids[0])
+        assert (first.sync_status, first.sync_attempts) == (SyncStatus.PENDING, 1)
+        assert "cannot be reached" in (first.last_sync_error or "")
+
+    ml = MLClient.from_settings(app_settings)  # type: ignore[arg-type]
+    report = push_pending(sessions, ml)
+    assert (report.synced, report.pending, report.error) == (2, 0, None)
+    record = requests.get(
+        f"{ml_server.url}/images/{key}",
+        headers={"Authorization": "Bearer test-token-0123456789"},
+        timeout=5,
+    ).json()  # type: ignore[attr-defined]
+    assert (record["image_type"], record["color"]) == ("Stock", "Gold")
+    assert record["applied_fix_ids"] == outcome.fix_ids
+
+    # A retry after a lost acknowledgement (the row went back to pending) applies nothing twice.
+    with sessions.begin() as session:
+        session.get_one(ManualFix, outcome.fix_ids[0]).sync_status = SyncStatus.PENDING
+    assert push_pending(sessions, ml).synced == 1
+    record = requests.get(
+        f"{ml_server.url}/images/{key}",
+        headers={"Authorization": "Bearer test-token-0123456789"},
+        timeout=5,
+    ).json()  # type: ignore[attr-defined]
+    assert record["applied_fix_ids"] == outcome.fix_ids

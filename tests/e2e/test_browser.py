@@ -1,0 +1,100 @@
+"""The main flow in a real browser: sign in, open a sitemap, fix a type and a color, Update, see
+the history row, and see the ML server return the fixed values.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from db.accounts import ensure_demo_accounts
+from db.engine import make_engine, make_session_factory
+from db.models import ManualFix, SitemapItem, SyncStatus
+from tagging.demo.generate import DemoInventory
+from tagging.demo.setup import register_demo_advertisers
+from tagging.fetch import client_from_settings
+from tagging.ml_client import MLClient
+from tagging.scrape import run_scrape
+
+pytestmark = pytest.mark.browser
+
+
+def choose(page: object, key: str, option: str) -> None:
+    """Pick ``option`` in the Streamlit selectbox whose widget key is ``key``."""
+    page.locator(f".st-key-{key}").get_by_role("combobox").click()  # type: ignore[attr-defined]
+    page.get_by_role("option", name=option, exact=True).click()  # type: ignore[attr-defined]
+
+
+def test_fix_in_the_browser_reaches_history_and_ml_cache(
+    browser: object,
+    running_app: dict,
+    app_settings: object,
+    demo_dir: Path,
+    cdn: object,
+    ml_server: object,
+    tmp_path: Path,
+) -> None:
+    inventory = DemoInventory.load(demo_dir)
+    register_demo_advertisers(app_settings, inventory, cdn.url)  # type: ignore[arg-type, attr-defined]
+    engine = make_engine(app_settings.database_url)  # type: ignore[attr-defined]
+    sessions = make_session_factory(engine)
+    with sessions.begin() as session:
+        ensure_demo_accounts(session)
+    name = sorted(a.name for a in inventory.advertisers)[0]  # the page's default advertiser
+    client = client_from_settings(app_settings)  # type: ignore[arg-type]
+    run_scrape(sessions, name, ml=MLClient.from_settings(app_settings), client=client)  # type: ignore[arg-type]
+
+    page = browser.new_page(viewport={"width": 1600, "height": 1200})  # type: ignore[attr-defined]
+    page.set_default_timeout(30_000)
+    page.goto(running_app["url"])
+    page.get_by_label("Username", exact=True).fill("analyst")
+    page.get_by_label("Password", exact=True).fill("wrong password!")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("wrong username or password").wait_for()
+    page.get_by_label("Password", exact=True).fill("analyst-demo-pass")
+    page.get_by_role("button", name="Sign in").click()
+
+    page.get_by_role("link", name="Sitemap review").click()
+    page.get_by_role("heading", name="Sitemap review").wait_for()
+    page.get_by_text("Images", exact=True).first.wait_for()
+    page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+
+    with sessions() as session:
+        first = session.scalars(
+            select(SitemapItem).order_by(SitemapItem.scrape_id.desc(), SitemapItem.position)
+        ).first()
+        assert first is not None
+    new_type = "Stock" if first.image_type != "Stock" else "Dealer"
+    # The review page keys each dropdown by item id and the value it was drawn with.
+    choose(page, f"type-{first.id}-{first.image_type}", new_type)
+    choose(page, f"color-{first.id}-{first.color}", "Purple")
+    page.get_by_role("button", name="Update").click()
+    page.get_by_text(re.compile(r"2 fix\(es\) saved and sent to the ML server")).wait_for()
+
+    with sessions() as session:
+        fixes = list(session.scalars(select(ManualFix).order_by(ManualFix.id)))
+    assert sorted((f.field, f.new_value, f.user, f.sync_status) for f in fixes) == [
+        ("color", "Purple", "analyst", SyncStatus.SYNCED),
+        ("image_type", new_type, "analyst", SyncStatus.SYNCED),
+    ]
+    record = requests.get(
+        f"{ml_server.url}/images/{fixes[0].image_key}",  # type: ignore[attr-defined]
+        headers={"Authorization": f"Bearer {app_settings.ml_token}"},  # type: ignore[attr-defined]
+        timeout=5,
+    ).json()
+    assert (record["image_type"], record["color"]) == (new_type, "Purple"), (
+        record,
+        [(f.id, f.field, f.image_key, f.sitemap_item_id) for f in fixes],
+    )
+
+    page.get_by_role("link", name="Fix history").click()
+    page.get_by_role("heading", name=re.compile("history", re.I)).wait_for()
+    # st.dataframe draws on a canvas; its cells are in the DOM for assistive technology.
+    page.locator("[role=gridcell]", has_text="Purple").first.wait_for(state="attached")
+    page.screenshot(path=str(tmp_path / "history.png"), full_page=True)
+    client.close()
+    engine.dispose()

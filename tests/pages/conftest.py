@@ -1,0 +1,53 @@
+"""AppTest fixtures: the real app script on a seeded database, signed in as a given role."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from sqlalchemy.orm import Session, sessionmaker
+from streamlit.testing.v1 import AppTest
+
+from db.accounts import Actor
+from db.engine import make_engine, make_session_factory
+from db.models import Role
+from tests.factories import actor
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def app_db(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> sessionmaker[Session]:
+    """An empty migrated app database that the app under test uses."""
+    monkeypatch.setenv("TAGGING_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("TAGGING_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TAGGING_ML_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("TAGGING_ML_TOKEN", "unused")
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    engine = make_engine(sqlite_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+@pytest.fixture
+def open_app(app_db: sessionmaker[Session]) -> Callable[..., AppTest]:
+    """``open_app(role, page)``: run app.py signed in as ``role`` and switch to ``page``."""
+
+    def _open(role: Role | Actor | None = Role.ANALYST, page: str | None = None) -> AppTest:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=30)
+        if role is not None:
+            at.session_state["actor"] = role if isinstance(role, Actor) else actor(role)
+        at.run()
+        if page is not None:
+            at.switch_page(page)
+            at.run()
+        return at
+
+    return _open

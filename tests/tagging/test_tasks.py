@@ -1,0 +1,81 @@
+"""The task queue with a real huey consumer: a relaunched scrape runs in the background."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.engine import make_engine, make_session_factory
+from db.models import Role, Scrape
+from db.queries import get_advertiser
+from tagging.demo.generate import DemoInventory
+from tagging.demo.setup import register_demo_advertisers
+from tagging.errors import PermissionDenied, TaggingError
+from tests.factories import actor
+
+
+@pytest.fixture
+def worker(app_settings: object, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A real huey consumer (threads) working for the test's database and ML server."""
+    from tagging.tasks import huey
+
+    for name, value in {
+        "TAGGING_DATABASE_URL": app_settings.database_url,  # type: ignore[attr-defined]
+        "TAGGING_ML_URL": app_settings.ml_url,  # type: ignore[attr-defined]
+        "TAGGING_ML_TOKEN": app_settings.ml_token,  # type: ignore[attr-defined]
+        "TAGGING_ALLOWED_HOSTS": ",".join(app_settings.allowed_hosts),  # type: ignore[attr-defined]
+    }.items():
+        monkeypatch.setenv(name, value)
+    huey.flush()
+    consumer = huey.create_consumer(workers=1, worker_type="thread", periodic=False)
+    consumer.start()
+    yield
+    consumer.stop(graceful=True)
+
+
+@pytest.fixture
+def sessions_for(app_settings: object, demo_dir: Path, cdn: object) -> Iterator[sessionmaker[Session]]:
+    register_demo_advertisers(app_settings, DemoInventory.load(demo_dir), cdn.url)  # type: ignore[arg-type, attr-defined]
+    engine = make_engine(app_settings.database_url)  # type: ignore[attr-defined]
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def test_relaunch_runs_the_scrape_in_the_background(
+    worker: None, sessions_for: sessionmaker[Session], app_settings: object, demo_dir: Path
+) -> None:
+    from tagging.tasks import enqueue_scrape
+
+    name = DemoInventory.load(demo_dir).advertisers[0].name
+    queued = enqueue_scrape(app_settings, actor(Role.ANALYST, "ana"), name)  # type: ignore[arg-type]
+    assert queued.advertiser == name and queued.task_id
+    deadline = time.monotonic() + 90
+    scrape = None
+    while time.monotonic() < deadline:
+        with sessions_for() as session:
+            scrape = session.scalar(select(Scrape).where(Scrape.finished_at.is_not(None)))
+        if scrape is not None:
+            break
+        time.sleep(0.2)
+    assert scrape is not None, "the worker did not finish the scrape"
+    assert (scrape.trigger, scrape.requested_by) == ("app", "ana")
+    assert scrape.item_count == scrape.expected_items > 0
+
+
+def test_relaunch_needs_the_role_and_no_running_scrape(
+    sessions_for: sessionmaker[Session], app_settings: object, demo_dir: Path
+) -> None:
+    from tagging.tasks import enqueue_scrape
+
+    name = DemoInventory.load(demo_dir).advertisers[0].name
+    with pytest.raises(PermissionDenied):
+        enqueue_scrape(app_settings, actor(Role.MANAGER), name)  # type: ignore[arg-type]
+    with sessions_for.begin() as session:
+        session.add(Scrape(advertiser_id=get_advertiser(session, name).id))  # running
+    with pytest.raises(TaggingError, match="already running"):
+        enqueue_scrape(app_settings, actor(Role.ANALYST), name)  # type: ignore[arg-type]
