@@ -8,25 +8,25 @@ from __future__ import annotations
 import streamlit as st
 
 from db.accounts import Permission
-from pages.common import current_actor, sign_out
+from views.common import current_actor, sign_out
 
 st.set_page_config(page_title="Tagdesk", page_icon="🏷️", layout="wide")
 
 actor = current_actor()
 if actor is None:
-    st.navigation([st.Page("pages/sign_in.py", title="Sign in", icon=":material/login:")]).run()
+    st.navigation([st.Page("views/sign_in.py", title="Sign in", icon=":material/login:")]).run()
     st.stop()
 
 sections: dict[str, list[st.Page]] = {
     "Review": [
-        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-        st.Page("pages/review.py", title="Sitemap review", icon=":material/grid_view:"),
-        st.Page("pages/history.py", title="Fix history", icon=":material/history:"),
+        st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("views/review.py", title="Sitemap review", icon=":material/grid_view:"),
+        st.Page("views/history.py", title="Fix history", icon=":material/history:"),
     ],
 }
 if actor.can(Permission.MANAGE_USERS):
     sections["Admin"] = [
-        st.Page("pages/admin.py", title="Accounts", icon=":material/manage_accounts:"),
+        st.Page("views/admin.py", title="Accounts", icon=":material/manage_accounts:"),
     ]
 
 with st.sidebar:

@@ -137,7 +137,7 @@ def per_image_stages(images: Sequence[bytes], rounds: int) -> list[list[object]]
         for mode, size in MODES.items()
     }
     steps: list[tuple[str, Callable[[str], None]]] = [
-        ("decode", lambda mode: [decode_image(b, draft_size=MODES[mode]) for b in images]),
+        ("decode", lambda mode: decode_range(mode, 0, len(images))),
         ("sha256 of the bytes", lambda mode: [content_sha256(b) for b in images]),
         ("perceptual hash", lambda mode: [perceptual_hash(i) for i in decoded[mode]]),
         ("thumbnail (240x180 JPEG)", lambda mode: [make_thumbnail(i) for i in decoded[mode]]),

@@ -21,7 +21,7 @@ from db.models import Role, User
 from tests.factories import actor, make_advertiser
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGE = "pages/admin.py"
+PAGE = "views/admin.py"
 ADMIN = actor(Role.ADMIN).username
 """``open_app(Role.ADMIN)`` signs in as this name; the account must exist, as in real life."""
 

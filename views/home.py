@@ -8,7 +8,7 @@ import streamlit as st
 
 from db.queries import advertiser_overview, recent_scrapes
 from db.accounts import Permission
-from pages.common import QUERY_TTL_SECONDS, require_page, session_factory
+from views.common import QUERY_TTL_SECONDS, require_page, session_factory
 
 
 @st.cache_data(ttl=QUERY_TTL_SECONDS)

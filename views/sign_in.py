@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from db.accounts import Actor, actor_for_email, authenticate
-from pages.common import _oidc_configured, session_factory, sign_in
+from views.common import _oidc_configured, session_factory, sign_in
 from tagging.errors import AuthenticationError
 
 NOTICES = ("session_expired", "signed_out")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,10 +38,14 @@ def app_db(
 
 
 @pytest.fixture
-def open_app(app_db: sessionmaker[Session]) -> Callable[..., AppTest]:
+def open_app(app_db: sessionmaker[Session], request: pytest.FixtureRequest) -> Callable[..., AppTest]:
     """``open_app(role, page)``: run app.py signed in as ``role`` and switch to ``page``."""
 
     def _open(role: Role | Actor | None = Role.ANALYST, page: str | None = None) -> AppTest:
+        # AppTest runs the script as __main__ and leaves it there; multiprocessing's spawn would
+        # then re-run app.py in every child process it starts later in this test session.
+        main = sys.modules["__main__"]
+        request.addfinalizer(lambda: sys.modules.__setitem__("__main__", main))
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=30)
         if role is not None:
             at.session_state["actor"] = role if isinstance(role, Actor) else actor(role)

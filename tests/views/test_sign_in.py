@@ -1,9 +1,4 @@
-"""The sign-in page, through the real app script (AppTest) on a seeded database.
-
-AppTest note: after the first run, a run stays on the page the previous run finished on and runs
-that page's script alone; ``switch_page("app.py")`` runs the frame again (the navigation a signed-in
-person sees).
-"""
+"""The sign-in page, through the real app script (AppTest) on a seeded database."""
 
 from __future__ import annotations
 
@@ -76,7 +71,7 @@ def test_the_right_password_signs_in_and_shows_the_navigation(
     assert not errors(at)
     assert at.session_state["actor"] == Actor("alice", Role.ANALYST)
 
-    at.switch_page("app.py").run()
+    at.run()
     assert not at.exception
     assert [caption.value for caption in at.sidebar.caption] == ["Signed in as **alice** · analyst"]
     assert not at.text_input  # no sign-in form: Home, the default page

@@ -25,7 +25,7 @@ from db.accounts import (
 )
 from db.models import AdvertiserToken, Role, User
 from db.queries import list_advertisers
-from pages.common import clear_query_cache, require_page, session_factory
+from views.common import clear_query_cache, require_page, session_factory
 from tagging.errors import TaggingError
 
 NOTICE = "admin_notice"

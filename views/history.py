@@ -23,7 +23,7 @@ from db.history import (
     history_totals,
 )
 from db.models import FixSource, SyncStatus, utcnow
-from pages.common import QUERY_TTL_SECONDS, require_page, session_factory, shown_errors
+from views.common import QUERY_TTL_SECONDS, require_page, session_factory, shown_errors
 
 PAGE_SIZE = 500
 FIELD_LABELS = {"image_type": "Image Type", "color": "Color"}
@@ -70,8 +70,8 @@ def filters(options: HistoryFilterOptions) -> HistoryFilter:
     days = columns[4].date_input(
         "Dates (UTC)", value=(), max_value=utcnow().date(), format="YYYY-MM-DD"
     )
-    sync_status = columns[5].selectbox("Sync", [ANY, *SyncStatus])
-    source = columns[6].selectbox("Source", [ANY, *FixSource])
+    sync_status = columns[5].selectbox("Sync", [ANY, *(s.value for s in SyncStatus)])
+    source = columns[6].selectbox("Source", [ANY, *(s.value for s in FixSource)])
     # A range being picked has only its first day yet: filter from that day on meanwhile.
     picked = [d for d in (days if isinstance(days, tuple) else (days,)) if isinstance(d, date)]
     return HistoryFilter(
@@ -126,7 +126,8 @@ with shown_errors():
             frame,
             hide_index=True,
             width="stretch",
-            height=560,
+            # Fit short results; scroll past 15 rows (35 px per row and header, 3 px of border).
+            height=min(16, len(frame) + 1) * 35 + 3,
             placeholder="—",
             column_order=[
                 "created_at",

@@ -36,7 +36,7 @@ from db.review import (
     scrapes_of,
     thumbnails,
 )
-from pages.common import (
+from views.common import (
     QUERY_TTL_SECONDS,
     clear_query_cache,
     ml_client,

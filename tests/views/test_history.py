@@ -16,7 +16,7 @@ from db.fixes import FixChange, apply_fixes
 from db.models import FixSource, ManualFix, Role, SitemapItem, SyncStatus
 from tests.factories import actor, make_advertiser, make_scrape
 
-PAGE = "pages/history.py"
+PAGE = "views/history.py"
 
 READ_ONLY_ELEMENTS = {
     # The filters (they change what is shown, never the data), the figures and the export.

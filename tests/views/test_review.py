@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from db.models import ManualFix, Role, SitemapItem, SyncStatus
 from tests.factories import make_advertiser, make_scrape
 
-PAGE = "pages/review.py"
+PAGE = "views/review.py"
 HOSTILE = "<script>alert(1)</script> **bold** ![x](http://evil.example/p.png)"
 
 
