@@ -9,6 +9,7 @@ import enum
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     DateTime,
     ForeignKey,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -87,6 +89,8 @@ class Advertiser(Base):
     sitemap_url: Mapped[str] = mapped_column(Text)
     color_from_feed: Mapped[bool] = mapped_column(Boolean, default=False)
     """Scrape config: the feed gives each vehicle's color, so the ML color is not applied."""
+    auto_carry_fixes: Mapped[bool] = mapped_column(Boolean, default=False)
+    """After each scrape, carry manual fixes over to images that came back under a new image_key."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     scrapes: Mapped[list[Scrape]] = relationship(back_populates="advertiser")
@@ -250,10 +254,64 @@ class AdvertiserToken(Base):
     advertiser: Mapped[Advertiser] = relationship(back_populates="tokens")
 
 
+class FindingState(enum.StrEnum):
+    OPEN = "open"
+    FIXED = "fixed"
+    """Remedied, or no longer detected (then ``state_by`` is ``system``)."""
+    IGNORED = "ignored"
+    """Accepted as it is, with a reason; stays ignored until its evidence changes."""
+
+
+class Severity(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+    """Tell the dev team (e.g. the ML server failed again after a relaunch)."""
+
+
+class Finding(Base):
+    """A "weird result" a detector found (``tagging.weird``), with its evidence and its state."""
+
+    __tablename__ = "findings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    detector: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(200))
+    """What the finding is about, unique per detector (a scrape, an image, a pair...)."""
+    advertiser_id: Mapped[int | None] = mapped_column(
+        ForeignKey("advertisers.id", ondelete="CASCADE"), index=True
+    )
+    scrape_id: Mapped[int | None] = mapped_column(ForeignKey("scrapes.id", ondelete="SET NULL"))
+    severity: Mapped[str] = mapped_column(String(16), default=Severity.WARNING)
+    explanation: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[dict] = mapped_column(JSON)
+    """Image keys, URLs, item ids and figures, as JSON."""
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    """SHA-256 of the evidence's stable facts: a change reopens an ignored finding."""
+    state: Mapped[str] = mapped_column(String(16), default=FindingState.OPEN)
+    state_reason: Mapped[str | None] = mapped_column(Text)
+    state_by: Mapped[str | None] = mapped_column(String(200))
+    state_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    settled_fix_id: Mapped[int | None] = mapped_column(Integer)
+    """Manual fixes up to this id were settled by a remedy ("choose one value")."""
+    conflicting: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Marked as conflicting examples, to keep out of the training sets."""
+    detected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    """When the evidence last changed."""
+
+    __table_args__ = (
+        UniqueConstraint("detector", "subject"),
+        Index("ix_findings_state_severity", "state", "severity"),
+    )
+
+
 __all__ = [
     "Advertiser",
     "AdvertiserToken",
     "Base",
+    "Finding",
+    "FindingState",
     "FixSource",
     "Image",
     "ItemStatus",
@@ -261,6 +319,7 @@ __all__ = [
     "Role",
     "Scrape",
     "ScrapeStatus",
+    "Severity",
     "SitemapItem",
     "SyncStatus",
     "Thumbnail",

@@ -18,6 +18,7 @@ import multiprocessing
 import random
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -210,9 +211,10 @@ def generate_dataset(
     else:
         # "spawn" rather than the Linux default "fork": forking a process that already runs
         # torch's thread pools can deadlock, and spawn behaves the same on every platform.
+        # An executor, not a Pool: a worker that dies raises BrokenProcessPool instead of hanging.
         context = multiprocessing.get_context("spawn")
-        with context.Pool(config.workers) as pool:
-            for start, block in pool.imap_unordered(_render_range, ranges):
+        with ProcessPoolExecutor(config.workers, mp_context=context) as pool:
+            for start, block in pool.map(_render_range, ranges):
                 collect(start, block)
 
     specs = [sample_spec(config, i) for i in range(total)]

@@ -25,8 +25,8 @@ from db.accounts import (
 )
 from db.models import AdvertiserToken, Role, User
 from db.queries import list_advertisers
-from views.common import clear_query_cache, require_page, session_factory
 from tagging.errors import TaggingError
+from views.common import clear_query_cache, require_page, session_factory
 
 NOTICE = "admin_notice"
 ROLES = [role.value for role in Role]

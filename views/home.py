@@ -6,8 +6,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from db.queries import advertiser_overview, recent_scrapes
 from db.accounts import Permission
+from db.queries import advertiser_overview, recent_scrapes
 from views.common import QUERY_TTL_SECONDS, require_page, session_factory
 
 

@@ -36,6 +36,8 @@ from db.review import (
     scrapes_of,
     thumbnails,
 )
+from tagging import COLORS, DEFAULT_FIX_COLOR, IMAGE_TYPES
+from tagging.errors import TaggingError
 from views.common import (
     QUERY_TTL_SECONDS,
     clear_query_cache,
@@ -45,8 +47,6 @@ from views.common import (
     settings,
     shown_errors,
 )
-from tagging import COLORS, DEFAULT_FIX_COLOR, IMAGE_TYPES
-from tagging.errors import TaggingError
 
 COLUMNS = 6
 PAGE_SIZES = (24, 48, 96)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import streamlit as st
 
 from db.accounts import Actor, actor_for_email, authenticate
-from views.common import _oidc_configured, session_factory, sign_in
 from tagging.errors import AuthenticationError
+from views.common import _oidc_configured, session_factory, sign_in
 
 NOTICES = ("session_expired", "signed_out")
 

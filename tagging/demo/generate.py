@@ -28,6 +28,7 @@ import multiprocessing
 import random
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -763,8 +764,9 @@ def _run(
     if workers <= 1:
         yield from map(_produce_and_write, args)
         return
-    with multiprocessing.get_context().Pool(workers) as pool:
-        yield from pool.imap_unordered(_produce_and_write, args, chunksize=16)
+    # An executor, not a Pool: a worker that dies raises BrokenProcessPool instead of hanging.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context()) as pool:
+        yield from pool.map(_produce_and_write, args, chunksize=16)
 
 
 def _manifest(

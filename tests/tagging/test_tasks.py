@@ -39,7 +39,9 @@ def worker(app_settings: object, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
 
 
 @pytest.fixture
-def sessions_for(app_settings: object, demo_dir: Path, cdn: object) -> Iterator[sessionmaker[Session]]:
+def sessions_for(
+    app_settings: object, demo_dir: Path, cdn: object
+) -> Iterator[sessionmaker[Session]]:
     register_demo_advertisers(app_settings, DemoInventory.load(demo_dir), cdn.url)  # type: ignore[arg-type, attr-defined]
     engine = make_engine(app_settings.database_url)  # type: ignore[attr-defined]
     yield make_session_factory(engine)

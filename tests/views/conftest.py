@@ -38,7 +38,9 @@ def app_db(
 
 
 @pytest.fixture
-def open_app(app_db: sessionmaker[Session], request: pytest.FixtureRequest) -> Callable[..., AppTest]:
+def open_app(
+    app_db: sessionmaker[Session], request: pytest.FixtureRequest
+) -> Callable[..., AppTest]:
     """``open_app(role, page)``: run app.py signed in as ``role`` and switch to ``page``."""
 
     def _open(role: Role | Actor | None = Role.ANALYST, page: str | None = None) -> AppTest:
