@@ -93,7 +93,7 @@ def main() -> None:
         TAGGING_DATABASE_URL=url,
         TAGGING_DATA_DIR=str(work),
         TAGGING_ML_URL="http://127.0.0.1:9",
-        TAGGING_ML_TOKEN="bench",
+        TAGGING_ML_TOKEN="bench-token-unused",  # noqa: S106 - no ML server is called
     )
     print(f"seeding {args.items:,} items with thumbnails…", flush=True)
     seed(url, args.items)
