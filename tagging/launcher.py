@@ -106,25 +106,7 @@ def launch(settings: Settings, config: LaunchConfig) -> int:
 
         step("starting the app")
         processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "streamlit",
-                    "run",
-                    str(ROOT / "app.py"),
-                    "--server.port",
-                    str(config.app_port),
-                    "--server.address",
-                    config.host,
-                    "--server.headless",
-                    "true",
-                    "--browser.gatherUsageStats",
-                    "false",
-                ],
-                env=env,
-                cwd=ROOT,
-            )
+            subprocess.Popen(app_command(config.host, config.app_port), env=env, cwd=ROOT)
         )
         wait_for(f"http://{config.host}:{config.app_port}/_stcore/health", 60, processes)
         print(
@@ -149,6 +131,17 @@ def launch(settings: Settings, config: LaunchConfig) -> int:
         return 0
     finally:
         stop_all()
+
+
+def app_command(host: str, port: int) -> list[str]:
+    """The command line that serves the Streamlit app (``make run`` and the browser tests)."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+        "--server.port", str(port),
+        "--server.address", host,
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
 
 
 def step(message: str) -> None:

@@ -211,3 +211,17 @@ def app_settings(tmp_path: Path, sqlite_url: str, ml_server: object, cdn: object
         database_url=sqlite_url,
         ml_url=ml_server.url,  # type: ignore[attr-defined]
     )
+
+
+@pytest.fixture
+def app_sessions(
+    app_settings: object, demo_dir: Path, cdn: object
+) -> Iterator[sessionmaker[Session]]:
+    """Sessions of the app database of ``app_settings``, with the demo advertisers registered."""
+    from tagging.demo.generate import DemoInventory
+    from tagging.demo.setup import register_demo_advertisers
+
+    register_demo_advertisers(app_settings, DemoInventory.load(demo_dir), cdn.url)  # type: ignore[arg-type, attr-defined]
+    engine = make_engine(app_settings.database_url)  # type: ignore[attr-defined]
+    yield make_session_factory(engine)
+    engine.dispose()

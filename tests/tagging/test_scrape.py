@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -13,24 +12,12 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import make_engine, make_session_factory
 from db.models import Image, ItemStatus, Scrape, SitemapItem, Thumbnail
 from db.queries import add_advertiser, scrape_items
 from tagging.demo.generate import DemoInventory
-from tagging.demo.setup import register_demo_advertisers
 from tagging.fetch import client_from_settings
 from tagging.ml_client import MLClient
 from tagging.scrape import ScrapeConfig, ScrapeSummary, run_scrape
-
-
-@pytest.fixture
-def app_sessions(
-    app_settings: object, demo_dir: Path, cdn: object
-) -> Iterator[sessionmaker[Session]]:
-    register_demo_advertisers(app_settings, DemoInventory.load(demo_dir), cdn.url)  # type: ignore[arg-type, attr-defined]
-    engine = make_engine(app_settings.database_url)  # type: ignore[attr-defined]
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def scrape(

@@ -10,11 +10,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import make_engine, make_session_factory
 from db.models import Role, Scrape
 from db.queries import get_advertiser
 from tagging.demo.generate import DemoInventory
-from tagging.demo.setup import register_demo_advertisers
 from tagging.errors import PermissionDenied, TaggingError
 from tests.factories import actor
 
@@ -38,18 +36,8 @@ def worker(app_settings: object, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
     consumer.stop(graceful=True)
 
 
-@pytest.fixture
-def sessions_for(
-    app_settings: object, demo_dir: Path, cdn: object
-) -> Iterator[sessionmaker[Session]]:
-    register_demo_advertisers(app_settings, DemoInventory.load(demo_dir), cdn.url)  # type: ignore[arg-type, attr-defined]
-    engine = make_engine(app_settings.database_url)  # type: ignore[attr-defined]
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
 def test_relaunch_runs_the_scrape_in_the_background(
-    worker: None, sessions_for: sessionmaker[Session], app_settings: object, demo_dir: Path
+    worker: None, app_sessions: sessionmaker[Session], app_settings: object, demo_dir: Path
 ) -> None:
     from tagging.tasks import enqueue_scrape
 
@@ -59,7 +47,7 @@ def test_relaunch_runs_the_scrape_in_the_background(
     deadline = time.monotonic() + 90
     scrape = None
     while time.monotonic() < deadline:
-        with sessions_for() as session:
+        with app_sessions() as session:
             scrape = session.scalar(select(Scrape).where(Scrape.finished_at.is_not(None)))
         if scrape is not None:
             break
@@ -70,14 +58,14 @@ def test_relaunch_runs_the_scrape_in_the_background(
 
 
 def test_relaunch_needs_the_role_and_no_running_scrape(
-    sessions_for: sessionmaker[Session], app_settings: object, demo_dir: Path
+    app_sessions: sessionmaker[Session], app_settings: object, demo_dir: Path
 ) -> None:
     from tagging.tasks import enqueue_scrape
 
     name = DemoInventory.load(demo_dir).advertisers[0].name
     with pytest.raises(PermissionDenied):
         enqueue_scrape(app_settings, actor(Role.MANAGER), name)  # type: ignore[arg-type]
-    with sessions_for.begin() as session:
+    with app_sessions.begin() as session:
         session.add(Scrape(advertiser_id=get_advertiser(session, name).id))  # running
     with pytest.raises(TaggingError, match="already running"):
         enqueue_scrape(app_settings, actor(Role.ANALYST), name)  # type: ignore[arg-type]
