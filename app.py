@@ -8,6 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from db.accounts import Permission
+from db.charts import CHART_ROLES
 from views.common import current_actor, sign_out
 
 st.set_page_config(page_title="Tagdesk", page_icon="🏷️", layout="wide")
@@ -22,8 +23,13 @@ sections: dict[str, list[st.Page]] = {
         st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
         st.Page("views/review.py", title="Sitemap review", icon=":material/grid_view:"),
         st.Page("views/history.py", title="Fix history", icon=":material/history:"),
+        st.Page("views/weird.py", title="Weird results", icon=":material/troubleshoot:"),
     ],
 }
+if actor.role in CHART_ROLES:
+    sections["Insights"] = [
+        st.Page("views/charts.py", title="Misclassification", icon=":material/monitoring:"),
+    ]
 if actor.can(Permission.MANAGE_USERS):
     sections["Admin"] = [
         st.Page("views/admin.py", title="Accounts", icon=":material/manage_accounts:"),

@@ -414,25 +414,43 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU of a live process, its waited-for children, and its live descendants."""
+    total = 0.0
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total = sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total + sum(_tree_cpu_seconds(child) for child in _children(pid))
+
+
 def own_cpu_seconds() -> float:
-    """CPU seconds of this process and of its children that have been waited for."""
+    """CPU seconds of this process and all its descendants, live or waited for."""
     times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
+    reaped = times.children_user + times.children_system
+    return times.user + times.system + reaped + sum(map(_tree_cpu_seconds, _children(os.getpid())))
 
 
 class LoadMeter:
     """How busy the rest of the machine was during a block: other work skews every figure.
 
-    ``background`` is the machine's busy CPU time minus ours (this process, its reaped
-    children, and the ``extra`` callables, e.g. service processes), in cores on average.
+    ``background`` is the machine's busy CPU time minus ours (this process and every process it
+    started: services, pool workers, scrape children), in cores on average.
     """
 
-    def __init__(self, extra: Sequence[Callable[[], float]] = ()) -> None:
-        self.extra = extra
+    def __init__(self) -> None:
         self.background = 0.0
 
     def _ours(self) -> float:
-        return own_cpu_seconds() + sum(f() for f in self.extra)
+        return own_cpu_seconds()
 
     def __enter__(self) -> LoadMeter:
         self._start = (time.perf_counter(), machine_busy_seconds(), self._ours())

@@ -126,7 +126,7 @@ def scrape_advertisers(
         for name, function in originals.items():
             setattr(scrape_module, name, watch.wrap(name, function))
         common.wait_for_quiet(max_wait)
-        load = common.LoadMeter([service.cpu_seconds for service in services.values()])
+        load = common.LoadMeter()
         cpu_before = {name: service.cpu_seconds() for name, service in services.items()}
         cpu_before["scrape (this process)"] = time.process_time()
         started = time.perf_counter()
@@ -383,14 +383,11 @@ def large_scrape(
                 "TAGGING_ALLOWED_HOSTS": sitemap_server.host_entry,
             }
         )
-        extra = [ml.cpu_seconds, cdn.cpu_seconds]
         rusage_path = data.path("logs", "scrape-rusage.json")
         print(f"baseline scrape: {BASELINE_ITEMS:,} items", file=sys.stderr, flush=True)
-        baseline = child_scrape(
-            BASELINE_ADVERTISER, env, common.LoadMeter(extra), max_wait, rusage_path
-        )
+        baseline = child_scrape(BASELINE_ADVERTISER, env, common.LoadMeter(), max_wait, rusage_path)
         print(f"large scrape: {count:,} items in a child process", file=sys.stderr, flush=True)
-        large = child_scrape(LARGE_ADVERTISER, env, common.LoadMeter(extra), max_wait, rusage_path)
+        large = child_scrape(LARGE_ADVERTISER, env, common.LoadMeter(), max_wait, rusage_path)
     ml_peak = ml.peak_rss_bytes()
     ml.stop()
     return LargeRun(baseline, large, ml_peak, len(documents["/large.xml"]))

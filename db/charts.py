@@ -9,9 +9,9 @@ Definitions, the same in every function and on the page:
   period** is the same number of days right before it (:meth:`ChartFilter.previous`).
 * **Classified images** of a period: the sitemap items with status ``ok`` (the ML system gave an
   answer) of the scrapes *started* in the period. Re-scraping a sitemap classifies its images
-  again, so an image counts once per scrape. They are counted from the scrapes' own counters
-  (``item_count - failed_count``), which the scrape updates in the transaction that inserts each
-  batch of items: the ``scrapes`` table is the per-scrape summary, always up to date.
+  again, so an image counts once per scrape. Items are counted from ``scrape_class_counts``, the
+  per-scrape summary that database triggers keep exact (see :class:`db.models.ScrapeClassCount`):
+  a few rows per scrape instead of every item.
 * **Fixes** of a period: the ``manual_fixes`` rows *created* in the period, by analysts and by
   advertisers. Carry-over fixes are left out everywhere: they re-apply an earlier correction to
   a new version of an image, so counting them would count one correction twice. A fix that is
@@ -22,8 +22,8 @@ Definitions, the same in every function and on the page:
   period, the ML value of the item its first fix in the period was made on (that fix's old value
   when the item is gone) against the new value of its latest fix in the period (highest id).
   A fix reverted to the ML value lands on the diagonal.
-* **Reversal**: a fix that sets a value the image had before one of its earlier fixes of the same
-  field (that fix's old value): back and forth.
+* **Reversal**: a fix in the period that sets back the value an image had before an earlier fix
+  of the same field in the period (that fix's old value): back and forth.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from db.models import (
     ManualFix,
     Role,
     Scrape,
+    ScrapeClassCount,
     SitemapItem,
 )
 
@@ -105,7 +106,7 @@ class ChartFilter:
             raise ValueError(f"unknown fields {sorted(unknown)}: use image_type or color")
         object.__setattr__(self, "fields", chosen)
         if self.date_to < self.date_from:
-            raise ValueError(f"the period ends ({self.date_to}) before it starts ({self.date_from})")
+            raise ValueError(f"the period ends {self.date_to}, before it starts {self.date_from}")
 
     @property
     def days(self) -> int:
@@ -362,9 +363,9 @@ def period_rates(session: Session, chart_filter: ChartFilter) -> list[PeriodRate
 
     scrape_now = Scrape.started_at >= start
     classified, previous_classified = session.execute(
-        select(
-            func.coalesce(func.sum(case((scrape_now, _ok_items()), else_=0)), 0),
-            func.coalesce(func.sum(case((scrape_now, 0), else_=_ok_items())), 0),
+        _classified(
+            func.coalesce(func.sum(case((scrape_now, ScrapeClassCount.items), else_=0)), 0),
+            func.coalesce(func.sum(case((scrape_now, 0), else_=ScrapeClassCount.items)), 0),
         ).where(*_scrape_conditions(chart_filter, start=earlier, end=end))
     ).one()
     classified, previous_classified = int(classified), int(previous_classified)
@@ -408,7 +409,7 @@ def correction_rate(
     classified = {
         _as_date(bucket): int(count or 0)
         for bucket, count in session.execute(
-            select(scrape_bucket, func.sum(_ok_items()))
+            _classified(scrape_bucket, func.sum(ScrapeClassCount.items))
             .where(*_scrape_conditions(chart_filter))
             .group_by(scrape_bucket)
         )
@@ -428,13 +429,12 @@ def confusion(session: Session, chart_filter: ChartFilter, field_name: str) -> l
     Each image counts once per field (see the module's definitions). Cells are sorted by ML
     value, then by count, largest first.
     """
-    ml_value, fixed_value, _ = _confusion_columns(field_name)
-    query = _confusion_base(chart_filter, field_name)
+    parts = _confusion(chart_filter, field_name)
     counts = [
         (_value(ml), _value(fixed), count)
         for ml, fixed, count in session.execute(
-            query.with_only_columns(ml_value, fixed_value, func.count()).group_by(
-                ml_value, fixed_value
+            parts.query.with_only_columns(parts.ml_value, parts.fixed_value, func.count()).group_by(
+                parts.ml_value, parts.fixed_value
             )
         )
     ]
@@ -458,12 +458,11 @@ def confusion_images(
     limit: int = 60,
 ) -> list[CellImage]:
     """The images behind one confusion cell, most recently fixed first, at most ``limit``."""
-    ml_column, fixed_column, parts = _confusion_columns(field_name)
-    span, last = parts["span"], parts["last"]
-    query = _confusion_base(chart_filter, field_name)
-    query = query.where(
-        ml_column.is_(None) if ml_value == NO_VALUE else ml_column == ml_value,
-        fixed_column.is_(None) if fixed_value == NO_VALUE else fixed_column == fixed_value,
+    parts = _confusion(chart_filter, field_name)
+    span, last = parts.span, parts.last
+    query = parts.query.where(
+        _equals(parts.ml_value, ml_value),
+        _equals(parts.fixed_value, fixed_value),
     )
     last_item = aliased(SitemapItem)
     rows = session.execute(
@@ -530,21 +529,24 @@ def advertiser_rates(session: Session, chart_filter: ChartFilter) -> list[Advert
     classified: dict[int, tuple[int, int]] = {
         advertiser_id: (int(current or 0), int(before or 0))
         for advertiser_id, current, before in session.execute(
-            select(
+            _classified(
                 Scrape.advertiser_id,
-                func.sum(case((scrape_now, _ok_items()), else_=0)),
-                func.sum(case((scrape_now, 0), else_=_ok_items())),
+                func.sum(case((scrape_now, ScrapeClassCount.items), else_=0)),
+                func.sum(case((scrape_now, 0), else_=ScrapeClassCount.items)),
             )
             .where(*_scrape_conditions(chart_filter, start=earlier, end=end))
             .group_by(Scrape.advertiser_id)
         )
     }
     ids = set(fixes) | set(classified)
-    names = dict(
-        session.execute(select(Advertiser.id, Advertiser.name).where(Advertiser.id.in_(ids)))
-        if ids
-        else []
-    )
+    names: dict[int, str] = {}
+    if ids:
+        names = {
+            advertiser_id: name
+            for advertiser_id, name in session.execute(
+                select(Advertiser.id, Advertiser.name).where(Advertiser.id.in_(ids))
+            )
+        }
     rows = []
     for advertiser_id in ids:
         counts = fixes.get(advertiser_id, {"analyst": 0, "advertiser": 0, "before": 0})
@@ -587,21 +589,28 @@ def model_versions(session: Session, chart_filter: ChartFilter, model: Model) ->
     """
     if model not in CHART_FIELDS:
         raise ValueError(f"model is image_type or color, not {model!r}")
-    version = SitemapItem.model_version if model == "image_type" else SitemapItem.color_model_version
-    value = SitemapItem.ml_image_type if model == "image_type" else SitemapItem.ml_color
+    counts = ScrapeClassCount
     mix_rows = session.execute(
         select(
-            version,
-            value,
-            func.count(),
+            counts.version,
+            counts.value,
+            func.sum(counts.items),
             func.min(Scrape.started_at),
             func.max(Scrape.started_at),
         )
         .select_from(Scrape)
-        .join(SitemapItem, SitemapItem.scrape_id == Scrape.id)
-        .where(*_scrape_conditions(chart_filter), SitemapItem.status == ItemStatus.OK.value)
-        .group_by(version, value)
+        .join(
+            counts,
+            (counts.scrape_id == Scrape.id)
+            & (counts.model == model)
+            & (counts.status == ItemStatus.OK.value),
+        )
+        .where(*_scrape_conditions(chart_filter), counts.items > 0)
+        .group_by(counts.version, counts.value)
     ).all()
+    version = (
+        SitemapItem.model_version if model == "image_type" else SitemapItem.color_model_version
+    )
     fixes = {
         _version(v): count
         for v, count in session.execute(
@@ -615,8 +624,8 @@ def model_versions(session: Session, chart_filter: ChartFilter, model: Model) ->
     totals: dict[str, int] = {}
     seen: dict[str, tuple[datetime, datetime]] = {}
     for v, _, count, first, last in mix_rows:
-        name = _version(v)
-        totals[name] = totals.get(name, 0) + count
+        name = _version(v or None)
+        totals[name] = totals.get(name, 0) + int(count)
         first, last = _aware(first), _aware(last)
         if name in seen:
             first, last = min(first, seen[name][0]), max(last, seen[name][1])
@@ -638,7 +647,13 @@ def model_versions(session: Session, chart_filter: ChartFilter, model: Model) ->
     rank = {name: i for i, name in enumerate(order)}
     mix = sorted(
         (
-            VersionClass(model, _version(v), _value(c), count, count / totals[_version(v)])
+            VersionClass(
+                model,
+                _version(v or None),
+                _value(c or None),
+                int(count),
+                int(count) / totals[_version(v or None)],
+            )
             for v, c, count, _, _ in mix_rows
         ),
         key=lambda m: (rank[m.version], -m.items, m.value),
@@ -649,23 +664,36 @@ def model_versions(session: Session, chart_filter: ChartFilter, model: Model) ->
 def ml_failures(session: Session, chart_filter: ChartFilter) -> FailureStats:
     """The share of items with an ML failure per day, and the scrapes that had failures.
 
-    Counted from the scrapes' counters (``ml_failure_count`` of ``item_count``), over the scrapes
-    started in the period. The fields filter does not apply: a failure loses both fields.
+    Over every item (whatever its status) of the scrapes started in the period. The fields
+    filter does not apply: an ML failure loses both fields.
     """
     dialect = session.get_bind().dialect.name
     day = _bucket(Scrape.started_at, "day", dialect)
-    conditions = [*_scrape_conditions(chart_filter), Scrape.item_count > 0]
+    counts = ScrapeClassCount
+    failed = func.coalesce(
+        func.sum(case((counts.status == ItemStatus.ML_FAILURE.value, counts.items), else_=0)), 0
+    )
+    items = func.sum(counts.items)
+
+    def query(*columns: Any) -> Any:
+        return (
+            select(*columns)
+            .select_from(Scrape)
+            # One model's rows count each item once.
+            .join(counts, (counts.scrape_id == Scrape.id) & (counts.model == "image_type"))
+            .where(*_scrape_conditions(chart_filter), counts.items > 0)
+        )
+
     daily = [
         DailyFailures(
             day=_as_date(bucket),
-            scrapes=scrapes,
-            items=int(items or 0),
+            scrapes=int(scrapes),
+            items=int(total or 0),
             ml_failures=int(failures or 0),
-            share=(int(failures or 0) / int(items)) if items else None,
+            share=int(failures or 0) / int(total) if total else None,
         )
-        for bucket, scrapes, items, failures in session.execute(
-            select(day, func.count(), func.sum(Scrape.item_count), func.sum(Scrape.ml_failure_count))
-            .where(*conditions)
+        for bucket, scrapes, total, failures in session.execute(
+            query(day, func.count(func.distinct(Scrape.id)), items, failed)
             .group_by(day)
             .order_by(day)
         )
@@ -675,20 +703,15 @@ def ml_failures(session: Session, chart_filter: ChartFilter) -> FailureStats:
             scrape_id=scrape_id,
             advertiser=name,
             started_at=_aware(started),
-            items=items,
-            ml_failures=failures,
-            share=failures / items,
+            items=int(total),
+            ml_failures=int(failures),
+            share=int(failures) / int(total),
         )
-        for scrape_id, name, started, items, failures in session.execute(
-            select(
-                Scrape.id,
-                Advertiser.name,
-                Scrape.started_at,
-                Scrape.item_count,
-                Scrape.ml_failure_count,
-            )
+        for scrape_id, name, started, total, failures in session.execute(
+            query(Scrape.id, Advertiser.name, Scrape.started_at, items, failed)
             .join(Advertiser, Advertiser.id == Scrape.advertiser_id)
-            .where(*conditions, Scrape.ml_failure_count > 0)
+            .group_by(Scrape.id, Advertiser.name, Scrape.started_at)
+            .having(failed > 0)
             .order_by(Scrape.started_at, Scrape.id)
             .limit(MAX_FAILED_SCRAPES)
         )
@@ -704,24 +727,8 @@ def most_fixed_images(
     Counts the selected fields' fixes; ties are broken by the latest fix, newest first.
     """
     conditions = _fix_conditions(chart_filter)
-    earlier = aliased(ManualFix)
-    # A reversal: an earlier fix of the same image and field had this fix's new value as its old
-    # value. A join (not a correlated EXISTS) so that PostgreSQL can hash it.
-    reversed_ids = (
-        select(ManualFix.id)
-        .join(
-            earlier,
-            (earlier.image_key == ManualFix.image_key)
-            & (earlier.field == ManualFix.field)
-            & (earlier.id < ManualFix.id)
-            & (earlier.old_value == ManualFix.new_value),
-        )
-        .where(*conditions)
-        .distinct()
-        .subquery()
-    )
     fixes = func.count()
-    reversals = func.count(reversed_ids.c.id)
+    reversals = _reversals(chart_filter, session.get_bind().dialect.name)
     last_at = func.max(ManualFix.created_at)
     top = (
         select(
@@ -729,14 +736,14 @@ def most_fixed_images(
             fixes.label("fixes"),
             _count_if(ManualFix.field == "image_type").label("type_fixes"),
             _count_if(ManualFix.field == "color").label("color_fixes"),
-            reversals.label("reversals"),
+            reversals.expression.label("reversals"),
             last_at.label("last_at"),
             func.max(ManualFix.id).label("last_id"),
         )
-        .outerjoin(reversed_ids, reversed_ids.c.id == ManualFix.id)
+        .select_from(reversals.from_)
         .where(*conditions)
         .group_by(ManualFix.image_key)
-        .order_by(fixes.desc(), reversals.desc(), last_at.desc(), ManualFix.image_key)
+        .order_by(fixes.desc(), reversals.expression.desc(), last_at.desc(), ManualFix.image_key)
         .limit(limit)
         .subquery()
     )
@@ -762,9 +769,7 @@ def most_fixed_images(
         .join(last, last.id == top.c.last_id)
         .outerjoin(item, item.id == last.sitemap_item_id)
         .outerjoin(Advertiser, Advertiser.id == last.advertiser_id)
-        .order_by(
-            top.c.fixes.desc(), top.c.reversals.desc(), top.c.last_at.desc(), top.c.image_key
-        )
+        .order_by(top.c.fixes.desc(), top.c.reversals.desc(), top.c.last_at.desc(), top.c.image_key)
     )
     return [
         FixedImage(
@@ -806,19 +811,28 @@ def most_fixed_images(
 
 
 def rows_csv(rows: Sequence[Any], columns: Sequence[str] | None = None) -> str:
-    """Dataclass rows as CSV, header first (``columns``, default every field of the first row).
+    """Dataclass rows as CSV, header first.
+
+    ``columns`` defaults to every field of the rows' dataclass. Rows of several dataclasses (a
+    chart drawn from two tables, e.g. :class:`VersionRate` and :class:`VersionClass`) get the
+    union of their fields, in order of appearance, and a first column ``row`` naming each row's
+    kind (``version_rate``...); a field a row does not have is left empty.
 
     Text cells a spreadsheet would evaluate as a formula (starting with ``= + - @``, tab or
     carriage return) are prefixed with a single quote, as in the history export: advertiser names
     and image URLs come from outside. Dates are ISO 8601, missing values empty.
     """
+    kinds = list(dict.fromkeys(type(row) for row in rows))
+    if columns is None:
+        names = [f.name for kind in kinds for f in dataclasses.fields(kind)]
+        columns = list(dict.fromkeys(names))
+    mixed = len(kinds) > 1
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    if columns is None:
-        columns = [f.name for f in dataclasses.fields(rows[0])] if rows else []
-    writer.writerow(columns)
+    writer.writerow(["row", *columns] if mixed else columns)
     for row in rows:
-        writer.writerow(_csv_cell(getattr(row, name)) for name in columns)
+        cells = [_csv_cell(getattr(row, name, None)) for name in columns]
+        writer.writerow([_snake(type(row).__name__), *cells] if mixed else cells)
     return buffer.getvalue()
 
 
@@ -854,13 +868,28 @@ def _version(value: str | None) -> str:
     return UNKNOWN_VERSION if value is None else value
 
 
+def _equals(column: Any, value: str) -> ColumnElement[bool]:
+    # NO_VALUE names a NULL (a missing color), which "=" would never match.
+    return column.is_(None) if value == NO_VALUE else column == value
+
+
 def _count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
-def _ok_items() -> ColumnElement[int]:
-    # The scrape's own counters: items with an image error or an ML failure are "failed".
-    return Scrape.item_count - Scrape.failed_count
+def _classified(*columns: Any) -> Any:
+    """``SELECT columns FROM scrapes JOIN`` their classified items' counts (one row per value)."""
+    return (
+        select(*columns)
+        .select_from(Scrape)
+        .join(
+            ScrapeClassCount,
+            (ScrapeClassCount.scrape_id == Scrape.id)
+            # Every item is counted once per model: one model's rows count each item once.
+            & (ScrapeClassCount.model == "image_type")
+            & (ScrapeClassCount.status == ItemStatus.OK.value),
+        )
+    )
 
 
 def _fix_conditions(
@@ -869,16 +898,17 @@ def _fix_conditions(
     start: datetime | None = None,
     end: datetime | None = None,
     fields: Iterable[str] | None = None,
+    table: Any = ManualFix,
 ) -> list[ColumnElement[bool]]:
     period_start, period_end = chart_filter.bounds()
     conditions: list[ColumnElement[bool]] = [
-        ManualFix.created_at >= (start or period_start),
-        ManualFix.created_at < (end or period_end),
-        ManualFix.source.in_(COUNTED_SOURCES),
-        ManualFix.field.in_(tuple(fields or chart_filter.fields)),
+        table.created_at >= (start or period_start),
+        table.created_at < (end or period_end),
+        table.source.in_(COUNTED_SOURCES),
+        table.field.in_(tuple(fields or chart_filter.fields)),
     ]
     if chart_filter.advertiser_ids:
-        conditions.append(ManualFix.advertiser_id.in_(chart_filter.advertiser_ids))
+        conditions.append(table.advertiser_id.in_(chart_filter.advertiser_ids))
     return conditions
 
 
@@ -914,9 +944,7 @@ def _bucket(column: Any, granularity: Granularity, dialect: str) -> ColumnElemen
 
 def _buckets(chart_filter: ChartFilter, granularity: Granularity) -> list[date]:
     if granularity == "day":
-        return [
-            chart_filter.date_from + timedelta(days=i) for i in range(chart_filter.days)
-        ]
+        return [chart_filter.date_from + timedelta(days=i) for i in range(chart_filter.days)]
     monday = chart_filter.date_from - timedelta(days=chart_filter.date_from.weekday())
     weeks = []
     while monday <= chart_filter.date_to:
@@ -925,39 +953,24 @@ def _buckets(chart_filter: ChartFilter, granularity: Granularity) -> list[date]:
     return weeks
 
 
-def _confusion_columns(field_name: str) -> tuple[Any, Any, dict[str, Any]]:
-    """The ML-value and fixed-value columns of the confusion query, and the aliases behind them.
+@dataclass(frozen=True)
+class _Confusion:
+    """The confusion query's pieces: one row per image whose field was fixed in the period."""
 
-    Aliases are made once per call and shared with :func:`_confusion_base` through a cache, so
-    that both refer to the same FROM objects.
-    """
-    parts = _confusion_parts(field_name)
-    first, last, item = parts["first"], parts["last"], parts["item"]
-    ml_column = item.ml_image_type if field_name == "image_type" else item.ml_color
-    # The item is gone (deleted scrape): the value before the first fix is the best we know.
-    ml_value = case((item.id.is_(None), first.old_value), else_=ml_column)
-    return ml_value, last.new_value, parts
+    query: Any
+    """``SELECT span.image_key FROM span JOIN first fix JOIN last fix LEFT JOIN first item``."""
+    ml_value: Any
+    fixed_value: Any
+    span: Any
+    last: Any
 
 
-_PARTS: dict[str, dict[str, Any]] = {}
-
-
-def _confusion_parts(field_name: str) -> dict[str, Any]:
+def _confusion(chart_filter: ChartFilter, field_name: str) -> _Confusion:
     if field_name not in CHART_FIELDS:
         raise ValueError(f"unknown field {field_name!r}: use image_type or color")
-    if field_name not in _PARTS:
-        _PARTS[field_name] = {
-            "first": aliased(ManualFix, name="first_fix"),
-            "last": aliased(ManualFix, name="last_fix"),
-            "item": aliased(SitemapItem, name="first_item"),
-        }
-    return _PARTS[field_name]
-
-
-def _confusion_base(chart_filter: ChartFilter, field_name: str) -> Any:
-    """FROM and WHERE of the confusion queries: one row per image whose field was fixed."""
-    parts = _confusion_parts(field_name)
-    first, last, item = parts["first"], parts["last"], parts["item"]
+    first = aliased(ManualFix, name="first_fix")
+    last = aliased(ManualFix, name="last_fix")
+    item = aliased(SitemapItem, name="first_item")
     span = (
         select(
             ManualFix.image_key,
@@ -969,14 +982,76 @@ def _confusion_base(chart_filter: ChartFilter, field_name: str) -> Any:
         .group_by(ManualFix.image_key)
         .subquery("span")
     )
-    parts["span"] = span
-    return (
+    ml_column = item.ml_image_type if field_name == "image_type" else item.ml_color
+    # The item is gone (its scrape was deleted): the value before the first fix is what we know.
+    ml_value = case((item.id.is_(None), first.old_value), else_=ml_column)
+    query = (
         select(span.c.image_key)
         .select_from(span)
         .join(first, first.id == span.c.first_id)
         .join(last, last.id == span.c.last_id)
         .outerjoin(item, item.id == first.sitemap_item_id)
     )
+    return _Confusion(query, ml_value, last.new_value, span, last)
+
+
+@dataclass(frozen=True)
+class _Reversals:
+    """How to count reversals per group of fixes: FROM (with ``manual_fixes``) and an aggregate."""
+
+    from_: Any
+    expression: Any
+
+
+def _reversals(chart_filter: ChartFilter, dialect: str) -> _Reversals:
+    """The count of reversals among the fixes of a GROUP BY over ``manual_fixes``.
+
+    A reversal is a fix in the period that sets the value that an earlier fix of the same image
+    and field in the period had as its old value. One meaning, in the shape each database runs
+    fast (both measured on 50,000 fixes, see bench/charts_bench.py): PostgreSQL hash-joins the
+    fixes with the first fix of each (image, field, old value); SQLite, which has no hash join,
+    probes ``ix_manual_fixes_key_field_old`` once per fix, where a PostgreSQL subplan per row
+    costs twice as much.
+    """
+    conditions = _fix_conditions(chart_filter)
+    if dialect == "postgresql":
+        olds = (
+            select(
+                ManualFix.image_key,
+                ManualFix.field,
+                ManualFix.old_value,
+                func.min(ManualFix.id).label("first_id"),
+            )
+            .where(*conditions)
+            .group_by(ManualFix.image_key, ManualFix.field, ManualFix.old_value)
+            .subquery("olds")
+        )
+        # (image, field, old value) is unique in ``olds``: each fix matches at most one row.
+        joined = ManualFix.__table__.outerjoin(
+            olds,
+            (olds.c.image_key == ManualFix.image_key)
+            & (olds.c.field == ManualFix.field)
+            & (olds.c.old_value == ManualFix.new_value)
+            & (olds.c.first_id < ManualFix.id),
+        )
+        return _Reversals(joined, func.count(olds.c.first_id))
+    earlier = aliased(ManualFix, name="earlier")
+    probe = (
+        select(earlier.id)
+        .where(
+            earlier.image_key == ManualFix.image_key,
+            earlier.field == ManualFix.field,
+            earlier.old_value == ManualFix.new_value,
+            earlier.id < ManualFix.id,
+            *_fix_conditions(chart_filter, fields=None, table=earlier),
+        )
+        .exists()
+    )
+    return _Reversals(ManualFix.__table__, _count_if(probe))
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
 
 def _csv_cell(value: object) -> object:

@@ -67,13 +67,15 @@ def apply_fixes(
     *,
     source: FixSource = FixSource.ANALYST,
     advertiser_id: int | None = None,
+    refresh: bool = True,
 ) -> FixOutcome:
     """Record ``changes`` in the caller's transaction.
 
     Each change writes a history row (pending sync), and sets the field on the item and on every
     item of the same scrape showing the same image_key. A change to the value the item already
     has is skipped. ``advertiser_id``, when given, restricts the changes to that advertiser's
-    items (the advertiser endpoint).
+    items (the advertiser endpoint). The weird-results findings are recomputed in the same
+    transaction, unless ``refresh`` is False (a caller that refreshes them itself).
 
     Raises:
         PermissionDenied: ``actor`` may not fix.
@@ -84,6 +86,7 @@ def apply_fixes(
     for change in changes:
         _validate(change)
     outcome = FixOutcome()
+    touched: set[int] = set()
     # Lock in a stable order so that two bulk fixes over the same items cannot deadlock.
     for change in sorted(changes, key=lambda c: (c.item_id, c.field)):
         item = session.get(SitemapItem, change.item_id, with_for_update=True)
@@ -131,6 +134,11 @@ def apply_fixes(
         )
         session.flush()
         outcome.fix_ids.append(fix.id)
+        touched.add(item.advertiser_id)
+    if outcome.fix_ids and refresh:
+        from db.findings import refresh_findings  # findings build on fixes: imported late
+
+        refresh_findings(session, advertiser_id=touched.pop() if len(touched) == 1 else None)
     return outcome
 
 

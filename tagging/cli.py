@@ -12,11 +12,15 @@ from typing import Any
 from tqdm import tqdm
 
 from tagging.cli_users import add_users_parser, cmd_users
+from tagging.cli_weird import add_weird_parser, cmd_weird
 from tagging.config import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tagging", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m tagging",
+        description="Tagdesk: the demo, the ML server, scrapes, reports, accounts and findings.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="generate the demo inventory and register its advertisers")
@@ -76,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8810)
 
     add_users_parser(sub)
+    add_weird_parser(sub)
 
     up = sub.add_parser("up", help="set up and run everything (what `make run` does)")
     up.add_argument("--app-port", type=int, default=8501)
@@ -362,4 +367,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sync": cmd_sync,
     "api": cmd_api,
     "users": cmd_users,
+    "weird": cmd_weird,
 }

@@ -103,6 +103,8 @@ def launch(settings: Settings, config: LaunchConfig) -> int:
         if not has_scrapes(settings):
             step("scraping every demo advertiser (first run)")
             run_module(["scrape", "--all"], env)
+            step("staging the weird cases of the demo (first run)")
+            stage_demo_weird_cases(settings, cdn_url)
 
         step("starting the app")
         processes.append(
@@ -178,6 +180,18 @@ def wait_for(url: str, timeout: float, processes: list[subprocess.Popen[bytes]])
             except FetchError:
                 time.sleep(0.3)
     raise TaggingError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def stage_demo_weird_cases(settings: Settings, cdn_url: str) -> None:
+    """Give every weird-results detector something to find (does nothing once fixes exist)."""
+    from db.engine import make_engine, make_session_factory
+    from tagging.demo.weird_demo import stage_weird_cases
+
+    engine = make_engine(settings.database_url)
+    try:
+        stage_weird_cases(settings, make_session_factory(engine), cdn_url=cdn_url, say=print)
+    finally:
+        engine.dispose()
 
 
 def ensure_accounts(settings: Settings) -> list[tuple[str, str, str]]:

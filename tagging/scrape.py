@@ -18,6 +18,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import upsert
+from db.findings import after_scrape
 from db.models import (
     Advertiser,
     Image,
@@ -141,6 +142,7 @@ def run_scrape(
         summary.problems.append(
             f"{summary.ml_failures} items got no answer from the ML server: relaunch the scrape"
         )
+    after_scrape(sessions, summary.scrape_id, ml=ml)  # carry fixes over, refresh weird results
     return _finish(sessions, summary, started, failed=False)
 
 

@@ -47,6 +47,7 @@ from views.common import (
     settings,
     shown_errors,
 )
+from views.weird_banner import findings_banner
 
 COLUMNS = 6
 PAGE_SIZES = (24, 48, 96)
@@ -301,6 +302,7 @@ if ml_failures:
         "(Placeholder, no color). Relaunch the scrape; if it fails again, tell the dev team.",
         icon=":material/warning:",
     )
+findings_banner(scrape_id)
 if scrape["error"]:
     with st.expander("Problems found while reading the sitemap"):
         st.text(scrape["error"])

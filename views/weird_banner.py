@@ -1,0 +1,61 @@
+"""A banner of the open weird-result findings of one scrape, for the sitemap review page.
+
+Usage, once the scrape being viewed is known::
+
+    from views.weird_banner import findings_banner
+
+    findings_banner(scrape_id)
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import streamlit as st
+from streamlit.errors import StreamlitAPIException
+
+from db.findings import FindingView, list_findings
+from db.models import Severity
+from views.common import QUERY_TTL_SECONDS, session_factory
+
+SHOWN = 3
+"""Findings spelled out in the banner; the rest are counted."""
+
+
+@st.cache_data(ttl=QUERY_TTL_SECONDS)
+def load_scrape_findings(scrape_id: int) -> list[FindingView]:
+    with session_factory()() as session:
+        return list_findings(session, scrape_id=scrape_id)
+
+
+def findings_banner(scrape_id: int) -> None:
+    """Show the open findings of ``scrape_id`` (nothing when there are none).
+
+    Critical findings make it an error box, others a warning box. Explanations are plain text;
+    the link leads to the Weird results page filtered to the scrape's advertiser.
+    """
+    findings = load_scrape_findings(scrape_id)
+    if not findings:
+        return
+    critical = any(f.severity == Severity.CRITICAL for f in findings)
+    box = st.error if critical else st.warning
+    cases = sorted({f.case for f in findings})
+    box(
+        f"{len(findings)} weird result(s) in this scrape: {', '.join(cases)}."
+        + (" Tell the dev team." if critical else ""),
+        icon="🚨" if critical else ":material/report:",
+    )
+    with st.expander("What looks wrong", expanded=critical):
+        for finding in findings[:SHOWN]:
+            st.text(finding.explanation)
+        if len(findings) > SHOWN:
+            st.caption(f"and {len(findings) - SHOWN} more.")
+        advertiser = findings[0].advertiser
+        # Without the Weird results page in the app's navigation there is nothing to link to.
+        with contextlib.suppress(StreamlitAPIException):
+            st.page_link(
+                "views/weird.py",
+                label="Open Weird results",
+                icon=":material/troubleshoot:",
+                query_params={"advertiser": advertiser} if advertiser else None,
+            )
