@@ -737,4 +737,4 @@ def _ok(passed: bool) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.run_main(main)

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextmanager
-def _progress_bar(description: str, *, unit: str = "img") -> Iterator[Callable[[int, int], None]]:
+def progress_bar(description: str, *, unit: str = "img") -> Iterator[Callable[[int, int], None]]:
     """A tqdm bar driven by ``(done, total)`` callbacks, on stderr so JSON stdout stays clean."""
     bar: tqdm[Any] | None = None
 
@@ -130,7 +130,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tagging.demo.setup import ensure_demo
 
     settings = Settings.from_env()
-    with _progress_bar("drawing the demo") as progress:
+    with progress_bar("drawing the demo") as progress:
         inventory = ensure_demo(
             settings, seed=args.seed, cdn_url=args.cdn_url, force=args.force, progress=progress
         )
@@ -177,7 +177,7 @@ def cmd_scrape(args: argparse.Namespace) -> int:
         names = [args.advertiser]
     summaries = []
     for name in names:
-        with _progress_bar(f"scraping {name}") as progress:
+        with progress_bar(f"scraping {name}") as progress:
             summary = run_scrape(
                 sessions,
                 name,
@@ -297,7 +297,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("seed", args.seed), ("epochs", args.epochs)) if v is not None}
     if overrides:
         config = config.replace(**overrides)
-    with _progress_bar("training", unit="step") as progress:
+    with progress_bar("training", unit="step") as progress:
         result = train(config, settings.models_dir, progress=progress, promote=args.promote)
     print(result.summary())
     if args.evaluate_demo:

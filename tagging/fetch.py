@@ -581,6 +581,9 @@ class GuardedClient:
                     _check_content_type(response, current, accept)
                 if method == "HEAD":
                     body = b""
+                    # No body follows a HEAD: hand the connection back to the pool now, or closing
+                    # the unread response drops the socket and every HEAD opens a new connection.
+                    response.raw.release_conn()
                 else:
                     _check_content_length(response, current, cap)
                     body = _read_body(response, current, url, cap, deadline, total)

@@ -45,7 +45,7 @@ def ensure_token(settings: Settings) -> str:
 
 def launch(settings: Settings, config: LaunchConfig) -> int:
     """Run everything until Ctrl-C; returns the exit code."""
-    from tagging.cli import _progress_bar
+    from tagging.cli import progress_bar
     from tagging.demo.setup import ensure_demo
     from tagging.model import production_version
 
@@ -67,7 +67,7 @@ def launch(settings: Settings, config: LaunchConfig) -> int:
     settings = Settings.from_env()
 
     step("database and demo data")
-    with _progress_bar("drawing the demo") as progress:
+    with progress_bar("drawing the demo") as progress:
         inventory = ensure_demo(settings, cdn_url=cdn_url, progress=progress)
     print(f"  {len(inventory.advertisers)} advertisers, {len(inventory.images)} images")
 

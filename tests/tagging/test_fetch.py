@@ -727,3 +727,44 @@ def test_client_from_settings_allows_settings_and_extra_hosts(
 def test_http_client_module_is_unpatched_for_other_users() -> None:
     # The deadline reader is plugged into our own connection class only.
     assert http.client.HTTPConnection.response_class is http.client.HTTPResponse
+
+
+def test_head_requests_reuse_the_pooled_connection() -> None:
+    """A cached re-scrape is one HEAD per image: each must not cost a new TCP connection."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_HEAD(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", "1234")
+            self.send_header("ETag", '"x"')
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    accepted: list[object] = []
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+
+        def get_request(self):
+            connection = super().get_request()
+            accepted.append(connection[1])
+            return connection
+
+    server = Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        with GuardedClient(FetchPolicy(allowed_hosts=(f"127.0.0.1:{port}",))) as client:
+            for _ in range(20):
+                result = client.head(f"http://127.0.0.1:{port}/a.jpg")
+                assert result.headers["etag"] == '"x"' and result.body == b""
+    finally:
+        server.shutdown()
+    assert len(accepted) == 1, f"{len(accepted)} connections for 20 HEAD requests"
