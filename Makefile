@@ -33,6 +33,8 @@ bench: install
 	$(PY) bench/scrape_bench.py
 	$(PY) bench/decode_bench.py
 	$(PY) bench/inference_bench.py
+	$(PY) bench/review_bench.py
+	$(PY) bench/charts_bench.py
 
 clean-data:
 	rm -rf data/*.sqlite* data/demo data/models data/ml_token
