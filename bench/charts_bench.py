@@ -55,7 +55,7 @@ from db.charts import (
     period_rates,
 )
 from db.engine import make_engine, make_session_factory, migrate
-from tagging import COLORS
+from db.vocab import COLORS
 
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGET_QUERY_MS = 300.0

@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-from tagging.cli import progress_bar  # noqa: E402 - the scripts use it from here
+from tagging.cli.console import progress_bar  # noqa: E402
 from tagging.config import Settings  # noqa: E402
 from tagging.demo.generate import DemoInventory  # noqa: E402
 
@@ -123,8 +123,8 @@ def _ensure_demo(data_dir: Path) -> DemoInventory:
 
 def _ensure_model(data_dir: Path) -> tuple[Path, str]:
     """``(data dir whose models/ has a production model, its version)``."""
-    from tagging.model import production_version
-    from tagging.train import TrainConfig, train
+    from tagging.ml.model import production_version
+    from tagging.ml.train import TrainConfig, train
 
     shared = Settings.from_env()  # TAGGING_DATA_DIR, else ./data (resolved from the cwd)
     candidates = [shared.data_dir]
@@ -288,8 +288,8 @@ def start_ml_server(
 
 
 def wait_healthy(service: Service, path: str, timeout: float) -> None:
+    from tagging.cli.up import wait_for
     from tagging.errors import TaggingError
-    from tagging.launcher import wait_for
 
     try:
         wait_for(service.url + path, timeout, [service.process])

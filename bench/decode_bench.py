@@ -1,6 +1,6 @@
 """JPEG draft-mode decode vs full decode of the demo images, side by side in one process.
 
-Both modes go through :func:`tagging.images.decode_image`, so EXIF transposition and RGB
+Both modes go through :func:`tagging.ingest.images.decode_image`, so EXIF transposition and RGB
 conversion are included and only the draft differs: ``draft`` is the ML server's setting
 (``PipelineConfig.draft_size``, libjpeg scales by 1/2, 1/4 or 1/8 while decoding), ``full`` asks
 for a draft larger than any image, which leaves the scale at 1. The same JPEG bytes (every demo
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import common
 from PIL import Image
 
-from tagging.images import content_sha256, decode_image, make_thumbnail, perceptual_hash
-from tagging.pipeline import PipelineConfig
+from tagging.ingest.images import content_sha256, decode_image, make_thumbnail, perceptual_hash
+from tagging.server.pipeline import PipelineConfig
 
 DRAFT_SIZE = PipelineConfig().draft_size
 FULL_SIZE = (1 << 16, 1 << 16)

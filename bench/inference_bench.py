@@ -1,10 +1,10 @@
 """Batched vs one-at-a-time inference on the same decoded demo images, side by side.
 
-* Image Type (the production model through :class:`tagging.inference.TypeClassifier`): batches of
+* Image Type (the production model through :class:`tagging.ml.inference.TypeClassifier`): batches of
   64, as the ML server receives them from a scrape, vs one ``predict([image])`` call per image.
   Run with 1 and 2 torch threads (the ML server uses torch's default, one per core). The
   batched time is also split into preprocessing (PIL resize + tensor) and the forward pass.
-* Color (the embedded model, :class:`tagging.color.EmbeddedColorModel`): ``predict`` on 64
+* Color (the embedded model, :class:`tagging.ml.color.EmbeddedColorModel`): ``predict`` on 64
   images vs ``predict([image])`` per image.
 
 The images are every decodable demo image, decoded as the ML server decodes them (JPEG draft
@@ -27,11 +27,11 @@ import common
 import torch
 from PIL import Image
 
-from tagging.color import EmbeddedColorModel
-from tagging.images import decode_image
-from tagging.inference import TypeClassifier
-from tagging.pipeline import PipelineConfig
-from tagging.transforms import preprocess
+from tagging.ingest.images import decode_image
+from tagging.ml.color import EmbeddedColorModel
+from tagging.ml.inference import TypeClassifier
+from tagging.ml.transforms import preprocess
+from tagging.server.pipeline import PipelineConfig
 
 BATCH = 64
 

@@ -27,9 +27,9 @@ def seed(url: str, items: int) -> None:
 
     from db.engine import make_engine, make_session_factory, migrate
     from db.models import Advertiser, Scrape, SitemapItem, Thumbnail, utcnow
-    from tagging import COLORS
-    from tagging.images import decode_image, make_thumbnail
-    from tagging.synth import render_bytes
+    from db.vocab import COLORS
+    from tagging.ingest.images import decode_image, make_thumbnail
+    from tagging.ml.synth import render_bytes
 
     migrate(url)
     rng = random.Random(1)

@@ -36,7 +36,7 @@ from xml.sax.saxutils import escape
 import common
 
 from tagging.config import Settings
-from tagging.scrape import ScrapeConfig
+from tagging.ingest.scrape import ScrapeConfig
 
 TARGET_COLD = 300.0
 """Images/s a cold scrape should reach."""
@@ -80,7 +80,7 @@ def warm_up(settings: Settings, cdn: common.Service, data: common.BenchData) -> 
     This loads torch's kernels, the thread pools and the connection pools of both sides, so the
     measured scrape does not pay one-off start-up costs; the demo's own URLs stay uncached.
     """
-    from tagging.ml_client import MLClient
+    from tagging.server.client import MLClient
 
     paths = [p for p, img in sorted(data.inventory.images.items()) if img.kind == "ok"][:128]
     urls = [f"{cdn.url}{p}?warmup={i}" for i, p in enumerate(paths)]
@@ -106,11 +106,11 @@ def scrape_advertisers(
     The main thread's time is split into reading the sitemap, writing batches to the app
     database, and the rest, which is waiting for the ML server (two calls stay in flight).
     """
-    import tagging.scrape as scrape_module
+    import tagging.ingest.scrape as scrape_module
     from db.engine import make_engine, make_session_factory
-    from tagging.fetch import client_from_settings
-    from tagging.ml_client import MLClient
-    from tagging.scrape import run_scrape
+    from tagging.ingest.fetch import client_from_settings
+    from tagging.ingest.scrape import run_scrape
+    from tagging.server.client import MLClient
 
     watch = common.Stopwatch()
     engine = make_engine(settings.database_url)
@@ -353,8 +353,8 @@ def large_scrape(
     A 1,000-item scrape runs first in its own child (other URLs, same ML server): its peak RSS
     is the baseline that tells the fixed cost of a scrape process from what grows with items.
     """
+    from db.advertisers import add_advertiser
     from db.engine import make_engine, make_session_factory
-    from db.queries import add_advertiser
 
     documents = {
         "/baseline.xml": large_sitemap(cdn, data, BASELINE_ITEMS, "b"),

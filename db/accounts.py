@@ -24,13 +24,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from db.models import Advertiser, AdvertiserToken, Role, User, utcnow
-from tagging.errors import (
+from db.errors import (
     AuthenticationError,
     NotFoundError,
     PermissionDenied,
     TaggingError,
 )
+from db.models import Advertiser, AdvertiserToken, Role, User, utcnow
 
 
 class Permission(enum.StrEnum):

@@ -1,8 +1,10 @@
-"""Manual fixes: one transaction writes the history, updates the items and queues the push.
+"""Storage of manual fixes: the history rows, the items they change, and their sync state.
 
 The history row *is* the outbox: it is written with ``sync_status = pending`` in the caller's
-transaction, and :func:`push_pending` sends pending rows to the ML server's cache until it
-acknowledges them. The fix id travels with each push, so a retry never applies a fix twice.
+transaction, and :func:`tagging.fixes.push_pending` sends pending rows to the ML server's cache
+until it acknowledges them. The fix id travels with each push, so a retry never applies a fix
+twice. Recording a fix as a user action (with the weird-result refresh that follows it) is
+:func:`tagging.fixes.record_fixes`.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from db.accounts import Actor, Permission, require
+from db.errors import InvalidInput, NotFoundError
 from db.models import FixSource, ManualFix, SitemapItem, SyncStatus, utcnow
-from tagging import COLORS, IMAGE_TYPES
-from tagging.errors import MLServerError, MLServerUnavailable, NotFoundError, TaggingError
+from db.vocab import COLORS, IMAGE_TYPES
 
 FIELDS: dict[str, tuple[str, ...]] = {"image_type": IMAGE_TYPES, "color": COLORS}
 """The fields a manual fix may change, with their allowed values."""
@@ -55,9 +57,15 @@ class RaceNotice:
 
 @dataclass
 class FixOutcome:
+    """What :func:`apply_fixes` recorded."""
+
     fix_ids: list[int] = field(default_factory=list)
+    """The history rows written (pending sync), in the order they were written."""
     unchanged: int = 0
+    """Changes to the value the item already had: skipped."""
     races: list[RaceNotice] = field(default_factory=list)
+    advertiser_ids: set[int] = field(default_factory=set)
+    """Whose items the fixes changed."""
 
 
 def apply_fixes(
@@ -67,7 +75,6 @@ def apply_fixes(
     *,
     source: FixSource = FixSource.ANALYST,
     advertiser_id: int | None = None,
-    refresh: bool = True,
 ) -> FixOutcome:
     """Record ``changes`` in the caller's transaction.
 
@@ -79,21 +86,21 @@ def apply_fixes(
 
     Raises:
         PermissionDenied: ``actor`` may not fix.
-        TaggingError: an unknown field or value, or an item that has no image to fix.
+        InvalidInput: an unknown field or value, or an item that has no image to fix.
         NotFoundError: an item that does not exist (or not for ``advertiser_id``).
     """
     actor = require(actor, Permission.FIX)
     for change in changes:
         _validate(change)
     outcome = FixOutcome()
-    touched: set[int] = set()
+    outcome.advertiser_ids = set()
     # Lock in a stable order so that two bulk fixes over the same items cannot deadlock.
     for change in sorted(changes, key=lambda c: (c.item_id, c.field)):
         item = session.get(SitemapItem, change.item_id, with_for_update=True)
         if item is None or (advertiser_id is not None and item.advertiser_id != advertiser_id):
             raise NotFoundError(f"no sitemap item {change.item_id}")
         if not item.image_key:
-            raise TaggingError(
+            raise InvalidInput(
                 f"item {item.id} has no image to fix: it could not be fetched ({item.error})"
             )
         current = getattr(item, change.field)
@@ -134,20 +141,16 @@ def apply_fixes(
         )
         session.flush()
         outcome.fix_ids.append(fix.id)
-        touched.add(item.advertiser_id)
-    if outcome.fix_ids and refresh:
-        from db.findings import refresh_findings  # findings build on fixes: imported late
-
-        refresh_findings(session, advertiser_id=touched.pop() if len(touched) == 1 else None)
+        outcome.advertiser_ids.add(item.advertiser_id)
     return outcome
 
 
 def _validate(change: FixChange) -> None:
     allowed = FIELDS.get(change.field)
     if allowed is None:
-        raise TaggingError(f"unknown field {change.field!r}: use image_type or color")
+        raise InvalidInput(f"unknown field {change.field!r}: use image_type or color")
     if change.new_value not in allowed:
-        raise TaggingError(
+        raise InvalidInput(
             f"{change.new_value!r} is not a valid {change.field}: one of {', '.join(allowed)}"
         )
 
@@ -190,73 +193,41 @@ def overwritten_fixes(
     return found
 
 
-@dataclass
-class PushReport:
-    """What one :func:`push_pending` run did."""
+def pending_fixes(
+    session: Session, *, fix_ids: Sequence[int] | None = None, limit: int = 1000
+) -> list[ManualFix]:
+    """Fixes still waiting for the ML server's acknowledgement, oldest first."""
+    query = (
+        select(ManualFix)
+        .where(ManualFix.sync_status == SyncStatus.PENDING)
+        .order_by(ManualFix.id)
+        .limit(limit)
+    )
+    if fix_ids is not None:
+        query = query.where(ManualFix.id.in_(list(fix_ids)))
+    return list(session.scalars(query))
 
-    synced: int = 0
-    failed: int = 0
-    pending: int = 0
-    """Still pending after the run."""
-    error: str | None = None
-    """Why pushing stopped early (the ML server is down), if it did."""
 
-
-def push_pending(
-    sessions: sessionmaker[Session],
-    ml: object,
-    *,
-    fix_ids: Sequence[int] | None = None,
-    limit: int = 1000,
-) -> PushReport:
-    """Send pending fixes to the ML server's cache, oldest first, until it fails.
-
-    Safe to run from several processes at once: a fix pushed twice is applied once, because
-    its id travels with it. Each acknowledgement is committed on its own, so nothing acknowledged
-    is ever sent again after a crash, and nothing unacknowledged is marked synced.
-
-    Args:
-        ml: a :class:`tagging.ml_client.MLClient` (anything with ``put_fix``).
-        fix_ids: only these (the ones a user just made); default every pending fix.
-    """
-    from tagging.schemas import ImageFix
-
-    report = PushReport()
-    with sessions() as session:
-        query = (
-            select(ManualFix)
-            .where(ManualFix.sync_status == SyncStatus.PENDING)
-            .order_by(ManualFix.id)
-            .limit(limit)
+def count_pending(session: Session) -> int:
+    """How many fixes are still waiting for the ML server's acknowledgement."""
+    return session.scalar(
+        select(func.count()).select_from(ManualFix).where(
+            ManualFix.sync_status == SyncStatus.PENDING
         )
-        if fix_ids is not None:
-            query = query.where(ManualFix.id.in_(list(fix_ids)))
-        pending = list(session.scalars(query))
-    for fix in pending:
-        body = ImageFix(fix_id=fix.id, url=fix.image_url, **{fix.field: fix.new_value})
-        try:
-            ml.put_fix(fix.image_key, body)  # type: ignore[attr-defined]
-        except MLServerError as exc:
-            with sessions.begin() as session:
-                row = session.get_one(ManualFix, fix.id)
-                row.sync_attempts += 1
-                row.last_sync_error = str(exc)[:1000]
-            report.failed += 1
-            if isinstance(exc, MLServerUnavailable):
-                report.error = str(exc)
-                break  # The server is down: the rest would fail the same way.
-            continue
-        with sessions.begin() as session:
-            row = session.get_one(ManualFix, fix.id)
-            row.sync_status = SyncStatus.SYNCED
-            row.synced_at = utcnow()
-            row.sync_attempts += 1
-            row.last_sync_error = None
-        report.synced += 1
-    with sessions() as session:
-        report.pending = len(
-            session.scalars(
-                select(ManualFix.id).where(ManualFix.sync_status == SyncStatus.PENDING)
-            ).all()
-        )
-    return report
+    ) or 0
+
+
+def mark_synced(session: Session, fix_id: int) -> None:
+    """The ML server acknowledged fix ``fix_id``."""
+    row = session.get_one(ManualFix, fix_id)
+    row.sync_status = SyncStatus.SYNCED
+    row.synced_at = utcnow()
+    row.sync_attempts += 1
+    row.last_sync_error = None
+
+
+def mark_push_failed(session: Session, fix_id: int, error: str) -> None:
+    """A push of fix ``fix_id`` failed: it stays pending, with the error for the history page."""
+    row = session.get_one(ManualFix, fix_id)
+    row.sync_attempts += 1
+    row.last_sync_error = error[:1000]

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, case, distinct, func, or_, select
 from sqlalchemy.orm import Session
 
-from db.models import Advertiser, ManualFix, SyncStatus
+from db.models import Advertiser, ManualFix, SyncStatus, as_utc
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 """Leading characters that make a spreadsheet evaluate a cell (OWASP's CSV injection list)."""
@@ -238,17 +238,10 @@ def _utc_midnight(day: date) -> datetime:
     return datetime.combine(day, time.min, tzinfo=UTC)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; they were written in UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 def _row(values: Sequence[Any]) -> HistoryRow:
     data = dict(zip(HISTORY_COLUMNS, values, strict=True))
-    data["created_at"] = _aware(data["created_at"])
-    data["synced_at"] = _aware(data["synced_at"])
+    data["created_at"] = as_utc(data["created_at"])
+    data["synced_at"] = as_utc(data["synced_at"])
     return HistoryRow(**data)
 
 

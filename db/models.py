@@ -37,6 +37,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime | None) -> datetime | None:
+    """``moment`` as an aware UTC datetime: SQLite hands back naive ones, written in UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -309,7 +316,7 @@ class Severity(enum.StrEnum):
 
 
 class Finding(Base):
-    """A "weird result" a detector found (``tagging.weird``), with its evidence and its state."""
+    """A "weird result" a detector found (``tagging.detectors.cases``), with its evidence and its state."""
 
     __tablename__ = "findings"
 

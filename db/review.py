@@ -6,12 +6,12 @@ Everything is filtered and paginated in SQL, so a 5,000-item sitemap costs the s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import Select, and_, case, exists, func, or_, select
+from sqlalchemy import Select, case, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from db.models import ItemStatus, ManualFix, Scrape, SitemapItem, SyncStatus, Thumbnail, utcnow
+from db.models import ItemStatus, ManualFix, SitemapItem, SyncStatus, Thumbnail
 
 NO_COLOR = "None"
 """How the review filters name a missing color."""
@@ -239,35 +239,3 @@ def image_history(session: Session, image_key: str) -> list[HistoryEntry]:
             select(ManualFix).where(ManualFix.image_key == image_key).order_by(ManualFix.id.desc())
         )
     ]
-
-
-def scrapes_of(session: Session, advertiser_id: int, limit: int = 30) -> list[Scrape]:
-    """The advertiser's scrapes, newest first."""
-    return list(
-        session.scalars(
-            select(Scrape)
-            .where(Scrape.advertiser_id == advertiser_id)
-            .order_by(Scrape.started_at.desc(), Scrape.id.desc())
-            .limit(limit)
-        )
-    )
-
-
-STALE_AFTER = timedelta(hours=2)
-"""An unfinished scrape older than this was abandoned (its worker died): it no longer counts."""
-
-
-def running_scrape(session: Session, advertiser_id: int) -> Scrape | None:
-    """The advertiser's unfinished scrape, if one is running."""
-    scrape = session.scalar(
-        select(Scrape)
-        .where(and_(Scrape.advertiser_id == advertiser_id, Scrape.finished_at.is_(None)))
-        .order_by(Scrape.id.desc())
-        .limit(1)
-    )
-    if scrape is None:
-        return None
-    started = scrape.started_at
-    if started.tzinfo is None:  # SQLite returns naive UTC datetimes
-        started = started.replace(tzinfo=UTC)
-    return scrape if utcnow() - started < STALE_AFTER else None

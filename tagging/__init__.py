@@ -1,30 +1,11 @@
-"""Tagdesk's inference library: sitemaps, guarded fetching, images, models, the ML server, scrapes.
+"""Tagdesk's library: everything the pages, the CLI and the servers call (no Streamlit here).
 
-Nothing in this package imports Streamlit: pages call these functions and render their results.
+Subpackages, one concern each (see the README's architecture section):
+
+* :mod:`tagging.ingest`: the guarded HTTP client, sitemaps, images, scrape orchestration;
+* :mod:`tagging.ml`: the Image Type model, its data and training, the color models (no database);
+* :mod:`tagging.detectors`: the weird-result detectors, their facts, refresh and remedies;
+* :mod:`tagging.fixes`: record a manual fix and push it (the use case every caller shares);
+* :mod:`tagging.server`: the ML server and its client; :mod:`tagging.api`: the advertisers' fix API;
+* :mod:`tagging.jobs`: the task queue; :mod:`tagging.cli`: the commands; :mod:`tagging.demo`.
 """
-
-IMAGE_TYPES: tuple[str, ...] = ("Dealer", "Stock", "Placeholder")
-"""The Image Type classes, in the order the model's outputs use."""
-
-DEFAULT_IMAGE_TYPE = "Placeholder"
-"""What an item's Image Type is when the ML system returns no value (the seed's rule)."""
-
-COLORS: tuple[str, ...] = (
-    "Black",
-    "White",
-    "Silver",
-    "Gray",
-    "Red",
-    "Blue",
-    "Green",
-    "Brown",
-    "Beige",
-    "Gold",
-    "Orange",
-    "Yellow",
-    "Purple",
-)
-"""The color list shared by the color adapter, the demo and the manual-fix dropdown."""
-
-DEFAULT_FIX_COLOR = "Black"
-"""What the color manual-fix list selects when the ML color is None (the seed's rule)."""

@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from tagging.cli import COMMANDS, build_parser
+from tagging.cli.main import COMMANDS, build_parser
 from tagging.errors import TaggingError
 
 

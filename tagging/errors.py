@@ -1,16 +1,64 @@
-"""The errors Tagdesk raises on purpose.
+"""Every error Tagdesk raises on purpose, in one tree callers can act on.
 
-Every one derives from :class:`TaggingError`, so a page or the CLI catches the base class and shows
-its message. ``code`` is a short, stable identifier stored as a per-item status detail.
+::
+
+    TaggingError                      the root: a page shows st.error, the CLI one line + exit 1
+    ├── InvalidInput                  a caller's value is unusable (API: 422)
+    │   ├── SitemapError              a sitemap is malformed, hostile or over a cap
+    │   └── ImageDecodeError          bytes that should be an image cannot be decoded safely
+    ├── NotFoundError                 no such advertiser, scrape, image, finding, model (404)
+    ├── Conflict                      clashes with the current state: a name taken (409)
+    ├── PermissionDenied              the role may not do this (403)
+    ├── AuthenticationError           sign-in or token refused (401)
+    ├── ConfigError                   the environment or a command line names something unusable
+    ├── ModelError                    a model artifact is missing, corrupt or inconsistent
+    ├── FetchError                    an outbound request failed (API: 502)
+    │   ├── BlockedURLError           the guarded client refused the URL
+    │   ├── FetchTimeoutError         the remote server did not answer in time
+    │   ├── ResponseTooLargeError     the body is over the caller's byte cap
+    │   └── UnexpectedContentTypeError
+    └── MLServerError                 the ML server gave no usable answer (API: 502)
+        ├── MLServerUnavailable       unreachable or timed out (503)
+        ├── MLServerAuthError         our token was refused
+        └── MLServerBadResponse       an answer that is not a valid response
+
+The root and the generic errors are defined in :mod:`db.errors` (``db`` raises them and sits
+below this package) and re-exported here, so that callers import every error from this module.
+``code`` is a short, stable identifier stored as a per-item status detail.
 """
 
 from __future__ import annotations
 
+from db.errors import (
+    AuthenticationError,
+    Conflict,
+    InvalidInput,
+    NotFoundError,
+    PermissionDenied,
+    TaggingError,
+)
 
-class TaggingError(Exception):
-    """Base class of every error Tagdesk raises on purpose."""
-
-    code = "error"
+__all__ = [
+    "AuthenticationError",
+    "BlockedURLError",
+    "ConfigError",
+    "Conflict",
+    "FetchError",
+    "FetchTimeoutError",
+    "ImageDecodeError",
+    "InvalidInput",
+    "MLServerAuthError",
+    "MLServerBadResponse",
+    "MLServerError",
+    "MLServerUnavailable",
+    "ModelError",
+    "NotFoundError",
+    "PermissionDenied",
+    "ResponseTooLargeError",
+    "SitemapError",
+    "TaggingError",
+    "UnexpectedContentTypeError",
+]
 
 
 class ConfigError(TaggingError):
@@ -19,16 +67,11 @@ class ConfigError(TaggingError):
     code = "config"
 
 
-class NotFoundError(TaggingError):
-    """A named record (advertiser, scrape, image, model) does not exist."""
-
-    code = "not_found"
-
-
 class FetchError(TaggingError):
     """An outbound HTTP request failed: connection, status, or response shape."""
 
     code = "fetch_failed"
+    http_status = 502
 
 
 class BlockedURLError(FetchError):
@@ -55,13 +98,13 @@ class UnexpectedContentTypeError(FetchError):
     code = "bad_content_type"
 
 
-class SitemapError(TaggingError):
+class SitemapError(InvalidInput):
     """A sitemap is malformed, hostile, or over a size cap."""
 
     code = "bad_sitemap"
 
 
-class ImageDecodeError(TaggingError):
+class ImageDecodeError(InvalidInput):
     """Bytes that should be an image cannot be decoded safely."""
 
     code = "bad_image"
@@ -77,12 +120,14 @@ class MLServerError(TaggingError):
     """The ML server failed to give a usable answer."""
 
     code = "ml_failure"
+    http_status = 502
 
 
 class MLServerUnavailable(MLServerError):
     """The ML server cannot be reached or timed out."""
 
     code = "ml_unavailable"
+    http_status = 503
 
 
 class MLServerAuthError(MLServerError):
@@ -95,15 +140,3 @@ class MLServerBadResponse(MLServerError):
     """The ML server answered something that is not a valid response."""
 
     code = "ml_bad_response"
-
-
-class PermissionDenied(TaggingError):
-    """The signed-in user's role may not do this."""
-
-    code = "permission_denied"
-
-
-class AuthenticationError(TaggingError):
-    """Sign-in failed: unknown user, wrong password, or throttled."""
-
-    code = "authentication"

@@ -113,7 +113,7 @@ def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def cache_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL for the ML server's cache store, once on SQLite and once on PostgreSQL."""
-    from tagging.ml_cache import CacheBase
+    from tagging.server.cache import CacheBase
 
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'ml_cache.sqlite'}"
@@ -131,7 +131,7 @@ def cache_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A quickly trained production Image Type model (seconds; the full one is tested apart)."""
-    from tagging.train import TrainConfig, train
+    from tagging.ml.train import TrainConfig, train
 
     path = tmp_path_factory.mktemp("models")
     train(TrainConfig.quick(), path, promote=True)
@@ -140,7 +140,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def classifier(models_dir: Path):
-    from tagging.inference import TypeClassifier
+    from tagging.ml.inference import TypeClassifier
 
     return TypeClassifier.load(models_dir)
 
@@ -191,8 +191,8 @@ def ml_settings(tmp_path: Path, cache_url: str, *allowed: str, **overrides: obje
 @pytest.fixture
 def ml_server(tmp_path: Path, cdn: object, classifier: object) -> Iterator[object]:
     """The real ML server (FastAPI on uvicorn) on a free loopback port, allowed to reach the CDN."""
-    from tagging.color import EmbeddedColorModel
-    from tagging.server import create_app
+    from tagging.ml.color import EmbeddedColorModel
+    from tagging.server.app import create_app
     from tagging.testing import UvicornThread
 
     settings = ml_settings(tmp_path, f"sqlite:///{tmp_path / 'ml_cache.sqlite'}", cdn_host(cdn))

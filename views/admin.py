@@ -23,8 +23,8 @@ from db.accounts import (
     set_password,
     set_role,
 )
+from db.advertisers import list_advertisers
 from db.models import AdvertiserToken, Role, User
-from db.queries import list_advertisers
 from tagging.errors import TaggingError
 from views.common import clear_query_cache, require_page, session_factory
 

@@ -26,7 +26,7 @@ from db.charts import (
     RatePoint,
     VersionStats,
 )
-from tagging import COLORS, IMAGE_TYPES
+from db.vocab import COLORS, IMAGE_TYPES
 
 FIELD_LABELS = {"image_type": "Image Type", "color": "Color"}
 FIELD_COLORS = {"Image Type": "#2f81f7", "Color": "#e16f24"}

@@ -42,7 +42,7 @@ def session_factory() -> sessionmaker[Session]:
 @st.cache_resource
 def ml_client():
     """The ML server's client (its token stays on the server side, never in the page)."""
-    from tagging.ml_client import MLClient
+    from tagging.server.client import MLClient
 
     return MLClient.from_settings(settings())
 

@@ -7,7 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from db.accounts import Permission
-from db.queries import advertiser_overview, recent_scrapes
+from db.advertisers import advertiser_overview
+from db.scrapes import recent_scrapes
 from views.common import QUERY_TTL_SECONDS, require_page, session_factory
 
 

@@ -16,9 +16,9 @@ import streamlit as st
 from PIL import Image, ImageDraw
 
 from db.accounts import Actor, Permission
-from db.fixes import FixChange, FixOutcome, apply_fixes, push_pending
+from db.advertisers import list_advertisers
+from db.fixes import FixChange, FixOutcome
 from db.models import ItemStatus
-from db.queries import latest_scrape, list_advertisers
 from db.review import (
     FIXED,
     NO_COLOR,
@@ -32,12 +32,12 @@ from db.review import (
     matching_item_ids,
     review_counts,
     review_page,
-    running_scrape,
-    scrapes_of,
     thumbnails,
 )
-from tagging import COLORS, DEFAULT_FIX_COLOR, IMAGE_TYPES
+from db.scrapes import latest_scrape, running_scrape, scrapes_of
+from db.vocab import COLORS, DEFAULT_FIX_COLOR, IMAGE_TYPES
 from tagging.errors import TaggingError
+from tagging.fixes import save_fixes
 from views.common import (
     QUERY_TTL_SECONDS,
     clear_query_cache,
@@ -143,20 +143,11 @@ def load_running(advertiser_id: int) -> dict | None:
 # --- actions ------------------------------------------------------------------------------------
 
 
-def save_fixes(actor: Actor, changes: list[FixChange]) -> None:
-    """Apply the changes in one transaction, push them, and leave a message for the next run."""
-    with session_factory().begin() as session:
-        outcome = apply_fixes(session, actor, changes)
+def save(actor: Actor, changes: list[FixChange]) -> None:
+    """Record the changes in one transaction, push them, and leave a message for the next run."""
+    saved = save_fixes(session_factory(), ml_client(), actor, changes)
     clear_query_cache()
-    st.session_state["flash"] = describe(outcome, push(outcome))
-
-
-def push(outcome: FixOutcome) -> str | None:
-    """Push the new fixes now; None when all landed, else why they wait (the worker retries)."""
-    if not outcome.fix_ids:
-        return None
-    report = push_pending(session_factory(), ml_client(), fix_ids=outcome.fix_ids)
-    return report.error if report.synced < len(outcome.fix_ids) else None
+    st.session_state["flash"] = describe(saved.outcome, saved.push_error)
 
 
 def describe(outcome: FixOutcome, push_error: str | None) -> list[tuple[str, str]]:
@@ -226,7 +217,7 @@ with top[2]:
         "images are classified.",
     )
 if relaunch:
-    from tagging.tasks import enqueue_scrape
+    from tagging.jobs.tasks import enqueue_scrape
 
     with shown_errors():
         enqueue_scrape(settings(), actor, advertiser_name)
@@ -474,8 +465,8 @@ def show_details(item: ReviewItem) -> None:
 @st.cache_data(ttl=600, max_entries=32)
 def large_image(url: str, image_key: str | None) -> bytes:
     """The original image fetched by the server (guarded), or the thumbnail if it is gone."""
-    from tagging.fetch import client_from_settings
-    from tagging.images import decode_image, make_thumbnail
+    from tagging.ingest.fetch import client_from_settings
+    from tagging.ingest.images import decode_image, make_thumbnail
 
     try:
         with client_from_settings(settings()) as client:
@@ -503,7 +494,7 @@ if update:
         if not color_from_feed and new_color is not None and new_color != shown_color:
             changes.append(FixChange(item.id, "color", new_color, seen_value=item.color))
     with shown_errors():
-        save_fixes(actor, changes)
+        save(actor, changes)
         st.rerun()
 
 if bulk_selected or bulk_all:
@@ -535,7 +526,7 @@ if pending_bulk and can_fix:
         if confirm[0].button("Apply", type="primary", disabled=not changing):
             st.session_state.pop("bulk")
             with shown_errors():
-                save_fixes(
+                save(
                     actor,
                     [FixChange(r.id, field, value, seen_value=getattr(r, field)) for r in changing],
                 )

@@ -16,34 +16,38 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from db.accounts import Actor, Permission
+from db.advertisers import list_advertisers
 from db.findings import (
     FindingView,
-    accept,
-    carry_over_finding,
-    carry_over_fixes,
-    choose_value,
     ignore_finding,
     list_findings,
     mark_conflicting,
     mark_fixed,
-    refresh_findings,
-    retag,
     set_auto_carry,
 )
-from db.fixes import FixOutcome, push_pending
+from db.fixes import FixOutcome
 from db.models import FindingState, Severity
-from db.queries import list_advertisers
 from db.review import thumbnails
-from tagging import COLORS, IMAGE_TYPES
-from tagging.weird import (
+from db.vocab import (
     ADVERTISER_PLACEHOLDER,
     CASES,
+    COLORS,
     FIX_NOT_STICKING,
+    IMAGE_TYPES,
     LEGACY_PLACEHOLDER,
     ML_OUTAGE,
     NEAR_DUPLICATES,
     SHARED_CDN_CONFLICT,
 )
+from tagging.detectors.refresh import recompute_findings
+from tagging.detectors.remedies import (
+    accept,
+    carry_over_finding,
+    carry_over_fixes,
+    choose_value,
+    retag,
+)
+from tagging.fixes import run_fix_action
 from views.common import (
     QUERY_TTL_SECONDS,
     clear_query_cache,
@@ -112,24 +116,25 @@ def act(
 ) -> None:
     """Run one remedy in one transaction, refresh the findings, push any fixes, and rerun."""
     with shown_errors():
-        with session_factory().begin() as session:
-            outcome = action(session, *args)
-            refresh_findings(session, advertiser_id=advertiser_id)
+        saved = run_fix_action(
+            session_factory(),
+            ml_client(),
+            lambda session: action(session, *args),
+            advertiser_id=advertiser_id,
+        )
         flash = [("success", message)]
-        fix_ids = outcome.fix_ids if isinstance(outcome, FixOutcome) else []
-        if fix_ids:
-            report = push_pending(session_factory(), ml_client(), fix_ids=fix_ids)
-            if report.synced < len(fix_ids):
-                flash.append(
-                    (
-                        "warning",
-                        f"{len(fix_ids)} fix(es) saved, pending sync: the ML server could not be "
-                        f"reached ({report.error}). They are retried until it acknowledges them.",
-                    )
+        fix_ids = saved.fix_ids
+        if fix_ids and saved.push_error:
+            flash.append(
+                (
+                    "warning",
+                    f"{len(fix_ids)} fix(es) saved, pending sync: the ML server could not be "
+                    f"reached ({saved.push_error}). They are retried until it acknowledges them.",
                 )
-            else:
-                flash.append(("info", f"{len(fix_ids)} fix(es) sent to the ML server."))
-        elif isinstance(outcome, FixOutcome):
+            )
+        elif fix_ids:
+            flash.append(("info", f"{len(fix_ids)} fix(es) sent to the ML server."))
+        elif saved.outcome is not None:
             flash.append(("info", "Every image had that value already: no fix was needed."))
         clear_query_cache()
         st.session_state["weird-flash"] = flash
@@ -137,7 +142,7 @@ def act(
 
 
 def relaunch(actor: Actor, advertiser: str) -> None:
-    from tagging.tasks import enqueue_scrape
+    from tagging.jobs.tasks import enqueue_scrape
 
     with shown_errors():
         enqueue_scrape(settings(), actor, advertiser)
@@ -385,8 +390,7 @@ with controls[3]:
     )
 if refresh:
     with shown_errors():
-        with session_factory().begin() as session:
-            report = refresh_findings(session)
+        report = recompute_findings(session_factory(), actor)
         clear_query_cache()
         st.session_state["weird-flash"] = [
             (

@@ -1,4 +1,9 @@
-"""Alembic environment: migrates the app database named by the config or TAGGING_DATABASE_URL."""
+"""Alembic environment: migrates the app database whose URL the caller gives.
+
+``python -m tagging migrate`` (and every process at start-up) calls :func:`db.engine.migrate`,
+which passes the URL from the settings. From Alembic's own command line, give it with
+``alembic -x url=sqlite:///data/tagdesk.sqlite upgrade head``.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,13 @@ from alembic import context
 
 from db.engine import make_engine
 from db.models import Base
-from tagging.config import Settings
 
 config = context.config
-url = config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url
+url = config.get_main_option("sqlalchemy.url") or context.get_x_argument(as_dictionary=True).get("url")
+if not url:
+    raise SystemExit(
+        "no database URL: run `python -m tagging migrate`, or `alembic -x url=URL upgrade head`"
+    )
 
 
 def run_migrations_offline() -> None:

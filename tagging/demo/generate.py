@@ -37,9 +37,9 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from tagging import COLORS
+from db.vocab import COLORS
 from tagging.errors import ConfigError, NotFoundError
-from tagging.synth import render
+from tagging.ml.synth import render
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1

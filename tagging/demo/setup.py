@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from db.advertisers import upsert_advertiser
 from db.engine import make_engine, make_session_factory, migrate
-from db.queries import upsert_advertiser
 from tagging.config import Settings
 from tagging.demo.generate import DemoInventory, generate_demo
 from tagging.errors import TaggingError

@@ -10,18 +10,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import alembic_config, make_engine, migrate
 from db.findings import (
-    ACCEPTED,
-    accept,
-    after_scrape,
-    carry_over_fixes,
-    choose_value,
     conflicting_image_keys,
     get_finding,
     ignore_finding,
     list_findings,
     mark_conflicting,
     mark_fixed,
-    retag,
     set_auto_carry,
 )
 from db.models import (
@@ -34,14 +28,16 @@ from db.models import (
     SitemapItem,
     SyncStatus,
 )
-from tagging.errors import NotFoundError, PermissionDenied, TaggingError
-from tagging.weird import (
+from db.vocab import (
     ADVERTISER_PLACEHOLDER,
     FIX_NOT_STICKING,
     LEGACY_PLACEHOLDER,
     NEAR_DUPLICATES,
     SHARED_CDN_CONFLICT,
 )
+from tagging.detectors.remedies import ACCEPTED, accept, carry_over_fixes, choose_value, retag
+from tagging.errors import NotFoundError, PermissionDenied, TaggingError
+from tagging.ingest.scrape import after_scrape
 from tests.factories import actor
 from tests.tagging.test_weird import (
     World,
@@ -267,8 +263,8 @@ def test_after_scrape_never_fails_the_scrape(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("detector bug")
 
-    monkeypatch.setattr("db.findings.refresh_findings", broken)
-    with caplog.at_level(logging.ERROR, logger="db.findings"):
+    monkeypatch.setattr("tagging.ingest.scrape.refresh_findings", broken)
+    with caplog.at_level(logging.ERROR, logger="tagging.ingest.scrape"):
         assert after_scrape(sessions, scrape.id) is None
     assert "were not refreshed" in caplog.text
 

@@ -12,10 +12,11 @@ import requests
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.fixes import FixChange, apply_fixes, overwritten_fixes, push_pending
+from db.fixes import FixChange, apply_fixes, overwritten_fixes
 from db.models import ItemStatus, ManualFix, Role, SitemapItem, SyncStatus, utcnow
 from tagging.errors import NotFoundError, PermissionDenied, TaggingError
-from tagging.ml_client import MLClient
+from tagging.fixes import push_pending
+from tagging.server.client import MLClient
 from tests.factories import actor, make_advertiser, make_scrape
 
 

@@ -5,14 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.advertisers import add_advertiser, advertiser_overview, get_advertiser, upsert_advertiser
 from db.models import Scrape, SitemapItem, utcnow
-from db.queries import (
-    add_advertiser,
-    advertiser_overview,
-    get_advertiser,
-    latest_scrape,
-    upsert_advertiser,
-)
+from db.scrapes import latest_scrape
 from tagging.errors import NotFoundError, TaggingError
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tagging.launcher import app_command
+from tagging.cli.up import app_command
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]

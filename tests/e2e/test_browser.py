@@ -16,9 +16,9 @@ from db.engine import make_engine, make_session_factory
 from db.models import ManualFix, SitemapItem, SyncStatus
 from tagging.demo.generate import DemoInventory
 from tagging.demo.setup import register_demo_advertisers
-from tagging.fetch import client_from_settings
-from tagging.ml_client import MLClient
-from tagging.scrape import run_scrape
+from tagging.ingest.fetch import client_from_settings
+from tagging.ingest.scrape import run_scrape
+from tagging.server.client import MLClient
 
 pytestmark = pytest.mark.browser
 

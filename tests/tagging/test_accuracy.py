@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from tagging.color import EmbeddedColorModel
 from tagging.demo.generate import generate_demo
-from tagging.evaluate import evaluate_on_demo
-from tagging.inference import TypeClassifier
-from tagging.train import TrainConfig, train
+from tagging.ml.color import EmbeddedColorModel
+from tagging.ml.evaluate import evaluate_on_demo
+from tagging.ml.inference import TypeClassifier
+from tagging.ml.train import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 

@@ -16,18 +16,20 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.accounts import create_advertiser_token, revoke_advertiser_token
+from db.advertisers import get_advertiser
 from db.engine import make_engine, make_session_factory
-from db.fixes import FixChange, apply_fixes, push_pending
+from db.fixes import FixChange, apply_fixes
 from db.history import HistoryFilter, history_rows
 from db.models import AdvertiserToken, ItemStatus, ManualFix, Role, SitemapItem
-from db.queries import get_advertiser, latest_scrape, scrape_items
-from tagging import COLORS, IMAGE_TYPES
-from tagging.advertiser_api import MAX_FIXES, create_advertiser_api
+from db.scrapes import latest_scrape, scrape_items
+from db.vocab import COLORS, IMAGE_TYPES
+from tagging.api.app import MAX_FIXES, create_advertiser_api
 from tagging.demo.generate import DemoInventory
 from tagging.demo.setup import register_demo_advertisers
-from tagging.fetch import client_from_settings
-from tagging.ml_client import MLClient
-from tagging.scrape import ScrapeConfig, run_scrape
+from tagging.fixes import push_pending
+from tagging.ingest.fetch import client_from_settings
+from tagging.ingest.scrape import ScrapeConfig, run_scrape
+from tagging.server.client import MLClient
 from tagging.testing import UvicornThread
 from tests.conftest import ML_TOKEN
 from tests.factories import actor

@@ -23,7 +23,7 @@ from db.accounts import Actor, authenticate
 from db.engine import make_engine, make_session_factory
 from db.models import Role
 from tagging.__main__ import main
-from tagging.cli_users import ROLE_NAMES
+from tagging.cli.users import ROLE_NAMES
 from tagging.errors import AuthenticationError
 
 ROOT = Path(__file__).resolve().parents[2]

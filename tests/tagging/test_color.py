@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tagging import COLORS
-from tagging.color import (
+from db.vocab import COLORS
+from tagging.config import Settings
+from tagging.ingest.fetch import FetchPolicy, GuardedClient
+from tagging.ml.color import (
     REFERENCE_RGB,
     ColorModel,
     ColorVendorError,
@@ -30,10 +32,8 @@ from tagging.color import (
     color_model_from_settings,
     srgb_to_lab,
 )
-from tagging.config import Settings
-from tagging.data import render_decoded
-from tagging.fetch import FetchPolicy, GuardedClient
-from tagging.synth import PALETTE
+from tagging.ml.data import render_decoded
+from tagging.ml.synth import PALETTE
 
 # --- the embedded model ------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import requests
 from lxml import etree
 from PIL import Image
 
-from tagging import COLORS, IMAGE_TYPES
+from db.vocab import COLORS, IMAGE_TYPES
 from tagging.demo import HTML_TITLE, DemoInventory, generate_demo
 from tagging.demo.cdn import NS_IMAGE, NS_SITEMAP, NS_TAGDESK, DemoCdnServer, make_server
 from tagging.demo.generate import _plan

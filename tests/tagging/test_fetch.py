@@ -34,7 +34,7 @@ from tagging.errors import (
     ResponseTooLargeError,
     UnexpectedContentTypeError,
 )
-from tagging.fetch import (
+from tagging.ingest.fetch import (
     FetchPolicy,
     GuardedClient,
     HTTPStatusError,

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tagging.errors import ImageDecodeError
-from tagging.images import (
+from tagging.ingest.images import (
     MAX_PIXELS,
     content_sha256,
     decode_image,
@@ -18,7 +18,7 @@ from tagging.images import (
     make_thumbnail,
     perceptual_hash,
 )
-from tagging.synth import render
+from tagging.ml.synth import render
 
 
 def encode(image: Image.Image, fmt: str = "JPEG", **options: object) -> bytes:

@@ -10,19 +10,19 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tagging import IMAGE_TYPES
-from tagging.color import EmbeddedColorModel
-from tagging.data import load_demo_ground_truth, render_decoded
+from db.vocab import IMAGE_TYPES
 from tagging.demo.generate import generate_demo
 from tagging.errors import ModelError
-from tagging.evaluate import (
+from tagging.ml.color import EmbeddedColorModel
+from tagging.ml.data import load_demo_ground_truth, render_decoded
+from tagging.ml.evaluate import (
     SKIPPED_KINDS,
     ClassificationMetrics,
     evaluate_on_demo,
     format_report,
 )
-from tagging.inference import MAX_FORWARD_BATCH, TypeClassifier
-from tagging.train import TrainConfig, train
+from tagging.ml.inference import MAX_FORWARD_BATCH, TypeClassifier
+from tagging.ml.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

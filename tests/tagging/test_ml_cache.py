@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from db.engine import make_engine
-from tagging.ml_cache import CacheEntry, MLCache
-from tagging.schemas import ImageFix
+from tagging.server.cache import CacheEntry, MLCache
+from tagging.server.schemas import ImageFix
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tagging import IMAGE_TYPES
+from db.vocab import IMAGE_TYPES
 from tagging.errors import ModelError
-from tagging.model import (
+from tagging.ml.model import (
     ARCHITECTURE,
     METADATA_FILE,
     PRODUCTION_FILE,

@@ -12,12 +12,13 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.advertisers import add_advertiser
 from db.models import Image, ItemStatus, Scrape, SitemapItem, Thumbnail
-from db.queries import add_advertiser, scrape_items
+from db.scrapes import scrape_items
 from tagging.demo.generate import DemoInventory
-from tagging.fetch import client_from_settings
-from tagging.ml_client import MLClient
-from tagging.scrape import ScrapeConfig, ScrapeSummary, run_scrape
+from tagging.ingest.fetch import client_from_settings
+from tagging.ingest.scrape import ScrapeConfig, ScrapeSummary, run_scrape
+from tagging.server.client import MLClient
 
 
 def scrape(

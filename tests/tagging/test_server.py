@@ -164,9 +164,9 @@ def test_color_vendor_down_keeps_types_and_leaves_color_none(
     tmp_path: Path, cdn: object, demo_dir: Path, classifier: object
 ) -> None:
     """The third-party color model failing must not fail the batch (the only fake: the vendor)."""
-    from tagging.color import HttpColorModel
-    from tagging.fetch import FetchPolicy, GuardedClient
-    from tagging.server import create_app
+    from tagging.ingest.fetch import FetchPolicy, GuardedClient
+    from tagging.ml.color import HttpColorModel
+    from tagging.server.app import create_app
     from tagging.testing import UvicornThread
     from tests.conftest import cdn_host, ml_settings
 

@@ -13,15 +13,10 @@ from typing import Any
 
 import pytest
 
-from tagging import sitemap as sitemap_module
 from tagging.errors import BlockedURLError, ResponseTooLargeError, SitemapError
-from tagging.fetch import FetchPolicy, GuardedClient, HTTPStatusError
-from tagging.sitemap import (
-    SitemapItem,
-    SitemapLimits,
-    parse_sitemap_bytes,
-    read_sitemap,
-)
+from tagging.ingest import sitemap as sitemap_module
+from tagging.ingest.fetch import FetchPolicy, GuardedClient, HTTPStatusError
+from tagging.ingest.sitemap import SitemapItem, SitemapLimits, parse_sitemap_bytes, read_sitemap
 
 SM = "http://www.sitemaps.org/schemas/sitemap/0.9"
 IMG = "http://www.google.com/schemas/sitemap-image/1.1"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tagging import COLORS, IMAGE_TYPES
-from tagging.synth import BODY_SHAPES, PALETTE, render, render_bytes
+from db.vocab import COLORS, IMAGE_TYPES
+from tagging.ml.synth import BODY_SHAPES, PALETTE, render, render_bytes
 
 PAL = np.array([PALETTE[c] for c in COLORS], dtype=float)
 

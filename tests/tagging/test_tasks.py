@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.advertisers import get_advertiser
 from db.models import Role, Scrape
-from db.queries import get_advertiser
 from tagging.demo.generate import DemoInventory
 from tagging.errors import PermissionDenied, TaggingError
 from tests.factories import actor
@@ -20,7 +20,7 @@ from tests.factories import actor
 @pytest.fixture
 def worker(app_settings: object, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A real huey consumer (threads) working for the test's database and ML server."""
-    from tagging.tasks import huey
+    from tagging.jobs.tasks import huey
 
     for name, value in {
         "TAGGING_DATABASE_URL": app_settings.database_url,  # type: ignore[attr-defined]
@@ -39,7 +39,7 @@ def worker(app_settings: object, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
 def test_relaunch_runs_the_scrape_in_the_background(
     worker: None, app_sessions: sessionmaker[Session], app_settings: object, demo_dir: Path
 ) -> None:
-    from tagging.tasks import enqueue_scrape
+    from tagging.jobs.tasks import enqueue_scrape
 
     name = DemoInventory.load(demo_dir).advertisers[0].name
     queued = enqueue_scrape(app_settings, actor(Role.ANALYST, "ana"), name)  # type: ignore[arg-type]
@@ -60,7 +60,7 @@ def test_relaunch_runs_the_scrape_in_the_background(
 def test_relaunch_needs_the_role_and_no_running_scrape(
     app_sessions: sessionmaker[Session], app_settings: object, demo_dir: Path
 ) -> None:
-    from tagging.tasks import enqueue_scrape
+    from tagging.jobs.tasks import enqueue_scrape
 
     name = DemoInventory.load(demo_dir).advertisers[0].name
     with pytest.raises(PermissionDenied):

@@ -9,16 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tagging import IMAGE_TYPES
-from tagging.data import (
-    DEMO_SEED,
-    SyntheticDatasetConfig,
-    generate_dataset,
-    render_decoded,
-)
-from tagging.inference import TypeClassifier
-from tagging.model import list_versions, production_version
-from tagging.train import TrainConfig, TrainResult, stratified_split, train
+from db.vocab import IMAGE_TYPES
+from tagging.ml.data import DEMO_SEED, SyntheticDatasetConfig, generate_dataset, render_decoded
+from tagging.ml.inference import TypeClassifier
+from tagging.ml.model import list_versions, production_version
+from tagging.ml.train import TrainConfig, TrainResult, stratified_split, train
 
 # Small enough to train twice in a few seconds; reproducibility does not need a good model.
 TINY = TrainConfig.quick(n_per_class=30, epochs=2, batch_size=16)
@@ -120,7 +115,7 @@ def test_first_model_is_promoted_and_described(quick: tuple[TrainResult, Path, l
     meta = result.metadata
     assert meta.train_config == TrainConfig.quick().to_dict()
     data = meta.training_data
-    assert data["generator"] == "tagging.synth.render"
+    assert data["generator"] == "tagging.ml.synth.render"
     assert data["config"]["seed"] == 1
     assert data["counts"] == {name: 150 for name in IMAGE_TYPES}
     assert sum(data["train_counts"].values()) + sum(data["val_counts"].values()) == 450

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tagging.data import render_decoded
-from tagging.transforms import (
+from tagging.ml.data import render_decoded
+from tagging.ml.transforms import (
     MEAN,
     STD,
     Augment,

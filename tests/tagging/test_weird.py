@@ -26,17 +26,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.accounts import Actor
+from db.advertisers import get_advertiser
 from db.engine import make_engine, make_session_factory
-from db.findings import (
-    FindingView,
-    carry_over_finding,
-    ignore_finding,
-    list_findings,
-    load_facts,
-    refresh_findings,
-    set_auto_carry,
-)
-from db.fixes import FixChange, apply_fixes, push_pending
+from db.findings import FindingView, ignore_finding, list_findings, set_auto_carry
+from db.fixes import FixChange, apply_fixes
 from db.models import (
     Advertiser,
     Finding,
@@ -54,24 +47,27 @@ from db.models import (
     Thumbnail,
     utcnow,
 )
-from db.queries import get_advertiser, scrape_items
-from tagging.demo.generate import DemoInventory
-from tagging.demo.setup import register_demo_advertisers
-from tagging.fetch import client_from_settings
-from tagging.images import hash_distance
-from tagging.ml_client import MLClient
-from tagging.scrape import ScrapeConfig, ScrapeSummary, run_scrape
-from tagging.weird import (
+from db.scrapes import scrape_items
+from db.vocab import (
     ADVERTISER_PLACEHOLDER,
     CRITERIA_SHIFT,
-    DETECTORS,
     FIX_NOT_STICKING,
     LEGACY_PLACEHOLDER,
     ML_OUTAGE,
     NEAR_DUPLICATES,
     SHARED_CDN_CONFLICT,
-    near_pairs,
 )
+from tagging.demo.generate import DemoInventory
+from tagging.demo.setup import register_demo_advertisers
+from tagging.detectors.cases import DETECTORS, near_pairs
+from tagging.detectors.facts import load_facts
+from tagging.detectors.refresh import refresh_findings
+from tagging.detectors.remedies import carry_over_finding
+from tagging.fixes import push_pending
+from tagging.ingest.fetch import client_from_settings
+from tagging.ingest.images import hash_distance
+from tagging.ingest.scrape import ScrapeConfig, ScrapeSummary, run_scrape
+from tagging.server.client import MLClient
 from tests.conftest import ML_TOKEN
 from tests.factories import actor
 
@@ -847,7 +843,7 @@ def test_cli_prints_open_findings_as_json_and_exits_0(
 ) -> None:
     import argparse
 
-    from tagging.cli_weird import add_weird_parser, cmd_weird
+    from tagging.cli.weird import add_weird_parser, cmd_weird
 
     monkeypatch.setenv("TAGGING_DATABASE_URL", sqlite_url)
     engine = make_engine(sqlite_url)
@@ -1046,7 +1042,7 @@ def test_the_demo_stages_every_case(
     app_settings: object, demo_dir: Path, cdn: object, ml_server: object
 ) -> None:
     """What ``make run`` shows after its first scrape: each detector has a finding."""
-    from tagging.demo.weird_demo import stage_weird_cases
+    from tagging.demo.stage import stage_weird_cases
 
     register_demo_advertisers(app_settings, DemoInventory.load(demo_dir), cdn.url)  # type: ignore[arg-type, attr-defined]
     engine = make_engine(app_settings.database_url)  # type: ignore[attr-defined]

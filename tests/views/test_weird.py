@@ -11,9 +11,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from streamlit.testing.v1 import AppTest
 
-from db.findings import get_finding, list_findings, refresh_findings
+from db.findings import get_finding, list_findings
 from db.models import FindingState, FixSource, ManualFix, Role, SyncStatus
-from tagging.weird import CASES, FIX_NOT_STICKING, LEGACY_PLACEHOLDER
+from db.vocab import CASES, FIX_NOT_STICKING, LEGACY_PLACEHOLDER
+from tagging.detectors.refresh import refresh_findings
 from tests.factories import actor
 from tests.tagging.test_weird import World, near_pair, outage_rows, photos, republished
 
@@ -138,7 +139,7 @@ def test_analyst_turns_on_automatic_carry_over_for_an_advertiser(
     at.toggle[0].set_value(True).run()
     assert not at.exception, at.exception
     with app_db() as session:
-        from db.queries import get_advertiser
+        from db.advertisers import get_advertiser
 
         assert get_advertiser(session, "Sunrise Motors").auto_carry_fixes
 
@@ -183,7 +184,7 @@ def test_findings_banner_shows_the_scrapes_open_findings(
 def test_analyst_relaunches_the_scrape_of_an_ml_outage(
     open_page: Callable[..., AppTest], app_db: sessionmaker[Session]
 ) -> None:
-    from tagging.tasks import huey
+    from tagging.jobs.tasks import huey
 
     with app_db.begin() as session:
         world = World(session)

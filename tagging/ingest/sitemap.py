@@ -1,0 +1,606 @@
+"""Hardened sitemap parsing: an advertiser's sitemap (or sitemap index) becomes image items.
+
+Sitemaps come from advertisers, so every document is treated as hostile:
+
+* any ``<!DOCTYPE`` or ``<!ENTITY`` is refused before the parser sees it (billion laughs, external
+  entities, external DTDs), and the lxml parser itself resolves no entity and loads no DTD or
+  network resource anyway;
+* only ASCII-compatible encodings are accepted, so that refusal cannot be dodged by UTF-16;
+* gzip is inflated in bounded steps and refused past ``max_uncompressed_bytes`` (gzip bombs);
+* the XML is fed to a pull parser in slices and each ``<url>`` is discarded once read, so a
+  50,000-URL sitemap parses in well under a second with little memory;
+* counts are capped per document (``<url>``/``<sitemap>`` entries), per scrape (items, sitemaps)
+  and in depth (an index of indexes of ...).
+
+Only the image URLs must be absolute http(s) URLs: others are skipped and reported once.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Literal
+
+from lxml import etree
+
+from tagging.errors import FetchError, SitemapError
+from tagging.ingest.fetch import GuardedClient
+
+__all__ = [
+    "ParsedSitemap",
+    "SitemapItem",
+    "SitemapLimits",
+    "SitemapProblem",
+    "SitemapResult",
+    "parse_sitemap_bytes",
+    "read_sitemap",
+]
+
+TAGDESK_NS = "urn:tagdesk:vehicle:1"
+"""Namespace of Tagdesk's own ``<tagdesk:color>`` feed extension."""
+
+SITEMAP_CONTENT_TYPES: tuple[str, ...] = (
+    "application/xml",
+    "text/xml",
+    "application/gzip",
+    "application/x-gzip",
+    "application/octet-stream",
+    "binary/octet-stream",
+    "text/plain",
+)
+"""Content-Type prefixes a sitemap may be served with (a missing Content-Type is accepted too)."""
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_SLICE = 1024 * 1024
+_MAX_PROLOG = 2 * _SLICE
+_MAX_ENTRY_NODES = 20_000
+"""Elements one <url> may hold (Google allows 1,000 images per page, 4 elements each)."""
+# A regex, not urlsplit: it runs once per image and dominates a big sitemap's parse time.
+_HTTP_URL = re.compile(
+    r"(?i)https?://"
+    r"(?:[^\x00-\x20\x7f/?#@]*@)?"  # userinfo
+    r"(?:\[[0-9a-f:.]+\]|[^\x00-\x20\x7f/?#@:\[\]\\]+)"  # host
+    r"(?::\d{1,5})?"
+    r"(?:[/?#][^\x00-\x20\x7f]*)?\Z"
+)
+_DTD = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.IGNORECASE)
+_DECLARED_ENCODING = re.compile(rb"""^<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+# Encodings in which "<!DOCTYPE" is the same bytes as in ASCII, so the byte scan above is sound.
+_ASCII_COMPATIBLE = re.compile(
+    r"^(utf-?8|us-ascii|ascii|iso-8859-\d+|iso8859-\d+|latin-?1|windows-125\d|cp125\d)$"
+)
+
+
+@dataclass(frozen=True)
+class SitemapItem:
+    """One image of one page, in sitemap order."""
+
+    page_url: str
+    """``<url><loc>``, stripped (``""`` when the entry has none)."""
+    image_url: str
+    """``<image:image><image:loc>``, stripped; always an absolute http(s) URL."""
+    position: int
+    """0-based order of this image in the whole sitemap, across sub-sitemaps."""
+    title: str | None
+    """``<image:title>``, stripped, or None."""
+    feed_color: str | None
+    """``<tagdesk:color>`` (namespace ``urn:tagdesk:vehicle:1``) of the ``<url>``, or None."""
+
+
+@dataclass(frozen=True)
+class SitemapProblem:
+    """Something wrong with one (sub-)sitemap that did not stop the scrape."""
+
+    url: str
+    """The (sub-)sitemap URL concerned."""
+    message: str
+    code: str
+    """``bad_sitemap``, ``too_many_urls``, ``too_many_items``, ``too_many_sitemaps``,
+    ``too_deep``, ``bad_image_urls``, ``duplicate_sitemap``, or a fetch error's code
+    (``fetch_failed``, ``blocked_url``, ``timeout``, ``too_large``, ``bad_content_type``)."""
+
+
+@dataclass
+class SitemapResult:
+    """Everything read from a sitemap and its sub-sitemaps."""
+
+    items: list[SitemapItem]
+    problems: list[SitemapProblem]
+    sitemaps_read: int
+    """Documents fetched and parsed successfully, the root included."""
+
+
+@dataclass(frozen=True)
+class SitemapLimits:
+    """Caps that keep one scrape's parsing bounded."""
+
+    max_compressed_bytes: int = 50 * 1024 * 1024
+    max_uncompressed_bytes: int = 50 * 1024 * 1024
+    """The sitemap protocol's own limit, for plain and inflated documents alike."""
+    max_urls_per_sitemap: int = 50_000
+    """The protocol's limit; past it the first entries are kept and a problem recorded."""
+    max_items: int = 500_000
+    """Images per scrape, across sub-sitemaps."""
+    max_sitemaps: int = 1_000
+    """Documents fetched per scrape, the root included."""
+    max_depth: int = 2
+    """How deep sitemap indexes may nest: the root is depth 0, its children depth 1, ..."""
+
+
+@dataclass
+class ParsedSitemap:
+    """One parsed document: a ``urlset`` (items) or a ``sitemapindex`` (child sitemap URLs)."""
+
+    kind: Literal["urlset", "sitemapindex"]
+    items: list[SitemapItem] = field(default_factory=list)
+    """Images of a urlset, positions counted from the ``first_position`` argument."""
+    sitemaps: list[str] = field(default_factory=list)
+    """Child sitemap URLs of an index, stripped, in document order."""
+    problems: list[SitemapProblem] = field(default_factory=list)
+    """Non-fatal problems: truncation at a cap, skipped image or sitemap URLs."""
+    items_capped: bool = False
+    """True when the ``max_items`` budget stopped the parse."""
+
+
+def parse_sitemap_bytes(
+    data: bytes,
+    source_url: str,
+    limits: SitemapLimits = SitemapLimits(),
+    *,
+    first_position: int = 0,
+    max_items: int | None = None,
+) -> ParsedSitemap:
+    """Parse one sitemap document, plain or gzipped.
+
+    Args:
+        data: the document's bytes as served (gzip is recognised by its magic bytes).
+        source_url: where it came from, for messages and problems.
+        limits: the caps to apply.
+        first_position: ``position`` of the first item (the images already read before it).
+        max_items: how many more items the scrape may take; default ``limits.max_items``.
+
+    Returns:
+        The document's items or child sitemaps, and its non-fatal problems.
+
+    Raises:
+        SitemapError: empty, not XML, not a sitemap, a DTD or entity, a non-ASCII-compatible
+            encoding, truncated or malformed (the message names the line), or over a size cap.
+    """
+    if not data.strip():
+        raise SitemapError(f"{source_url} is empty: expected a sitemap")
+    budget = limits.max_items if max_items is None else max_items
+    if data.startswith(_GZIP_MAGIC):
+        if len(data) > limits.max_compressed_bytes:
+            raise SitemapError(
+                f"{source_url} is {len(data):,} bytes compressed, over the "
+                f"{limits.max_compressed_bytes:,}-byte limit"
+            )
+        slices = _gunzip(data, source_url, limits.max_uncompressed_bytes)
+    else:
+        if len(data) > limits.max_uncompressed_bytes:
+            raise SitemapError(
+                f"{source_url} is {len(data):,} bytes, over the sitemap protocol's "
+                f"{limits.max_uncompressed_bytes:,}-byte limit"
+            )
+        slices = (data[i : i + _SLICE] for i in range(0, len(data), _SLICE))
+    return _Parser(source_url, limits, first_position, budget).run(slices)
+
+
+def read_sitemap(
+    url: str,
+    client: GuardedClient,
+    limits: SitemapLimits = SitemapLimits(),
+) -> SitemapResult:
+    """Fetch and parse a sitemap, following a sitemap index depth-first in document order.
+
+    Args:
+        url: the root sitemap (a urlset or a sitemap index).
+        client: the guarded client; its allow-list decides which private hosts may be read.
+        limits: the caps to apply.
+
+    Returns:
+        Every image item, in order, and the problems met. A sub-sitemap that cannot be fetched
+        or parsed becomes a problem (its items are dropped whole) and the others are still read.
+
+    Raises:
+        SitemapError: the root is not a sitemap (wrong content type, empty, malformed, hostile).
+        FetchError: the root cannot be fetched (its subclass says why: blocked, timeout, ...).
+    """
+    reader = _Reader(client, limits)
+    root = reader.fetch_and_parse(url)
+    reader.take(url, root, 0, seen={url})
+    return SitemapResult(items=reader.items, problems=reader.problems, sitemaps_read=reader.read)
+
+
+class _Reader:
+    """State of one :func:`read_sitemap` walk."""
+
+    def __init__(self, client: GuardedClient, limits: SitemapLimits) -> None:
+        self.client = client
+        self.limits = limits
+        self.items: list[SitemapItem] = []
+        self.problems: list[SitemapProblem] = []
+        self.read = 0
+        self.fetched = 0
+        self.stopped = False
+
+    def fetch_and_parse(self, url: str) -> ParsedSitemap:
+        self.fetched += 1
+        # Content types are checked here rather than by the client, to accept a missing one and
+        # to say "a web page, not a sitemap" in the words a user needs.
+        result = self.client.get(url, max_bytes=self.limits.max_compressed_bytes)
+        content_type = (result.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type and not content_type.startswith(SITEMAP_CONTENT_TYPES):
+            page = " (a web page, not a sitemap)" if content_type == "text/html" else ""
+            raise SitemapError(
+                f"{url} is not a sitemap: the server sent {content_type}{page}; "
+                "expected XML or gzip"
+            )
+        parsed = parse_sitemap_bytes(
+            result.body,
+            url,
+            self.limits,
+            first_position=len(self.items),
+            max_items=self.limits.max_items - len(self.items),
+        )
+        self.read += 1
+        return parsed
+
+    def take(self, url: str, parsed: ParsedSitemap, depth: int, seen: set[str]) -> None:
+        self.problems.extend(parsed.problems)
+        self.items.extend(parsed.items)
+        if parsed.items_capped:
+            self.stopped = True
+            return
+        if parsed.kind == "urlset":
+            return
+        if depth >= self.limits.max_depth:
+            self.problems.append(
+                SitemapProblem(
+                    url,
+                    f"{url} is a sitemap index nested {depth} deep; indexes may nest at most "
+                    f"{self.limits.max_depth} deep, so its {len(parsed.sitemaps):,} "
+                    "sitemaps were not read",
+                    "too_deep",
+                )
+            )
+            return
+        repeated: list[str] = []
+        try:
+            for index, child in enumerate(parsed.sitemaps):
+                if self.stopped:
+                    return
+                if child in seen:
+                    repeated.append(child)
+                    continue
+                if self.fetched >= self.limits.max_sitemaps:
+                    left = len(parsed.sitemaps) - index
+                    self.problems.append(
+                        SitemapProblem(
+                            url,
+                            f"the scrape reached its limit of {self.limits.max_sitemaps:,} "
+                            f"sitemaps; {left:,} more listed by {url} were not read",
+                            "too_many_sitemaps",
+                        )
+                    )
+                    self.stopped = True
+                    return
+                seen.add(child)
+                try:
+                    child_parsed = self.fetch_and_parse(child)
+                except (SitemapError, FetchError) as exc:
+                    self.problems.append(SitemapProblem(child, str(exc), exc.code))
+                    continue
+                self.take(child, child_parsed, depth + 1, seen)
+        finally:
+            if repeated:
+                # One problem per index, however many repeats: a hostile index can list 50,000.
+                self.problems.append(
+                    SitemapProblem(
+                        url,
+                        f"{url} lists {len(repeated):,} sitemaps that were already read (or "
+                        f"itself), e.g. {repeated[0]}; each was read once",
+                        "duplicate_sitemap",
+                    )
+                )
+
+
+def _gunzip(data: bytes, source_url: str, max_out: int) -> Iterator[bytes]:
+    """Inflate (possibly multi-member) gzip ``data`` in bounded slices, refusing a bomb."""
+    produced = 0
+    pending = data
+    while pending:
+        inflater = zlib.decompressobj(wbits=31)
+        chunk = pending
+        while True:
+            try:
+                out = inflater.decompress(chunk, _SLICE)
+            except zlib.error as exc:
+                raise SitemapError(f"{source_url} is not valid gzip: {exc}") from exc
+            produced += len(out)
+            if produced > max_out:
+                raise SitemapError(
+                    f"{source_url} inflates to more than {max_out:,} bytes, over the sitemap "
+                    "protocol's limit (a gzip bomb?)"
+                )
+            if out:
+                yield out
+            if inflater.eof:
+                break
+            chunk = inflater.unconsumed_tail
+            if not chunk and not out:
+                raise SitemapError(f"{source_url} is truncated gzip: the data ends early")
+        pending = inflater.unused_data
+        # Concatenated gzip members are valid; trailing zero padding (some servers) is not data.
+        if not pending.startswith(_GZIP_MAGIC):
+            break
+
+
+_LOCAL_NAMES: dict[str, str] = {}
+
+
+def _local(tag: object) -> str:
+    """An element's local name, or "" for comments and processing instructions."""
+    if not isinstance(tag, str):
+        return ""
+    name = _LOCAL_NAMES.get(tag)
+    if name is None:
+        name = tag.rpartition("}")[2]
+        # Cached because it runs for every element; bounded because tag names are input.
+        if len(_LOCAL_NAMES) < 1_000:
+            _LOCAL_NAMES[tag] = name
+    return name
+
+
+def _text(element: etree._Element | None) -> str | None:
+    if element is None or element.text is None:
+        return None
+    return element.text.strip() or None
+
+
+def _is_http_url(url: str) -> bool:
+    """An absolute http(s) URL with a host and no whitespace or control characters."""
+    return _HTTP_URL.match(url) is not None
+
+
+class _Parser:
+    """One document through lxml's pull parser, a slice at a time."""
+
+    def __init__(self, source_url: str, limits: SitemapLimits, first: int, budget: int) -> None:
+        self.source_url = source_url
+        self.limits = limits
+        self.position = first
+        self.budget = budget
+        self.result: ParsedSitemap | None = None
+        self.entries = 0
+        self.bad_images: list[str] = []
+        self.bad_sitemaps: list[str] = []
+        self.done = False
+        self.root: etree._Element | None = None
+        self.entry_tag = "url"
+        self.closed_root = ""
+
+    def run(self, slices: Iterator[bytes]) -> ParsedSitemap:
+        parser = etree.XMLPullParser(
+            events=("start", "end"),
+            # Only these tags reach Python: per-element callbacks would dominate the run time.
+            tag=["{*}urlset", "{*}sitemapindex", "{*}url", "{*}sitemap"],
+            resolve_entities=False,
+            no_network=True,
+            load_dtd=False,
+            dtd_validation=False,
+            huge_tree=False,
+            remove_comments=True,
+            remove_pis=True,
+        )
+        tail = b""
+        fed = 0
+        for chunk in slices:
+            if not fed:
+                self._check_prolog(chunk)
+            # Scan with the previous slice's end too, so a split "<!DOC" + "TYPE" is caught.
+            if _DTD.search(tail + chunk):
+                raise SitemapError(
+                    f"{self.source_url} declares a DTD or entity; DTDs and entities are not "
+                    "allowed in sitemaps (they enable entity-expansion and file-disclosure attacks)"
+                )
+            tail = chunk[-16:]
+            fed += len(chunk)
+            self._feed(parser, chunk)
+            if self.done:
+                break
+            if self.root is None and fed >= _MAX_PROLOG:
+                # A sitemap's root comes first; reading megabytes of something else is waste.
+                raise SitemapError(
+                    f"{self.source_url} is not a sitemap: no <urlset> or <sitemapindex> root "
+                    f"element in its first {_MAX_PROLOG // (1024 * 1024)} MiB"
+                )
+            self._prune()
+        if not self.done:
+            self._feed(parser, None)
+        if self.result is None:
+            raise SitemapError(
+                f"{self.source_url} is not a sitemap: its root element is <{self.closed_root}>, "
+                "expected <urlset> or <sitemapindex>"
+            )
+        self._report_skipped()
+        return self.result
+
+    def _prune(self) -> None:
+        """Drop finished entries and refuse an entry too big to be real, so memory stays flat.
+
+        Events only clear ``<url>``/``<sitemap>`` entries; anything else at the top level, or a
+        monster entry with millions of children, would otherwise grow the tree with the input.
+        """
+        root = self.root
+        if root is None or not len(root):
+            return
+        del root[:-1]  # Every finished child has had its event; the last may still be open.
+        last = root[-1]
+        if next(islice(last.iter(), _MAX_ENTRY_NODES, None), None) is not None:
+            raise SitemapError(
+                f"{self.source_url} has an entry <{_local(last.tag)}> with more than "
+                f"{_MAX_ENTRY_NODES:,} elements; refusing it as hostile"
+            )
+
+    def _check_prolog(self, head: bytes) -> None:
+        if head.startswith(b"\xef\xbb\xbf"):
+            head = head[3:]
+        # UTF-16/32 (BOM or NUL bytes) would hide "<!DOCTYPE" from the byte scan.
+        if head[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in head[:64]:
+            raise SitemapError(
+                f"{self.source_url} is UTF-16 or UTF-32; sitemaps must be UTF-8 (the sitemap "
+                "protocol requires it)"
+            )
+        stripped = head.lstrip()
+        if not stripped.startswith(b"<"):
+            raise SitemapError(f"{self.source_url} is not XML: expected a sitemap")
+        declared = _DECLARED_ENCODING.match(stripped)
+        if declared:
+            name = declared.group(1).decode("ascii").lower()
+            if not _ASCII_COMPATIBLE.match(name):
+                raise SitemapError(
+                    f"{self.source_url} declares the encoding {name!r}; sitemaps must be UTF-8 "
+                    "(the sitemap protocol requires it)"
+                )
+
+    def _feed(self, parser: etree.XMLPullParser, chunk: bytes | None) -> None:
+        try:
+            if chunk is None:
+                self.closed_root = _local(parser.close().tag)
+            else:
+                parser.feed(chunk)
+            for event, element in parser.read_events():
+                self._event(event, element)
+                if self.done:
+                    return
+        except etree.ParseError as exc:
+            line, what = exc.lineno, (exc.msg or str(exc)).strip()
+            last = exc.error_log.last_error
+            if not line and last is not None:
+                # The feed parser can raise a bare "no element found" at close(); the real
+                # error, with its line, is the latest one logged.
+                line, what = last.line, last.message.strip()
+            what = re.sub(r", line \d+, column \d+$", "", what)
+            ended = "the document ends early (truncated?)" if "end of data" in what else what
+            raise SitemapError(
+                f"{self.source_url} is not well-formed XML at line {line}: {ended}"
+            ) from exc
+
+    def _event(self, event: str, element: etree._Element) -> None:
+        if self.root is None:
+            # The first event must be the root's start; otherwise the root is something else.
+            top = element if element.getparent() is None else element.getroottree().getroot()
+            name = _local(top.tag)
+            if top is not element or name not in ("urlset", "sitemapindex"):
+                raise SitemapError(
+                    f"{self.source_url} is not a sitemap: its root element is <{name}>, "
+                    "expected <urlset> or <sitemapindex>"
+                )
+            self.result = ParsedSitemap(kind=name)  # type: ignore[arg-type]
+            self.entry_tag = "url" if name == "urlset" else "sitemap"
+            self.root = element
+            return
+        if event != "end" or element.getparent() is not self.root:
+            return
+        if _local(element.tag) == self.entry_tag:
+            self.entries += 1
+            if self.entries > self.limits.max_urls_per_sitemap:
+                self._stop_at_entry_cap()
+                return
+            if self.entry_tag == "url":
+                self._url(element)
+            else:
+                self._sitemap(element)
+        element.clear()
+
+    def _url(self, element: etree._Element) -> None:
+        assert self.result is not None
+        page_url = ""
+        color: str | None = None
+        images: list[tuple[str, str | None]] = []
+        for child in element:
+            name = _local(child.tag)
+            if name == "loc":
+                page_url = _text(child) or ""
+            elif name == "image":
+                loc: str | None = None
+                title: str | None = None
+                for part in child:
+                    part_name = _local(part.tag)
+                    if part_name == "loc":
+                        loc = _text(part)
+                    elif part_name == "title":
+                        title = _text(part)
+                images.append((loc or "", title))
+            elif name == "color" and child.tag == f"{{{TAGDESK_NS}}}color":
+                color = _text(child)
+        for image_url, title in images:
+            if not _is_http_url(image_url):
+                self.bad_images.append(image_url)
+                continue
+            if self.budget <= 0:
+                self.result.problems.append(
+                    SitemapProblem(
+                        self.source_url,
+                        f"the scrape reached its limit of {self.limits.max_items:,} images; "
+                        f"the rest of {self.source_url} and any later sitemap were not read",
+                        "too_many_items",
+                    )
+                )
+                self.result.items_capped = True
+                self.done = True
+                return
+            self.result.items.append(
+                SitemapItem(
+                    page_url=page_url,
+                    image_url=image_url,
+                    position=self.position,
+                    title=title,
+                    feed_color=color,
+                )
+            )
+            self.position += 1
+            self.budget -= 1
+
+    def _sitemap(self, element: etree._Element) -> None:
+        assert self.result is not None
+        loc = next((_text(c) for c in element if _local(c.tag) == "loc"), None) or ""
+        if _is_http_url(loc):
+            self.result.sitemaps.append(loc)
+        else:
+            self.bad_sitemaps.append(loc)
+
+    def _stop_at_entry_cap(self) -> None:
+        assert self.result is not None
+        cap = self.limits.max_urls_per_sitemap
+        self.result.problems.append(
+            SitemapProblem(
+                self.source_url,
+                f"{self.source_url} lists more than {cap:,} <{self.entry_tag}> entries, the "
+                f"sitemap protocol's limit; only the first {cap:,} were read",
+                "too_many_urls",
+            )
+        )
+        self.done = True
+
+    def _report_skipped(self) -> None:
+        assert self.result is not None
+        for bad, what, code in (
+            (self.bad_images, "image URLs", "bad_image_urls"),
+            (self.bad_sitemaps, "sitemap URLs", "bad_sitemap"),
+        ):
+            if not bad:
+                continue
+            examples = ", ".join(repr(b[:100]) for b in bad[:3])
+            self.result.problems.append(
+                SitemapProblem(
+                    self.source_url,
+                    f"{self.source_url}: skipped {len(bad):,} {what} that are not absolute http(s) "
+                    f"URLs (e.g. {examples})",
+                    code,
+                )
+            )

@@ -1,0 +1,106 @@
+"""Serving the Image Type model: decoded PIL images in, labels with confidences out."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from tagging.ml.model import ModelArtifact, ModelMetadata, load_artifact
+from tagging.ml.transforms import preprocess
+
+MAX_FORWARD_BATCH = 128
+"""Images per forward pass; larger requests are split so peak memory stays bounded."""
+
+
+@dataclass(frozen=True)
+class TypePrediction:
+    """The model's answer for one image.
+
+    Attributes:
+        label: The most probable class, one of :data:`tagging.IMAGE_TYPES`.
+        confidence: Its softmax probability.
+        probs: Probability of every class, in :data:`tagging.IMAGE_TYPES` order.
+    """
+
+    label: str
+    confidence: float
+    probs: dict[str, float]
+
+
+class TypeClassifier:
+    """A loaded, verified Image Type model ready to predict.
+
+    Safe to share between threads: the ML server calls :meth:`predict` from a thread pool, and a
+    lock serializes forward passes. Torch already spreads one forward pass over all its threads,
+    so running two at once would only make both slower.
+    """
+
+    def __init__(self, artifact: ModelArtifact) -> None:
+        """Wrap an artifact from :func:`tagging.ml.model.load_artifact`."""
+        self._model = artifact.model.fused_for_inference()
+        self._metadata = artifact.metadata
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, models_dir: Path, version: str | None = None) -> TypeClassifier:
+        """Load a version from ``models_dir`` (``None``: the production one, else the newest).
+
+        Raises:
+            ModelError: No such model, or its artifact fails verification.
+        """
+        return cls(load_artifact(models_dir, version))
+
+    @property
+    def version(self) -> str:
+        """The loaded artifact's version."""
+        return self._metadata.version
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        """The loaded artifact's metadata."""
+        return self._metadata
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Labels in output order."""
+        return self._metadata.classes
+
+    def predict(self, images: Sequence[Image.Image]) -> list[TypePrediction]:
+        """Classify decoded images.
+
+        Args:
+            images: RGB images as :func:`tagging.ingest.images.decode_image` returns them (other modes
+                are converted).
+
+        Returns:
+            One prediction per image, in order; an empty list for no images.
+        """
+        if not images:
+            return []
+        size = self._metadata.input_size
+        # Preprocessing happens outside the lock: it is per-image PIL work that other threads'
+        # forward passes need not wait for.
+        batches = [
+            preprocess(images[i : i + MAX_FORWARD_BATCH], size)
+            for i in range(0, len(images), MAX_FORWARD_BATCH)
+        ]
+        probs: list[torch.Tensor] = []
+        with self._lock, torch.inference_mode():
+            for batch in batches:
+                probs.append(torch.softmax(self._model(batch), dim=1))
+        out: list[TypePrediction] = []
+        for row in torch.cat(probs).tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            out.append(
+                TypePrediction(
+                    label=self.classes[best],
+                    confidence=row[best],
+                    probs=dict(zip(self.classes, row, strict=True)),
+                )
+            )
+        return out

@@ -1,0 +1,170 @@
+"""The ML server: a small FastAPI app around :class:`tagging.server.pipeline.ClassificationPipeline`.
+
+Run it with ``python -m tagging serve``. Every endpoint but ``/health`` needs
+``Authorization: Bearer $TAGGING_ML_TOKEN``. OpenAPI docs at ``/docs``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated
+
+import torch
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from db.engine import make_engine
+from tagging.config import Settings
+from tagging.errors import ConfigError
+from tagging.ingest.fetch import client_from_settings
+from tagging.ml.color import ColorModel, color_model_from_settings
+from tagging.ml.inference import TypeClassifier
+from tagging.server.cache import MLCache
+from tagging.server.pipeline import ClassificationPipeline, PipelineConfig
+from tagging.server.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    FixResult,
+    Health,
+    ImageFix,
+    ImageRecord,
+)
+
+ImageKey = Annotated[str, Path(pattern=r"^[0-9a-f]{16,64}$", description="An image_key")]
+
+
+@dataclass
+class ServerState:
+    """What the lifespan loads once and every request shares."""
+
+    token: str
+    pipeline: ClassificationPipeline
+    cache: MLCache
+
+
+bearer = HTTPBearer(auto_error=False)
+
+
+def get_state(request: Request) -> ServerState:
+    """What the lifespan loaded."""
+    return request.app.state.tagging
+
+
+def authorized(
+    state: Annotated[ServerState, Depends(get_state)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> ServerState:
+    """The server state, once the bearer token is checked (in constant time)."""
+    if credentials is None or not secrets.compare_digest(
+        credentials.credentials.encode(), state.token.encode()
+    ):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="missing or wrong bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return state
+
+
+AnyState = Annotated[ServerState, Depends(get_state)]
+State = Annotated[ServerState, Depends(authorized)]
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    classifier: TypeClassifier | None = None,
+    color_model: ColorModel | None = None,
+    pipeline_config: PipelineConfig | None = None,
+) -> FastAPI:
+    """Build the ML server app. The model, the cache and the clients load in the lifespan."""
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.ml_token:
+            raise ConfigError("the ML server needs a token: set TAGGING_ML_TOKEN")
+        # One intra-op thread: requests run inference concurrently from the threadpool, and on a
+        # small machine extra torch threads fight the decoders for cores (measured 4× slower).
+        torch.set_num_threads(1)
+        client = client_from_settings(settings)
+        engine = make_engine(settings.ml_cache_url)
+        cache = MLCache(engine)
+        pipeline = ClassificationPipeline(
+            client=client,
+            classifier=classifier or TypeClassifier.load(settings.models_dir),
+            color_model=color_model or color_model_from_settings(settings, client),
+            cache=cache,
+            config=pipeline_config,
+        )
+        app.state.tagging = ServerState(token=settings.ml_token, pipeline=pipeline, cache=cache)
+        try:
+            yield
+        finally:
+            pipeline.close()
+            client.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="Tagdesk ML server",
+        summary="Image Type and Color classification, cached by image_key.",
+        version="1.0",
+        lifespan=lifespan,
+    )
+
+    @app.get("/health", tags=["ops"])
+    def health(state: AnyState) -> Health:
+        """Liveness and what is loaded. Needs no token."""
+        return Health(
+            status="ok",
+            model_version=state.pipeline.classifier.version,
+            color_model_version=state.pipeline.color_model.version,
+            cache_size=state.cache.count(),
+        )
+
+    @app.post("/classify", tags=["classification"])
+    def classify(body: ClassifyRequest, state: State) -> ClassifyResponse:
+        """Classify a batch of image URLs: one result per URL, errors included, cache first."""
+        results = state.pipeline.classify(body.urls, color=body.color, thumbnails=body.thumbnails)
+        return ClassifyResponse(
+            results=results,
+            model_version=state.pipeline.classifier.version,
+            color_model_version=state.pipeline.color_model.version,
+        )
+
+    @app.get("/images/{image_key}", tags=["cache"])
+    def get_image(image_key: ImageKey, state: State) -> ImageRecord:
+        """The cached classification of one image_key."""
+        record = state.cache.record(image_key)
+        if record is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{image_key} is not cached")
+        return record
+
+    @app.put("/images/{image_key}", tags=["cache"])
+    def put_image(image_key: ImageKey, fix: ImageFix, state: State) -> FixResult:
+        """Overwrite the cached type and/or color with a manual fix (idempotent per fix_id)."""
+        if fix.image_type is None and fix.color is None and not fix.clear_color:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                detail="nothing to change: give image_type or color",
+            )
+        applied, record = state.cache.apply_fix(image_key, fix)
+        return FixResult(image_key=image_key, applied=applied, record=record)
+
+    @app.get(
+        "/images/{image_key}/thumbnail",
+        tags=["cache"],
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}},
+    )
+    def get_thumbnail(image_key: ImageKey, state: State) -> Response:
+        """The small JPEG made when the image was first decoded."""
+        jpeg = state.cache.thumbnail(image_key)
+        if jpeg is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no thumbnail for {image_key}")
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+
+    return app
