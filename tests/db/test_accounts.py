@@ -31,7 +31,7 @@ from db.accounts import (
 )
 from db.models import AdvertiserToken, Role, User
 from tagging.errors import AuthenticationError, NotFoundError, PermissionDenied, TaggingError
-from tests.factories import make_advertiser
+from tests.utils.factories import make_advertiser
 
 PASSWORD = "correct horse battery"
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)

@@ -55,7 +55,7 @@ from db.models import (
     ScrapeClassCount,
     SitemapItem,
 )
-from tests.factories import actor, make_advertiser
+from tests.utils.factories import actor, make_advertiser
 
 PERIOD = ChartFilter(date(2026, 3, 9), date(2026, 3, 22))
 EMPTY = ChartFilter(date(2026, 1, 5), date(2026, 1, 18))

@@ -38,8 +38,8 @@ from db.vocab import (
 from tagging.detectors.remedies import ACCEPTED, accept, carry_over_fixes, choose_value, retag
 from tagging.errors import NotFoundError, PermissionDenied, TaggingError
 from tagging.ingest.scrape import after_scrape
-from tests.factories import actor
-from tests.tagging.test_weird import (
+from tests.utils.factories import actor
+from tests.tagging.detectors.test_detectors import (
     World,
     key_of,
     near_pair,

@@ -17,7 +17,7 @@ from db.models import ItemStatus, ManualFix, Role, SitemapItem, SyncStatus, utcn
 from tagging.errors import NotFoundError, PermissionDenied, TaggingError
 from tagging.fixes import push_pending
 from tagging.server.client import MLClient
-from tests.factories import actor, make_advertiser, make_scrape
+from tests.utils.factories import actor, make_advertiser, make_scrape
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from db.history import (
     history_totals,
 )
 from db.models import Advertiser, FixSource, ManualFix, Role, SitemapItem, SyncStatus
-from tests.factories import make_advertiser, make_scrape
+from tests.utils.factories import make_advertiser, make_scrape
 
 
 def at(day: int, hour: int = 0, minute: int = 0, second: int = 0, micro: int = 0) -> datetime:

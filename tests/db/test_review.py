@@ -17,7 +17,7 @@ from db.review import (
     review_page,
     thumbnails,
 )
-from tests.factories import actor, make_advertiser, make_scrape
+from tests.utils.factories import actor, make_advertiser, make_scrape
 
 ITEMS = [
     ("Dealer", "Red"),

@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from db.accounts import Actor
 from db.engine import make_engine, make_session_factory
 from db.models import Role
-from tests.factories import actor
+from tests.utils.factories import actor
 
 ROOT = Path(__file__).resolve().parents[2]
 

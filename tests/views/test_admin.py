@@ -18,7 +18,7 @@ from db.accounts import (
     set_role,
 )
 from db.models import Role, User
-from tests.factories import actor, make_advertiser
+from tests.utils.factories import actor, make_advertiser
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = "views/admin.py"

@@ -34,7 +34,7 @@ from db.charts import (
 )
 from db.models import FixSource, Role, utcnow
 from tests.db.test_charts import add_fix, add_scrape
-from tests.factories import actor, make_advertiser
+from tests.utils.factories import actor, make_advertiser
 from views import charts_specs as specs
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from streamlit.testing.v1.element_tree import Block
 from db.accounts import Actor
 from db.fixes import FixChange, apply_fixes
 from db.models import FixSource, ManualFix, Role, SitemapItem, SyncStatus
-from tests.factories import actor, make_advertiser, make_scrape
+from tests.utils.factories import actor, make_advertiser, make_scrape
 
 PAGE = "views/history.py"
 

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from streamlit.testing.v1 import AppTest
 
 from db.models import Role
-from tests.factories import make_advertiser, make_scrape
+from tests.utils.factories import make_advertiser, make_scrape
 
 
 @pytest.mark.parametrize("role", list(Role))

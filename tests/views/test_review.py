@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from streamlit.testing.v1 import AppTest
 
 from db.models import ManualFix, Role, SitemapItem, SyncStatus
-from tests.factories import make_advertiser, make_scrape
+from tests.utils.factories import make_advertiser, make_scrape
 
 PAGE = "views/review.py"
 HOSTILE = "<script>alert(1)</script> **bold** ![x](http://evil.example/p.png)"

@@ -15,8 +15,14 @@ from db.findings import get_finding, list_findings
 from db.models import FindingState, FixSource, ManualFix, Role, SyncStatus
 from db.vocab import CASES, FIX_NOT_STICKING, LEGACY_PLACEHOLDER
 from tagging.detectors.refresh import refresh_findings
-from tests.factories import actor
-from tests.tagging.test_weird import World, near_pair, outage_rows, photos, republished
+from tests.utils.factories import actor
+from tests.tagging.detectors.test_detectors import (
+    World,
+    near_pair,
+    outage_rows,
+    photos,
+    republished,
+)
 
 PAGE = Path(__file__).resolve().parents[2] / "views" / "weird.py"
 HOSTILE_URL = "https://cdn.example/<script>alert(1)</script>**bold**.jpg"

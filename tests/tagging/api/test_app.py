@@ -32,7 +32,7 @@ from tagging.ingest.scrape import ScrapeConfig, run_scrape
 from tagging.server.client import MLClient
 from tagging.testing import UvicornThread
 from tests.conftest import ML_TOKEN
-from tests.factories import actor
+from tests.utils.factories import actor
 
 OURS = "sunrise-motors"
 THEIRS = "summit-auto-group"

@@ -26,7 +26,7 @@ from tagging.__main__ import main
 from tagging.cli.users import ROLE_NAMES
 from tagging.errors import AuthenticationError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass

@@ -69,7 +69,7 @@ from tagging.ingest.images import hash_distance
 from tagging.ingest.scrape import ScrapeConfig, ScrapeSummary, run_scrape
 from tagging.server.client import MLClient
 from tests.conftest import ML_TOKEN
-from tests.factories import actor
+from tests.utils.factories import actor
 
 # --- crafted data --------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from db.advertisers import get_advertiser
 from db.models import Role, Scrape
 from tagging.demo.generate import DemoInventory
 from tagging.errors import PermissionDenied, TaggingError
-from tests.factories import actor
+from tests.utils.factories import actor
 
 
 @pytest.fixture
