@@ -8,7 +8,6 @@ from __future__ import annotations
 import streamlit as st
 
 from db.accounts import Permission
-from db.charts import CHART_ROLES
 from views.common import current_actor, sign_out
 
 st.set_page_config(page_title="Tagdesk", page_icon="🏷️", layout="wide")
@@ -26,7 +25,7 @@ sections: dict[str, list[st.Page]] = {
         st.Page("views/weird.py", title="Weird results", icon=":material/troubleshoot:"),
     ],
 }
-if actor.role in CHART_ROLES:
+if actor.can(Permission.VIEW_CHARTS):
     sections["Insights"] = [
         st.Page("views/charts.py", title="Misclassification", icon=":material/monitoring:"),
     ]

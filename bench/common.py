@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -245,9 +245,14 @@ def _spawn(name: str, args: list[str], env: dict[str, str], data: BenchData, por
     return Service(name, port, process, log_path, env)
 
 
-def _base_env(data_dir: Path) -> dict[str, str]:
+def _base_env(data_dir: Path, **overrides: Any) -> dict[str, str]:
+    """This environment without its ``TAGGING_*``, plus the settings of ``data_dir``.
+
+    ``overrides`` replace fields of those settings (see :class:`tagging.config.Settings`).
+    """
+    settings = replace(Settings.from_env({"TAGGING_DATA_DIR": str(data_dir)}), **overrides)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAGGING_")}
-    env.update({"TAGGING_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"})
+    env.update({**settings.to_env(), "PYTHONUNBUFFERED": "1"})
     return env
 
 
@@ -274,13 +279,11 @@ def start_ml_server(
     for suffix in ("", "-wal", "-shm"):
         Path(f"{cache_path}{suffix}").unlink(missing_ok=True)
     port = free_port()
-    env = _base_env(data.model_data_dir)
-    env.update(
-        {
-            "TAGGING_ML_TOKEN": token,
-            "TAGGING_ALLOWED_HOSTS": ",".join([cdn.host_entry, *extra_allowed]),
-            "TAGGING_ML_CACHE_URL": f"sqlite:///{cache_path}",
-        }
+    env = _base_env(
+        data.model_data_dir,
+        ml_token=token,
+        allowed_hosts=(cdn.host_entry, *extra_allowed),
+        ml_cache_url=f"sqlite:///{cache_path}",
     )
     service = stack.start(_spawn("ml", ["serve", "--port", str(port)], env, data, port))
     wait_healthy(service, "/health", timeout)

@@ -26,16 +26,19 @@ from sqlalchemy.orm import Session, selectinload
 
 from db.errors import (
     AuthenticationError,
+    Conflict,
+    InvalidInput,
     NotFoundError,
     PermissionDenied,
-    TaggingError,
 )
 from db.models import Advertiser, AdvertiserToken, Role, User, utcnow
 
 
 class Permission(enum.StrEnum):
     READ = "read"
-    """See sitemaps, history, findings and charts."""
+    """See sitemaps, history and findings."""
+    VIEW_CHARTS = "view_charts"
+    """Open the Misclassification page (analysts work from the review page instead)."""
     FIX = "fix"
     """Record manual fixes (one by one or in bulk)."""
     RELAUNCH = "relaunch"
@@ -49,9 +52,15 @@ class Permission(enum.StrEnum):
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ANALYST: frozenset({Permission.READ, Permission.FIX, Permission.RELAUNCH}),
     Role.DEVELOPER: frozenset(
-        {Permission.READ, Permission.FIX, Permission.RELAUNCH, Permission.MODELS}
+        {
+            Permission.READ,
+            Permission.VIEW_CHARTS,
+            Permission.FIX,
+            Permission.RELAUNCH,
+            Permission.MODELS,
+        }
     ),
-    Role.MANAGER: frozenset({Permission.READ}),
+    Role.MANAGER: frozenset({Permission.READ, Permission.VIEW_CHARTS}),
     Role.ADMIN: frozenset(Permission),
 }
 
@@ -134,9 +143,9 @@ def _waste_a_verification(password: str) -> None:
 
 def _validate_password(password: str) -> str:
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise TaggingError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
+        raise InvalidInput(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
     if len(password) > MAX_PASSWORD_LENGTH:
-        raise TaggingError(f"a password may have at most {MAX_PASSWORD_LENGTH} characters")
+        raise InvalidInput(f"a password may have at most {MAX_PASSWORD_LENGTH} characters")
     return password
 
 
@@ -209,11 +218,13 @@ def authenticate(
 
     if not verify_password(user.password_hash, password):
         user.failed_attempts = (user.failed_attempts or 0) + 1
+        new_lock: datetime | None = None
         if user.failed_attempts >= FAILURES_BEFORE_LOCK:
-            user.locked_until = now + _lock_delay(user.failed_attempts)
+            new_lock = now + _lock_delay(user.failed_attempts)
+            user.locked_until = new_lock
         session.flush()
-        if user.failed_attempts >= FAILURES_BEFORE_LOCK:
-            raise AuthenticationError(_locked_message(user.locked_until, now))
+        if new_lock is not None:
+            raise AuthenticationError(_locked_message(new_lock, now))
         raise AuthenticationError(WRONG_CREDENTIALS)
 
     # Said only after the right password, so that nobody else learns the account exists.
@@ -278,7 +289,7 @@ def _role(role: Role | str) -> Role:
         return Role(role)
     except ValueError:
         choices = ", ".join(r.value for r in Role)
-        raise TaggingError(f"unknown role {role!r}: one of {choices}") from None
+        raise InvalidInput(f"unknown role {role!r}: one of {choices}") from None
 
 
 def get_user(session: Session, username: str) -> User:
@@ -310,16 +321,17 @@ def create_user(
 
     Raises:
         PermissionDenied: ``actor`` may not manage users.
-        TaggingError: an invalid field, or a username or email that is taken.
+        InvalidInput: an invalid field (username, role, email, password).
+        Conflict: the username or the email is taken.
     """
     _authorize(session, actor, system=system)
     name = _normalize_username(username)
     if not name:
-        raise TaggingError("an account needs a username")
+        raise InvalidInput("an account needs a username")
     if len(name) > MAX_USERNAME_LENGTH:
-        raise TaggingError(f"a username may have at most {MAX_USERNAME_LENGTH} characters")
+        raise InvalidInput(f"a username may have at most {MAX_USERNAME_LENGTH} characters")
     if not USERNAME_PATTERN.fullmatch(name):
-        raise TaggingError(
+        raise InvalidInput(
             f"invalid username {username!r}: use letters, digits and . _ @ + - "
             "(starting with a letter or digit)"
         )
@@ -328,15 +340,15 @@ def create_user(
     if address is not None and (
         len(address) > MAX_EMAIL_LENGTH or not EMAIL_PATTERN.fullmatch(address)
     ):
-        raise TaggingError(f"invalid email address {email!r}")
+        raise InvalidInput(f"invalid email address {email!r}")
     if password is None and address is None:
-        raise TaggingError("an account needs a password, or an email to sign in with SSO")
+        raise InvalidInput("an account needs a password, or an email to sign in with SSO")
     password_hash = hash_password(_validate_password(password)) if password is not None else None
 
     if session.scalar(select(User.id).where(User.username == name)) is not None:
-        raise TaggingError(f"the username {name!r} is taken")
+        raise Conflict(f"the username {name!r} is taken")
     if address and session.scalar(select(User.id).where(User.email == address)) is not None:
-        raise TaggingError(f"another account has the email {address}")
+        raise Conflict(f"another account has the email {address}")
     user = User(
         username=name,
         email=address,
@@ -350,7 +362,7 @@ def create_user(
             session.add(user)
     except IntegrityError as exc:
         # Another transaction took the name or email between our check and our insert.
-        raise TaggingError(f"the username {name!r} or the email is taken") from exc
+        raise Conflict(f"the username {name!r} or the email is taken") from exc
     return user
 
 
@@ -367,7 +379,7 @@ def _keep_an_admin(session: Session, user: User) -> None:
         .with_for_update()
     ).all()
     if not [admin_id for admin_id in admins if admin_id != user.id]:
-        raise TaggingError(
+        raise Conflict(
             f"{user.username} is the last enabled admin: add or enable another admin first"
         )
 
@@ -385,7 +397,8 @@ def set_role(
     Raises:
         PermissionDenied: ``actor`` may not manage users.
         NotFoundError: no such account.
-        TaggingError: an unknown role, or it would demote the last enabled admin.
+        InvalidInput: an unknown role.
+        Conflict: it would demote the last enabled admin.
     """
     _authorize(session, actor, system=system)
     new_role = _role(role)
@@ -412,7 +425,7 @@ def set_password(
     Raises:
         PermissionDenied: ``actor`` may not manage users.
         NotFoundError: no such account.
-        TaggingError: the password is too short or too long.
+        InvalidInput: the password is too short or too long.
     """
     _authorize(session, actor, system=system)
     user = get_user(session, username)
@@ -438,7 +451,7 @@ def set_disabled(
     Raises:
         PermissionDenied: ``actor`` may not manage users.
         NotFoundError: no such account.
-        TaggingError: it would disable the last enabled admin.
+        Conflict: it would disable the last enabled admin.
     """
     _authorize(session, actor, system=system)
     user = get_user(session, username)
@@ -490,7 +503,7 @@ def create_advertiser_token(
     Raises:
         PermissionDenied: ``actor`` may not manage users.
         NotFoundError: no such advertiser.
-        TaggingError: the label is too long.
+        InvalidInput: the label is too long.
     """
     author = _authorize(session, actor, system=system)
     advertiser = session.get(Advertiser, advertiser_id)
@@ -498,7 +511,7 @@ def create_advertiser_token(
         raise NotFoundError(f"no advertiser with id {advertiser_id}")
     label = (label or "").strip() or None
     if label is not None and len(label) > 200:
-        raise TaggingError("a token label may have at most 200 characters")
+        raise InvalidInput("a token label may have at most 200 characters")
     token = secrets.token_urlsafe(32)
     session.add(
         AdvertiserToken(

@@ -36,24 +36,31 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Date, case, cast, func, literal_column, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import (
+    ColumnElement,
+    Date,
+    FromClause,
+    Select,
+    Subquery,
+    case,
+    cast,
+    func,
+    literal_column,
+    select,
+)
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
-from db.accounts import Actor
+from db.accounts import Actor, Permission
 from db.history import FORMULA_PREFIXES
 from db.models import (
     Advertiser,
     FixSource,
     ItemStatus,
     ManualFix,
-    Role,
     Scrape,
     ScrapeClassCount,
     SitemapItem,
 )
-
-CHART_ROLES: frozenset[Role] = frozenset({Role.MANAGER, Role.DEVELOPER, Role.ADMIN})
-"""Who may open the Misclassification page (analysts work from the review page instead)."""
 
 CHART_FIELDS: tuple[str, ...] = ("image_type", "color")
 COUNTED_SOURCES: tuple[str, ...] = (FixSource.ANALYST.value, FixSource.ADVERTISER.value)
@@ -77,8 +84,9 @@ Model = Literal["image_type", "color"]
 
 
 def can_view_charts(actor: Actor | None) -> bool:
-    """Whether ``actor`` may open the Misclassification page: managers, developers and admins."""
-    return actor is not None and Role(actor.role) in CHART_ROLES
+    """Whether ``actor`` may open the Misclassification page (:attr:`Permission.VIEW_CHARTS`:
+    managers, developers and admins)."""
+    return actor is not None and actor.can(Permission.VIEW_CHARTS)
 
 
 @dataclass(frozen=True)
@@ -520,6 +528,7 @@ def advertiser_rates(session: Session, chart_filter: ChartFilter) -> list[Advert
         )
         .group_by(ManualFix.advertiser_id)
     ):
+        assert advertiser_id is not None  # the query leaves out fixes without an advertiser
         fixes[advertiser_id] = {
             "analyst": int(analyst or 0),
             "advertiser": int(advertiser or 0),
@@ -675,7 +684,7 @@ def ml_failures(session: Session, chart_filter: ChartFilter) -> FailureStats:
     )
     items = func.sum(counts.items)
 
-    def query(*columns: Any) -> Any:
+    def query(*columns: Any) -> Select[*tuple[Any, ...]]:
         return (
             select(*columns)
             .select_from(Scrape)
@@ -877,7 +886,7 @@ def _count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
-def _classified(*columns: Any) -> Any:
+def _classified(*columns: Any) -> Select[*tuple[Any, ...]]:
     """``SELECT columns FROM scrapes JOIN`` their classified items' counts (one row per value)."""
     return (
         select(*columns)
@@ -898,7 +907,7 @@ def _fix_conditions(
     start: datetime | None = None,
     end: datetime | None = None,
     fields: Iterable[str] | None = None,
-    table: Any = ManualFix,
+    table: type[ManualFix] = ManualFix,
 ) -> list[ColumnElement[bool]]:
     period_start, period_end = chart_filter.bounds()
     conditions: list[ColumnElement[bool]] = [
@@ -925,7 +934,9 @@ def _scrape_conditions(
     return conditions
 
 
-def _bucket(column: Any, granularity: Granularity, dialect: str) -> ColumnElement[Any]:
+def _bucket(
+    column: InstrumentedAttribute[datetime], granularity: Granularity, dialect: str
+) -> ColumnElement[Any]:
     """The UTC day, or the Monday of the ISO week, of a timestamp column.
 
     Constants are literal SQL, not bound parameters: PostgreSQL would otherwise see the SELECT
@@ -957,12 +968,12 @@ def _buckets(chart_filter: ChartFilter, granularity: Granularity) -> list[date]:
 class _Confusion:
     """The confusion query's pieces: one row per image whose field was fixed in the period."""
 
-    query: Any
+    query: Select[str]
     """``SELECT span.image_key FROM span JOIN first fix JOIN last fix LEFT JOIN first item``."""
-    ml_value: Any
-    fixed_value: Any
-    span: Any
-    last: Any
+    ml_value: ColumnElement[str | None]
+    fixed_value: InstrumentedAttribute[str | None]
+    span: Subquery
+    last: type[ManualFix]
 
 
 def _confusion(chart_filter: ChartFilter, field_name: str) -> _Confusion:
@@ -999,8 +1010,8 @@ def _confusion(chart_filter: ChartFilter, field_name: str) -> _Confusion:
 class _Reversals:
     """How to count reversals per group of fixes: FROM (with ``manual_fixes``) and an aggregate."""
 
-    from_: Any
-    expression: Any
+    from_: FromClause
+    expression: ColumnElement[int]
 
 
 def _reversals(chart_filter: ChartFilter, dialect: str) -> _Reversals:

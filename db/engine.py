@@ -9,13 +9,17 @@ time, which SQLite reports as "database is locked" instead of waiting.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Table, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects.postgresql import Insert as PostgresqlInsert
+    from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 
 ROOT = Path(__file__).resolve().parent.parent
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -78,7 +82,7 @@ def migrate(url: str, revision: str = "head") -> None:
 
 def upsert(
     session: Session,
-    table: Any,
+    table: Table,
     rows: list[dict[str, Any]],
     *,
     key: list[str],
@@ -93,13 +97,17 @@ def upsert(
     if not rows:
         return 0
     dialect = session.get_bind().dialect.name
+    statement: PostgresqlInsert | SqliteInsert
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        statement = postgresql_insert(table)
     elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(table)
     else:  # pragma: no cover - we only ship these two
         raise NotImplementedError(f"upsert is not implemented for {dialect}")
-    statement = insert(table)
     if update:
         statement = statement.on_conflict_do_update(
             index_elements=key, set_={column: statement.excluded[column] for column in update}
@@ -107,5 +115,5 @@ def upsert(
     else:
         statement = statement.on_conflict_do_nothing(index_elements=key)
     # Count with RETURNING: psycopg reports no rowcount for INSERT ... ON CONFLICT.
-    statement = statement.returning(*(table.c[column] for column in key))
-    return len(session.execute(statement, rows).all())
+    returning = statement.returning(*(table.c[column] for column in key))
+    return len(session.execute(returning, rows).all())

@@ -210,11 +210,8 @@ def pending_fixes(
 
 def count_pending(session: Session) -> int:
     """How many fixes are still waiting for the ML server's acknowledgement."""
-    return session.scalar(
-        select(func.count()).select_from(ManualFix).where(
-            ManualFix.sync_status == SyncStatus.PENDING
-        )
-    ) or 0
+    query = select(func.count()).where(ManualFix.sync_status == SyncStatus.PENDING)
+    return session.scalar(query) or 0
 
 
 def mark_synced(session: Session, fix_id: int) -> None:

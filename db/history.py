@@ -182,7 +182,7 @@ def history_filter_options(session: Session) -> HistoryFilterOptions:
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _rows_query(history_filter: HistoryFilter) -> Select[Any]:
+def _rows_query(history_filter: HistoryFilter) -> Select[*tuple[Any, ...]]:
     return (
         select(
             ManualFix.id,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
+from typing import ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -46,6 +48,8 @@ def as_utc(moment: datetime | None) -> datetime | None:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    __table__: ClassVar[Table]
+    """Every model declares ``__tablename__``, so it maps a :class:`Table` (not any FromClause)."""
 
 
 class ScrapeStatus(enum.StrEnum):
@@ -316,7 +320,7 @@ class Severity(enum.StrEnum):
 
 
 class Finding(Base):
-    """A "weird result" a detector found (``tagging.detectors.cases``), with its evidence and its state."""
+    """A "weird result" a detector found (:mod:`tagging.detectors`), with its evidence and state."""
 
     __tablename__ = "findings"
 

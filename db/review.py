@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, case, exists, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Exists, Select, case, exists, func, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from db.models import ItemStatus, ManualFix, SitemapItem, SyncStatus, Thumbnail
 
@@ -68,11 +68,11 @@ class ReviewCounts:
     by_status: dict[str, int]
 
 
-def _fixed_clause() -> object:
+def _fixed_clause() -> Exists:
     return exists().where(ManualFix.image_key == SitemapItem.image_key)
 
 
-def _pending_clause() -> object:
+def _pending_clause() -> Exists:
     return exists().where(
         ManualFix.image_key == SitemapItem.image_key,
         ManualFix.sync_status == SyncStatus.PENDING,
@@ -86,7 +86,7 @@ def _filtered(query: Select, scrape_id: int, review_filter: ReviewFilter) -> Sel
         query = query.where(SitemapItem.image_type.in_(f.image_types))
     if f.colors:
         named = [c for c in f.colors if c != NO_COLOR]
-        clauses = [SitemapItem.color.in_(named)] if named else []
+        clauses: list[ColumnElement[bool]] = [SitemapItem.color.in_(named)] if named else []
         if NO_COLOR in f.colors:
             clauses.append(SitemapItem.color.is_(None))
         query = query.where(or_(*clauses))
@@ -94,12 +94,12 @@ def _filtered(query: Select, scrape_id: int, review_filter: ReviewFilter) -> Sel
         plain = [
             s for s in f.statuses if s in (ItemStatus.OK, ItemStatus.ML_FAILURE, ItemStatus.ERROR)
         ]
-        clauses = [SitemapItem.status.in_(plain)] if plain else []
+        status_clauses: list[ColumnElement[bool]] = [SitemapItem.status.in_(plain)] if plain else []
         if FIXED in f.statuses:
-            clauses.append(_fixed_clause())
+            status_clauses.append(_fixed_clause())
         if PENDING_SYNC in f.statuses:
-            clauses.append(_pending_clause())
-        query = query.where(or_(*clauses))
+            status_clauses.append(_pending_clause())
+        query = query.where(or_(*status_clauses))
     text = f.text.strip().lower()
     if text:
         pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -117,7 +117,9 @@ def review_counts(session: Session, scrape_id: int) -> ReviewCounts:
     """Counts of the whole scrape by current type, color and status (four small queries)."""
     base = select(func.count()).select_from(SitemapItem).where(SitemapItem.scrape_id == scrape_id)
 
-    def grouped(column: object) -> dict[str, int]:
+    def grouped(
+        column: InstrumentedAttribute[str] | InstrumentedAttribute[str | None],
+    ) -> dict[str, int]:
         rows = session.execute(
             select(column, func.count()).where(SitemapItem.scrape_id == scrape_id).group_by(column)
         )

@@ -3,12 +3,17 @@
 Standard library only, so that every layer (``db``, ``tagging``, the pages) can import it.
 """
 
+PLACEHOLDER = "Placeholder"
+"""The Image Type of a picture that shows no vehicle ("photo coming soon"): it has no color."""
 
-IMAGE_TYPES: tuple[str, ...] = ("Dealer", "Stock", "Placeholder")
+IMAGE_TYPES: tuple[str, ...] = ("Dealer", "Stock", PLACEHOLDER)
 """The Image Type classes, in the order the model's outputs use."""
 
-DEFAULT_IMAGE_TYPE = "Placeholder"
+DEFAULT_IMAGE_TYPE = PLACEHOLDER
 """What an item's Image Type is when the ML system returns no value (the seed's rule)."""
+
+TYPE_COLORS: dict[str, str] = {"Dealer": "#2f81f7", "Stock": "#a371f7", "Placeholder": "#8b949e"}
+"""How each Image Type is drawn in charts and badges (CSS hex), in :data:`IMAGE_TYPES`' order."""
 
 COLORS: tuple[str, ...] = (
     "Black",
@@ -49,7 +54,8 @@ CASES: dict[str, str] = {
     NEAR_DUPLICATES: "Near-duplicates labelled differently",
     CRITERIA_SHIFT: "Different criteria",
 }
-"""Every detector (the ``detector`` of a finding) and the known case it finds, in the notes' order."""
+"""Every detector (the ``detector`` of a finding) and the known case it finds, in the notes'
+order."""
 
 GLOBAL_DETECTORS = frozenset({SHARED_CDN_CONFLICT, NEAR_DUPLICATES, CRITERIA_SHIFT})
 """Detectors that compare advertisers with each other: always run over all of them."""

@@ -9,6 +9,8 @@
 | ``TAGGING_ML_CACHE_URL`` | the ML server's own cache store | SQLite in the data dir |
 | ``TAGGING_ALLOWED_HOSTS`` | ``host`` or ``host:port`` entries allowed to be private | none |
 | ``TAGGING_COLOR_VENDOR_URL`` | the third-party color model's URL | the embedded model |
+| ``TAGGING_REDIS_URL`` | Redis for the task queue (several workers) | SQLite in the data dir |
+| ``TAGGING_SESSION_IDLE_MINUTES`` | idle minutes before the app asks to sign in again | ``480`` |
 | ``TAGGING_TEST_POSTGRES_URL`` | PostgreSQL for the test suite | tests skip PostgreSQL |
 """
 
@@ -23,6 +25,7 @@ from urllib.parse import urlsplit
 from tagging.errors import ConfigError
 
 DEFAULT_ML_URL = "http://127.0.0.1:8800"
+DEFAULT_SESSION_IDLE_MINUTES = 480
 
 
 @dataclass(frozen=True)
@@ -36,10 +39,16 @@ class Settings:
     ml_cache_url: str
     allowed_hosts: tuple[str, ...] = ()
     color_vendor_url: str | None = None
+    redis_url: str | None = None
+    session_idle_minutes: int = DEFAULT_SESSION_IDLE_MINUTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read the settings from ``env`` (default: ``os.environ``)."""
+        """Read the settings from ``env`` (default: ``os.environ``).
+
+        Raises:
+            ConfigError: a variable holds an unusable value.
+        """
         env = os.environ if env is None else env
         data_dir = Path(env.get("TAGGING_DATA_DIR") or "data").resolve()
         ml_url = (env.get("TAGGING_ML_URL") or DEFAULT_ML_URL).rstrip("/")
@@ -61,7 +70,33 @@ class Settings:
             or f"sqlite:///{data_dir / 'ml_cache.sqlite'}",
             allowed_hosts=hosts,
             color_vendor_url=env.get("TAGGING_COLOR_VENDOR_URL") or None,
+            redis_url=env.get("TAGGING_REDIS_URL") or None,
+            session_idle_minutes=_positive_int(env, "TAGGING_SESSION_IDLE_MINUTES")
+            or DEFAULT_SESSION_IDLE_MINUTES,
         )
+
+    def to_env(self) -> dict[str, str]:
+        """The ``TAGGING_*`` variables that reproduce these settings in a subprocess.
+
+        ``Settings.from_env(settings.to_env()) == settings``. Unset optional settings are left
+        out, so a caller may merge the result into a copy of ``os.environ`` stripped of
+        ``TAGGING_*``.
+        """
+        env = {
+            "TAGGING_DATA_DIR": str(self.data_dir),
+            "TAGGING_DATABASE_URL": self.database_url,
+            "TAGGING_ML_URL": self.ml_url,
+            "TAGGING_ML_CACHE_URL": self.ml_cache_url,
+            "TAGGING_ALLOWED_HOSTS": ",".join(self.allowed_hosts),
+            "TAGGING_SESSION_IDLE_MINUTES": str(self.session_idle_minutes),
+        }
+        if self.ml_token:
+            env["TAGGING_ML_TOKEN"] = self.ml_token
+        if self.color_vendor_url:
+            env["TAGGING_COLOR_VENDOR_URL"] = self.color_vendor_url
+        if self.redis_url:
+            env["TAGGING_REDIS_URL"] = self.redis_url
+        return env
 
     @property
     def models_dir(self) -> Path:
@@ -78,6 +113,24 @@ class Settings:
         parts = urlsplit(self.ml_url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         return f"{parts.hostname}:{port}"
+
+
+def _positive_int(env: Mapping[str, str], name: str) -> int | None:
+    """``env[name]`` as a positive integer, or None when it is unset or empty.
+
+    Raises:
+        ConfigError: the value is not a positive whole number.
+    """
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a positive whole number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive whole number, got {raw!r}")
+    return value
 
 
 def _read_token_file(path: Path) -> str | None:

@@ -7,7 +7,8 @@
     │   ├── SitemapError              a sitemap is malformed, hostile or over a cap
     │   └── ImageDecodeError          bytes that should be an image cannot be decoded safely
     ├── NotFoundError                 no such advertiser, scrape, image, finding, model (404)
-    ├── Conflict                      clashes with the current state: a name taken (409)
+    ├── Conflict                      clashes with the current state: a name taken, a scrape
+    │                                 already running, the last enabled admin (409)
     ├── PermissionDenied              the role may not do this (403)
     ├── AuthenticationError           sign-in or token refused (401)
     ├── ConfigError                   the environment or a command line names something unusable
@@ -16,15 +17,20 @@
     │   ├── BlockedURLError           the guarded client refused the URL
     │   ├── FetchTimeoutError         the remote server did not answer in time
     │   ├── ResponseTooLargeError     the body is over the caller's byte cap
-    │   └── UnexpectedContentTypeError
-    └── MLServerError                 the ML server gave no usable answer (API: 502)
-        ├── MLServerUnavailable       unreachable or timed out (503)
-        ├── MLServerAuthError         our token was refused
-        └── MLServerBadResponse       an answer that is not a valid response
+    │   ├── UnexpectedContentTypeError
+    │   └── HTTPStatusError*          a non-2xx answer, with ``.status`` (code as FetchError's)
+    ├── MLServerError                 the ML server gave no usable answer (API: 502)
+    │   ├── MLServerUnavailable       unreachable or timed out (503)
+    │   ├── MLServerAuthError         our token was refused
+    │   └── MLServerBadResponse       an answer that is not a valid response
+    └── ColorVendorError*             the third-party color model gave no usable answer
 
 The root and the generic errors are defined in :mod:`db.errors` (``db`` raises them and sits
 below this package) and re-exported here, so that callers import every error from this module.
-``code`` is a short, stable identifier stored as a per-item status detail.
+The two marked ``*`` belong to their module's interface and live there:
+:class:`tagging.ingest.fetch.HTTPStatusError` and :class:`tagging.ml.color.ColorVendorError`.
+``code`` is a short, stable identifier stored as a per-item status detail; ``http_status`` is what
+an API answers (400 where the tree names none).
 """
 
 from __future__ import annotations

@@ -126,9 +126,7 @@ def save_fixes(
 ) -> SavedFixes:
     """Record ``changes`` in one transaction (:func:`record_fixes`), then push them."""
     with sessions.begin() as session:
-        outcome = record_fixes(
-            session, actor, changes, source=source, advertiser_id=advertiser_id
-        )
+        outcome = record_fixes(session, actor, changes, source=source, advertiser_id=advertiser_id)
     push = push_pending(sessions, ml, fix_ids=outcome.fix_ids) if outcome.fix_ids else None
     return SavedFixes(outcome, push)
 
@@ -153,7 +151,10 @@ def push_pending(
     with sessions() as session:
         pending = pending_fixes(session, fix_ids=fix_ids, limit=limit)
     for fix in pending:
-        body = ImageFix(fix_id=fix.id, url=fix.image_url, **{fix.field: fix.new_value})
+        # The field name is data (image_type or color), so validate a mapping, not keywords.
+        body = ImageFix.model_validate(
+            {"fix_id": fix.id, "url": fix.image_url, fix.field: fix.new_value}
+        )
         try:
             ml.put_fix(fix.image_key, body)
         except MLServerError as exc:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine, make_session_factory, migrate
 from db.models import Base
+from tests.utils.servers import cdn_host, ml_settings
 
 # Tests never touch a developer's real data: modules that read the environment at import time
 # (the task queue) get a throwaway data dir.
@@ -164,28 +165,6 @@ def cdn(demo_dir: Path) -> Iterator[object]:
     server.serve_in_thread()
     yield server
     server.shutdown()
-
-
-ML_TOKEN = "test-token-0123456789"
-
-
-def cdn_host(cdn: object) -> str:
-    return cdn.url.split("://", 1)[1].rstrip("/")  # type: ignore[attr-defined]
-
-
-def ml_settings(tmp_path: Path, cache_url: str, *allowed: str, **overrides: object) -> object:
-    from tagging.config import Settings
-
-    values: dict[str, object] = {
-        "data_dir": tmp_path,
-        "database_url": f"sqlite:///{tmp_path / 'unused.sqlite'}",
-        "ml_url": "http://127.0.0.1:1",
-        "ml_token": ML_TOKEN,
-        "ml_cache_url": cache_url,
-        "allowed_hosts": tuple(allowed),
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture

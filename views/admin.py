@@ -16,17 +16,21 @@ from db.accounts import (
     Permission,
     create_advertiser_token,
     create_user,
-    list_advertiser_tokens,
-    list_users,
     revoke_advertiser_token,
     set_disabled,
     set_password,
     set_role,
 )
-from db.advertisers import list_advertisers
-from db.models import AdvertiserToken, Role, User
+from db.models import Role
 from tagging.errors import TaggingError
 from views.common import clear_query_cache, require_page, session_factory
+from views.loaders import (
+    TokenRow,
+    UserRow,
+    load_advertiser_tokens,
+    load_advertisers,
+    load_users,
+)
 
 NOTICE = "admin_notice"
 ROLES = [role.value for role in Role]
@@ -59,7 +63,7 @@ def _when(column: pd.Series) -> pd.Series:
     return pd.to_datetime(column, utc=True)
 
 
-def _users_table(users: list[User]) -> pd.DataFrame:
+def _users_table(users: list[UserRow]) -> pd.DataFrame:
     frame = pd.DataFrame(
         [
             {
@@ -67,7 +71,7 @@ def _users_table(users: list[User]) -> pd.DataFrame:
                 "email": user.email,
                 "role": user.role,
                 "disabled": user.disabled,
-                "SSO only": user.password_hash is None,
+                "SSO only": user.sso_only,
                 "last sign-in": user.last_login_at,
                 "failed attempts": user.failed_attempts,
                 "locked until": user.locked_until,
@@ -80,12 +84,12 @@ def _users_table(users: list[User]) -> pd.DataFrame:
     return frame
 
 
-def _tokens_table(tokens: list[AdvertiserToken]) -> pd.DataFrame:
+def _tokens_table(tokens: list[TokenRow]) -> pd.DataFrame:
     frame = pd.DataFrame(
         [
             {
                 "id": token.id,
-                "advertiser": token.advertiser.name,
+                "advertiser": token.advertiser,
                 "label": token.label,
                 "created by": token.created_by,
                 "created": token.created_at,
@@ -108,9 +112,8 @@ if notice := st.session_state.pop(NOTICE, None):
     st.success(notice, icon=":material/check_circle:")
 
 try:
-    with session_factory()() as session:
-        users = list_users(session, actor)
-        advertisers = list_advertisers(session)
+    users = load_users(actor)
+    advertisers = load_advertisers()
 except TaggingError as exc:
     st.error(str(exc), icon=":material/error:")
     st.stop()
@@ -242,8 +245,7 @@ if create:
         )
         st.code(token, language=None)
 
-with session_factory()() as session:
-    tokens = list_advertiser_tokens(session)
+tokens = load_advertiser_tokens()
 if not tokens:
     st.caption("No tokens yet.")
     st.stop()
@@ -262,7 +264,7 @@ if active:
             list(active),
             key="revoke_token_id",
             format_func=lambda i: (
-                f"#{i} · {active[i].advertiser.name}"
+                f"#{i} · {active[i].advertiser}"
                 + (f" · {active[i].label}" if active[i].label else "")
             ),
         )

@@ -8,7 +8,6 @@ the chart itself (SVG). Every figure is aggregated in SQL (``db.charts``); chart
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 from datetime import date, timedelta
 from functools import partial
@@ -21,32 +20,26 @@ import streamlit as st
 
 from db.charts import (
     CHART_FIELDS,
-    AdvertiserRate,
-    CellImage,
     ChartFilter,
     ChartOptions,
-    ConfusionCell,
-    FailureStats,
-    FixedImage,
-    PeriodRate,
-    RatePoint,
-    VersionStats,
-    advertiser_rates,
     can_view_charts,
-    chart_options,
-    confusion,
-    confusion_images,
-    correction_rate,
-    ml_failures,
-    model_versions,
-    most_fixed_images,
-    period_rates,
     rows_csv,
 )
 from db.models import utcnow
-from db.review import thumbnails
 from views import charts_specs as specs
-from views.common import QUERY_TTL_SECONDS, current_actor, session_factory, shown_errors
+from views.common import current_actor, shown_errors
+from views.loaders import (
+    load_advertiser_rates,
+    load_cell_images,
+    load_chart_options,
+    load_confusion,
+    load_correction_rate,
+    load_failures,
+    load_model_versions,
+    load_most_fixed,
+    load_period_rates,
+    load_thumbnail_urls,
+)
 
 # (Comments, not docstrings: Streamlit's magic would write a bare string onto the page.)
 DEFAULT_DAYS = 28  # The default period: the last 4 weeks, today included, against the 4 before.
@@ -69,78 +62,6 @@ DEFINITIONS = """
 * **Back and forth**: a fix that sets back the value an image had before an earlier fix of the
   same field in the period.
 """
-
-
-# --- cached reads ------------------------------------------------------------------------------
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_options() -> ChartOptions:
-    with session_factory()() as session:
-        return chart_options(session)
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_period_rates(chart_filter: ChartFilter) -> list[PeriodRate]:
-    with session_factory()() as session:
-        return period_rates(session, chart_filter)
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_correction_rate(chart_filter: ChartFilter, granularity: str) -> list[RatePoint]:
-    with session_factory()() as session:
-        return correction_rate(session, chart_filter, granularity)  # type: ignore[arg-type]
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_confusion(chart_filter: ChartFilter, field: str) -> list[ConfusionCell]:
-    with session_factory()() as session:
-        return confusion(session, chart_filter, field)
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_cell_images(
-    chart_filter: ChartFilter, field: str, ml_value: str, fixed_value: str
-) -> list[CellImage]:
-    with session_factory()() as session:
-        return confusion_images(
-            session, chart_filter, field, ml_value, fixed_value, limit=CELL_IMAGES
-        )
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_advertiser_rates(chart_filter: ChartFilter) -> list[AdvertiserRate]:
-    with session_factory()() as session:
-        return advertiser_rates(session, chart_filter)
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_model_versions(chart_filter: ChartFilter, model: str) -> VersionStats:
-    with session_factory()() as session:
-        return model_versions(session, chart_filter, model)  # type: ignore[arg-type]
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_failures(chart_filter: ChartFilter) -> FailureStats:
-    with session_factory()() as session:
-        return ml_failures(session, chart_filter)
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_most_fixed(chart_filter: ChartFilter) -> list[FixedImage]:
-    with session_factory()() as session:
-        return most_fixed_images(session, chart_filter, limit=FIXED_IMAGES)
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_thumbnails(image_keys: tuple[str, ...]) -> dict[str, str]:
-    """Thumbnails as data URLs, for the tables' image columns."""
-    with session_factory()() as session:
-        found = thumbnails(session, list(image_keys))
-    return {
-        key: "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
-        for key, jpeg in found.items()
-    }
 
 
 # --- pieces ------------------------------------------------------------------------------------
@@ -213,7 +134,7 @@ def review_link(advertiser: str | None, scrape_id: int | None, image_url: str) -
 def image_table(frame: pd.DataFrame, columns: dict[str, Any], order: list[str]) -> None:
     """A table of images with their thumbnails and a link to the review page."""
     keys = tuple(sorted(set(frame["image_key"])))
-    thumbs = load_thumbnails(keys)
+    thumbs = load_thumbnail_urls(keys)
     frame = frame.assign(
         thumbnail=[thumbs.get(key) for key in frame["image_key"]],
         review=[
@@ -256,7 +177,7 @@ with st.expander("Definitions", icon=":material/info:"):
     st.markdown(DEFINITIONS)
 
 with shown_errors():
-    options = load_options()
+    options = load_chart_options()
     if not options.advertisers:
         st.info("No advertisers yet: nothing has been classified.")
         st.stop()
@@ -358,7 +279,7 @@ with shown_errors():
             key="cell",
         )
         field, ml_value, fixed_value = chosen.split("|", 2)
-        images = load_cell_images(chart_filter, field, ml_value, fixed_value)
+        images = load_cell_images(chart_filter, field, ml_value, fixed_value, CELL_IMAGES)
         if not images:
             # Both loads are cached apart: for a moment they may disagree about a new fix.
             st.info("No image behind this cell any more.")
@@ -422,7 +343,7 @@ with shown_errors():
 
     # --- 6. most fixed images ------------------------------------------------------------------
     st.subheader("6. Most fixed images")
-    fixed = load_most_fixed(chart_filter)
+    fixed = load_most_fixed(chart_filter, FIXED_IMAGES)
     frame = specs.fixed_frame(fixed)
     st.caption(specs.fixed_reading(frame))
     chart = specs.most_fixed_chart(frame) if fixed else None

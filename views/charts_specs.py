@@ -26,11 +26,10 @@ from db.charts import (
     RatePoint,
     VersionStats,
 )
-from db.vocab import COLORS, IMAGE_TYPES
+from db.vocab import COLORS, IMAGE_TYPES, TYPE_COLORS
 
 FIELD_LABELS = {"image_type": "Image Type", "color": "Color"}
 FIELD_COLORS = {"Image Type": "#2f81f7", "Color": "#e16f24"}
-TYPE_COLORS = {"Dealer": "#2f81f7", "Stock": "#a371f7", "Placeholder": "#8b949e"}
 PALETTE = {
     "Black": "#1f2328",
     "White": "#ffffff",

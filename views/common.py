@@ -1,13 +1,13 @@
-"""What every page shares: the cached engine and clients, the signed-in user, error display.
+"""What every page shares: the cached engine and clients, the session-state keys, the signed-in
+user, error display.
 
-The one place that caches: ``st.cache_resource`` for the engine and clients,
-``st.cache_data(ttl=...)`` for query results (cleared after writes by :func:`clear_query_cache`).
-Sessions are never cached.
+Caching: ``st.cache_resource`` here for the settings, the engine and the clients;
+``st.cache_data(ttl=...)`` for query results in :mod:`views.loaders` (cleared after writes by
+:func:`clear_query_cache`). Sessions are never cached.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -20,10 +20,21 @@ from db.engine import make_engine, make_session_factory, migrate
 from db.models import utcnow
 from tagging.config import Settings
 from tagging.errors import TaggingError
+from tagging.server.client import MLClient
 
 QUERY_TTL_SECONDS = 30
-SESSION_IDLE = timedelta(minutes=int(os.environ.get("TAGGING_SESSION_IDLE_MINUTES", "480")))
+SESSION_IDLE = timedelta(minutes=Settings.from_env().session_idle_minutes)
 """A signed-in session that has been idle this long must sign in again."""
+
+# Session-state keys of the signed-in session (the sign-in page and the tests use them too).
+ACTOR = "actor"
+"""The signed-in :class:`db.accounts.Actor`."""
+SIGNED_IN_AT = "signed_in_at"
+LAST_SEEN_AT = "last_seen_at"
+SIGNED_OUT = "signed_out"
+"""Set by :func:`sign_out`: the sign-in page says "Signed out"."""
+SESSION_EXPIRED = "session_expired"
+"""Set when an idle session is signed out: the sign-in page says so."""
 
 
 @st.cache_resource
@@ -40,10 +51,8 @@ def session_factory() -> sessionmaker[Session]:
 
 
 @st.cache_resource
-def ml_client():
+def ml_client() -> MLClient:
     """The ML server's client (its token stays on the server side, never in the page)."""
-    from tagging.server.client import MLClient
-
     return MLClient.from_settings(settings())
 
 
@@ -62,29 +71,29 @@ def shown_errors() -> Iterator[None]:
 
 
 def sign_in(actor: Actor) -> None:
-    st.session_state["actor"] = actor
-    st.session_state["signed_in_at"] = st.session_state["last_seen_at"] = utcnow()
+    st.session_state[ACTOR] = actor
+    st.session_state[SIGNED_IN_AT] = st.session_state[LAST_SEEN_AT] = utcnow()
 
 
 def sign_out() -> None:
-    for key in ("actor", "signed_in_at", "last_seen_at"):
+    for key in (ACTOR, SIGNED_IN_AT, LAST_SEEN_AT):
         st.session_state.pop(key, None)
-    st.session_state["signed_out"] = True
+    st.session_state[SIGNED_OUT] = True
     if _oidc_configured() and getattr(st.user, "is_logged_in", False):
         st.logout()
 
 
 def current_actor() -> Actor | None:
     """The signed-in user, or None (also when the session has been idle too long)."""
-    actor: Actor | None = st.session_state.get("actor")
+    actor: Actor | None = st.session_state.get(ACTOR)
     if actor is None:
         return None
-    last_seen: datetime = st.session_state.get("last_seen_at") or utcnow()
+    last_seen: datetime = st.session_state.get(LAST_SEEN_AT) or utcnow()
     if utcnow() - last_seen > SESSION_IDLE:
         sign_out()
-        st.session_state["session_expired"] = True
+        st.session_state[SESSION_EXPIRED] = True
         return None
-    st.session_state["last_seen_at"] = utcnow()
+    st.session_state[LAST_SEEN_AT] = utcnow()
     return actor
 
 

@@ -2,57 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from datetime import date
 from functools import partial
 
-import pandas as pd
 import streamlit as st
 
 from db.accounts import Permission
 from db.fixes import FIELDS
-from db.history import (
-    HISTORY_COLUMNS,
-    HistoryFilter,
-    HistoryFilterOptions,
-    HistoryTotals,
-    history_csv,
-    history_filter_options,
-    history_rows,
-    history_totals,
-)
+from db.history import HistoryFilter, HistoryFilterOptions, HistoryTotals
 from db.models import FixSource, SyncStatus, utcnow
-from views.common import QUERY_TTL_SECONDS, require_page, session_factory, shown_errors
+from views.common import require_page, shown_errors
+from views.loaders import load_csv, load_history_options, load_history_page, load_totals
 
 PAGE_SIZE = 500
 FIELD_LABELS = {"image_type": "Image Type", "color": "Color"}
 ANY = "Any"
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_options() -> HistoryFilterOptions:
-    with session_factory()() as session:
-        return history_filter_options(session)
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_totals(history_filter: HistoryFilter) -> HistoryTotals:
-    with session_factory()() as session:
-        return history_totals(session, history_filter)
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_page(history_filter: HistoryFilter, page: int) -> pd.DataFrame:
-    with session_factory()() as session:
-        rows = history_rows(session, history_filter, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
-    return pd.DataFrame([dataclasses.asdict(row) for row in rows], columns=list(HISTORY_COLUMNS))
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_csv(history_filter: HistoryFilter) -> str:
-    with session_factory()() as session:
-        return history_csv(session, history_filter)
 
 
 def filters(options: HistoryFilterOptions) -> HistoryFilter:
@@ -106,7 +71,7 @@ st.caption(
 )
 
 with shown_errors():
-    history_filter = filters(load_options())
+    history_filter = filters(load_history_options())
     totals = load_totals(history_filter)
     metrics(totals)
 
@@ -117,7 +82,7 @@ with shown_errors():
         page = int(
             st.number_input(f"Page (of {pages}, {PAGE_SIZE} fixes each)", 1, pages, 1, step=1)
         )
-    frame = load_page(history_filter, page)
+    frame = load_history_page(history_filter, page, PAGE_SIZE)
     if frame.empty:
         st.info("No fix matches these filters.")
     else:

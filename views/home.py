@@ -3,44 +3,12 @@
 from __future__ import annotations
 
 import altair as alt
-import pandas as pd
 import streamlit as st
 
 from db.accounts import Permission
-from db.advertisers import advertiser_overview
-from db.scrapes import recent_scrapes
-from views.common import QUERY_TTL_SECONDS, require_page, session_factory
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_overview() -> pd.DataFrame:
-    with session_factory()() as session:
-        rows = advertiser_overview(session)
-    return pd.DataFrame([row.__dict__ for row in rows])
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_recent_scrapes() -> pd.DataFrame:
-    with session_factory()() as session:
-        rows = recent_scrapes(session, limit=20)
-    return pd.DataFrame(
-        [
-            {
-                "advertiser": name,
-                "scrape": scrape.id,
-                "status": scrape.status,
-                "started": scrape.started_at,
-                "items": scrape.item_count,
-                "cached": scrape.cached_count,
-                "classified": scrape.classified_count,
-                "failed": scrape.failed_count,
-                "ML failures": scrape.ml_failure_count,
-                "seconds": scrape.seconds,
-            }
-            for scrape, name in rows
-        ]
-    )
-
+from db.vocab import TYPE_COLORS
+from views.common import require_page
+from views.loaders import load_overview, load_recent_scrapes
 
 require_page(Permission.READ)
 st.title("Tagdesk")
@@ -79,9 +47,7 @@ chart = (
         x=alt.X("images:Q", title="images in the latest scrape", stack="zero"),
         color=alt.Color(
             "Image Type:N",
-            scale=alt.Scale(
-                domain=["Dealer", "Stock", "Placeholder"], range=["#2f81f7", "#a371f7", "#8b949e"]
-            ),
+            scale=alt.Scale(domain=list(TYPE_COLORS), range=list(TYPE_COLORS.values())),
         ),
         tooltip=["name:N", "Image Type:N", "images:Q"],
     )

@@ -8,15 +8,11 @@ with the fix (a lost race is reported, not hidden).
 
 from __future__ import annotations
 
-import io
-
 import altair as alt
 import pandas as pd
 import streamlit as st
-from PIL import Image, ImageDraw
 
 from db.accounts import Actor, Permission
-from db.advertisers import list_advertisers
 from db.fixes import FixChange, FixOutcome
 from db.models import ItemStatus
 from db.review import (
@@ -24,28 +20,33 @@ from db.review import (
     NO_COLOR,
     PENDING_SYNC,
     STATUS_FILTERS,
-    ReviewCounts,
     ReviewFilter,
     ReviewItem,
-    image_history,
-    items_by_id,
-    matching_item_ids,
-    review_counts,
-    review_page,
-    thumbnails,
 )
-from db.scrapes import latest_scrape, running_scrape, scrapes_of
 from db.vocab import COLORS, DEFAULT_FIX_COLOR, IMAGE_TYPES
-from tagging.errors import TaggingError
 from tagging.fixes import save_fixes
+from tagging.jobs.tasks import enqueue_scrape
 from views.common import (
-    QUERY_TTL_SECONDS,
     clear_query_cache,
     ml_client,
     require_page,
     session_factory,
     settings,
     shown_errors,
+)
+from views.loaders import (
+    large_image,
+    latest_finished_id,
+    load_advertisers,
+    load_counts,
+    load_fix_targets,
+    load_image_history,
+    load_matching_ids,
+    load_review_page,
+    load_running,
+    load_scrapes,
+    load_thumbnails,
+    missing_thumbnail,
 )
 from views.weird_banner import findings_banner
 
@@ -58,86 +59,7 @@ STATUS_LABELS = {
     FIXED: "Fixed",
     PENDING_SYNC: "Pending sync",
 }
-TYPE_COLORS = {"Dealer": "#2f81f7", "Stock": "#a371f7", "Placeholder": "#8b949e"}
-
-
-# --- cached reads ------------------------------------------------------------------------------
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_advertisers() -> list[tuple[int, str, bool]]:
-    with session_factory()() as session:
-        return [(a.id, a.name, a.color_from_feed) for a in list_advertisers(session)]
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_scrapes(advertiser_id: int) -> list[dict]:
-    with session_factory()() as session:
-        return [
-            {
-                "id": s.id,
-                "started_at": s.started_at,
-                "status": s.status,
-                "items": s.item_count,
-                "finished": s.finished_at is not None,
-                "error": s.error,
-            }
-            for s in scrapes_of(session, advertiser_id)
-        ]
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_counts(scrape_id: int) -> ReviewCounts:
-    with session_factory()() as session:
-        return review_counts(session, scrape_id)
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_page(
-    scrape_id: int, review_filter: ReviewFilter, offset: int, limit: int
-) -> tuple[list[ReviewItem], int]:
-    with session_factory()() as session:
-        return review_page(session, scrape_id, review_filter, offset=offset, limit=limit)
-
-
-@st.cache_data(ttl=3600, max_entries=64)
-def load_thumbnails(keys: tuple[str, ...]) -> dict[str, bytes]:
-    # Thumbnails never change for a key: cache them long, and hand Streamlit the JPEG bytes
-    # as they are (no decode, no re-encode on a rerun).
-    with session_factory()() as session:
-        return thumbnails(session, list(keys))
-
-
-@st.cache_data
-def missing_thumbnail() -> bytes:
-    image = Image.new("RGB", (240, 180), (238, 240, 243))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((90, 60, 150, 110), outline=(150, 155, 163), width=3)
-    draw.line((90, 110, 150, 60), fill=(150, 155, 163), width=3)
-    draw.text((78, 130), "no image", fill=(120, 125, 133))
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=85)
-    return out.getvalue()
-
-
-def latest_finished_id(advertiser_id: int) -> int | None:
-    """Not cached: the progress poll needs to see a scrape finish."""
-    with session_factory()() as session:
-        scrape = latest_scrape(session, advertiser_id)
-        return scrape.id if scrape else None
-
-
-def load_running(advertiser_id: int) -> dict | None:
-    with session_factory()() as session:
-        scrape = running_scrape(session, advertiser_id)
-        if scrape is None:
-            return None
-        return {
-            "id": scrape.id,
-            "done": scrape.item_count,
-            "total": scrape.expected_items,
-            "requested_by": scrape.requested_by,
-        }
+FLASH = "flash"  # Session-state key of the messages shown after the next rerun.
 
 
 # --- actions ------------------------------------------------------------------------------------
@@ -147,7 +69,7 @@ def save(actor: Actor, changes: list[FixChange]) -> None:
     """Record the changes in one transaction, push them, and leave a message for the next run."""
     saved = save_fixes(session_factory(), ml_client(), actor, changes)
     clear_query_cache()
-    st.session_state["flash"] = describe(saved.outcome, saved.push_error)
+    st.session_state[FLASH] = describe(saved.outcome, saved.push_error)
 
 
 def describe(outcome: FixOutcome, push_error: str | None) -> list[tuple[str, str]]:
@@ -185,7 +107,7 @@ can_fix = actor.can(Permission.FIX)
 
 st.title("Sitemap review")
 
-for kind, text in st.session_state.pop("flash", []):
+for kind, text in st.session_state.pop(FLASH, []):
     getattr(st, kind)(text)
 
 advertisers = load_advertisers()
@@ -194,13 +116,13 @@ if not advertisers:
     st.stop()
 
 params = st.query_params
-names = [name for _, name, _ in advertisers]
+names = [a.name for a in advertisers]
 wanted = params.get("advertiser")
 top = st.columns([3, 3, 2])
 advertiser_name = top[0].selectbox(
     "Advertiser", names, index=names.index(wanted) if wanted in names else 0
 )
-advertiser_id, _, color_from_feed = next(a for a in advertisers if a[1] == advertiser_name)
+advertiser_id, _, color_from_feed, _ = next(a for a in advertisers if a.name == advertiser_name)
 if advertiser_name != wanted:
     st.query_params["advertiser"] = advertiser_name
 
@@ -217,8 +139,6 @@ with top[2]:
         "images are classified.",
     )
 if relaunch:
-    from tagging.jobs.tasks import enqueue_scrape
-
     with shown_errors():
         enqueue_scrape(settings(), actor, advertiser_name)
         st.session_state["queued"] = (advertiser_id, latest_finished_id(advertiser_id))
@@ -339,12 +259,12 @@ review_filter = ReviewFilter(
 
 paging = st.columns([1, 1, 4])
 page_size = paging[0].selectbox("Per page", PAGE_SIZES, index=0)
-_, matching = load_page(scrape_id, review_filter, 0, 1)
+_, matching = load_review_page(scrape_id, review_filter, 0, 1)
 pages = max(1, -(-matching // page_size))
 page_number = paging[1].number_input("Page", min_value=1, max_value=pages, value=1, step=1)
 paging[2].caption(f"{matching:,} of {counts.total:,} images match · page {page_number} of {pages}")
 
-items, _ = load_page(scrape_id, review_filter, (page_number - 1) * page_size, page_size)
+items, _ = load_review_page(scrape_id, review_filter, (page_number - 1) * page_size, page_size)
 thumbs = load_thumbnails(tuple(sorted({i.image_key for i in items if i.image_key})))
 
 
@@ -450,8 +370,7 @@ def show_details(item: ReviewItem) -> None:
         st.caption(f"image_key {item.image_key or '—'}")
     st.markdown("**History**")
     if item.image_key:
-        with session_factory()() as session:
-            history = image_history(session, item.image_key)
+        history = load_image_history(item.image_key)
         if history:
             st.dataframe(
                 pd.DataFrame([h.__dict__ for h in history]).drop(columns=["id"]),
@@ -460,22 +379,6 @@ def show_details(item: ReviewItem) -> None:
             )
         else:
             st.caption("No manual fix yet.")
-
-
-@st.cache_data(ttl=600, max_entries=32)
-def large_image(url: str, image_key: str | None) -> bytes:
-    """The original image fetched by the server (guarded), or the thumbnail if it is gone."""
-    from tagging.ingest.fetch import client_from_settings
-    from tagging.ingest.images import decode_image, make_thumbnail
-
-    try:
-        with client_from_settings(settings()) as client:
-            body = client.get(url, accept=("image/",), max_bytes=15 * 1024 * 1024).body
-        return make_thumbnail(decode_image(body, draft_size=(800, 600)).image, size=(800, 600))
-    except TaggingError:
-        with session_factory()() as session:
-            found = thumbnails(session, [image_key] if image_key else [])
-        return found.get(image_key or "", missing_thumbnail())
 
 
 if details is not None:
@@ -502,19 +405,17 @@ if bulk_selected or bulk_all:
         st.error(f"{bulk_value} is not a valid {bulk_field.replace('_', ' ')}.")
     else:
         if bulk_all:
-            with session_factory()() as session:
-                target = matching_item_ids(session, scrape_id, review_filter)
+            target = load_matching_ids(scrape_id, review_filter)
         else:
             target = [i.id for i in items if st.session_state.get(f"select-{i.id}")]
         st.session_state["bulk"] = {"ids": target, "field": bulk_field, "value": bulk_value}
 
 pending_bulk = st.session_state.get("bulk")
 if pending_bulk and can_fix:
-    with session_factory()() as session:
-        rows = items_by_id(session, pending_bulk["ids"])
+    rows = load_fix_targets(pending_bulk["ids"])
     field, value = pending_bulk["field"], pending_bulk["value"]
-    fixable = [r for r in rows if r.image_key]
-    changing = [r for r in fixable if getattr(r, field) != value]
+    fixable = [r for r in rows if r["image_key"]]
+    changing = [r for r in fixable if r[field] != value]
     with st.container(border=True):
         st.markdown(f"**Bulk fix preview:** set {field.replace('_', ' ')} to **{value}**")
         st.write(
@@ -528,7 +429,7 @@ if pending_bulk and can_fix:
             with shown_errors():
                 save(
                     actor,
-                    [FixChange(r.id, field, value, seen_value=getattr(r, field)) for r in changing],
+                    [FixChange(r["id"], field, value, seen_value=r[field]) for r in changing],
                 )
                 st.rerun()
         if confirm[1].button("Cancel"):

@@ -10,9 +10,9 @@ import streamlit as st
 
 from db.accounts import Actor, actor_for_email, authenticate
 from tagging.errors import AuthenticationError
-from views.common import _oidc_configured, session_factory, sign_in
+from views.common import SESSION_EXPIRED, SIGNED_OUT, _oidc_configured, session_factory, sign_in
 
-NOTICES = ("session_expired", "signed_out")
+NOTICES = (SESSION_EXPIRED, SIGNED_OUT)
 
 
 def _finish(actor: Actor) -> None:
@@ -74,10 +74,10 @@ with middle:
     st.title("Tagdesk", anchor=False, icon=":material/sell:")
     st.caption("Review and fix the Image Type and Color of advertisers' vehicle images.")
 
-    if st.session_state.pop("session_expired", False):
-        st.session_state.pop("signed_out", None)
+    if st.session_state.pop(SESSION_EXPIRED, False):
+        st.session_state.pop(SIGNED_OUT, None)
         st.warning("Your session expired, sign in again.", icon=":material/schedule:")
-    elif st.session_state.pop("signed_out", False):
+    elif st.session_state.pop(SIGNED_OUT, False):
         st.success("Signed out.", icon=":material/logout:")
 
     sso = _oidc_configured()

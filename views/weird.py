@@ -16,18 +16,15 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from db.accounts import Actor, Permission
-from db.advertisers import list_advertisers
 from db.findings import (
     FindingView,
     ignore_finding,
-    list_findings,
     mark_conflicting,
     mark_fixed,
     set_auto_carry,
 )
 from db.fixes import FixOutcome
 from db.models import FindingState, Severity
-from db.review import thumbnails
 from db.vocab import (
     ADVERTISER_PLACEHOLDER,
     CASES,
@@ -48,8 +45,8 @@ from tagging.detectors.remedies import (
     retag,
 )
 from tagging.fixes import run_fix_action
+from tagging.jobs.tasks import enqueue_scrape
 from views.common import (
-    QUERY_TTL_SECONDS,
     clear_query_cache,
     ml_client,
     require_page,
@@ -57,6 +54,7 @@ from views.common import (
     settings,
     shown_errors,
 )
+from views.loaders import load_advertisers, load_findings, load_open_counts, load_thumbnails
 
 # Findings shown per case; narrow by advertiser to see the rest. (Comments, not docstrings: a
 # page script's bare strings would be written on the page by Streamlit's magic.)
@@ -73,36 +71,7 @@ SEVERITY_BADGES = {
 }
 ALL = "All advertisers"
 STATUS_NAMES = {"ml_failure": "ML failures", "fixed": "fixed", "error": "image errors"}
-
-
-# --- cached reads ------------------------------------------------------------------------------
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_advertisers() -> list[tuple[int, str, bool]]:
-    with session_factory()() as session:
-        return [(a.id, a.name, a.auto_carry_fixes) for a in list_advertisers(session)]
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_findings(states: tuple[str, ...], advertiser_id: int | None) -> list[FindingView]:
-    with session_factory()() as session:
-        return list_findings(session, states=states, advertiser_id=advertiser_id)
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_open_counts() -> dict[str, int]:
-    with session_factory()() as session:
-        counts: dict[str, int] = {}
-        for finding in list_findings(session):
-            counts[finding.severity] = counts.get(finding.severity, 0) + 1
-        return counts
-
-
-@st.cache_data(ttl=3600, max_entries=64)
-def load_thumbnails(keys: tuple[str, ...]) -> dict[str, bytes]:
-    with session_factory()() as session:
-        return thumbnails(session, list(keys))
+FLASH = "weird-flash"  # Session-state key of the messages shown after the next rerun.
 
 
 # --- actions ------------------------------------------------------------------------------------
@@ -137,16 +106,14 @@ def act(
         elif saved.outcome is not None:
             flash.append(("info", "Every image had that value already: no fix was needed."))
         clear_query_cache()
-        st.session_state["weird-flash"] = flash
+        st.session_state[FLASH] = flash
         st.rerun()
 
 
 def relaunch(actor: Actor, advertiser: str) -> None:
-    from tagging.jobs.tasks import enqueue_scrape
-
     with shown_errors():
         enqueue_scrape(settings(), actor, advertiser)
-        st.session_state["weird-flash"] = [
+        st.session_state[FLASH] = [
             (
                 "success",
                 f"Scrape of {advertiser} queued: only the images that need it are classified "
@@ -340,11 +307,11 @@ st.caption(
     "every fix. Ignored findings stay ignored until their evidence changes."
 )
 
-for kind, text in st.session_state.pop("weird-flash", []):
+for kind, text in st.session_state.pop(FLASH, []):
     getattr(st, kind)(text)
 
 advertisers = load_advertisers()
-names = {name: adv_id for adv_id, name, _ in advertisers}
+names = {a.name: a.id for a in advertisers}
 params = st.query_params
 
 counts = load_open_counts()
@@ -392,7 +359,7 @@ if refresh:
     with shown_errors():
         report = recompute_findings(session_factory(), actor)
         clear_query_cache()
-        st.session_state["weird-flash"] = [
+        st.session_state[FLASH] = [
             (
                 "success",
                 f"Findings recomputed: {len(report.opened)} new, {len(report.reopened)} reopened, "
@@ -402,7 +369,7 @@ if refresh:
         st.rerun()
 
 if advertiser_id is not None and can_fix:
-    auto = next(a for a in advertisers if a[0] == advertiser_id)[2]
+    auto = next(a for a in advertisers if a.id == advertiser_id).auto_carry_fixes
     enabled = st.toggle(
         f"Carry fixes over automatically after every scrape of {chosen}",
         value=auto,

@@ -14,18 +14,11 @@ import contextlib
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from db.findings import FindingView, list_findings
 from db.models import Severity
-from views.common import QUERY_TTL_SECONDS, session_factory
+from views.loaders import load_scrape_findings
 
 SHOWN = 3
 """Findings spelled out in the banner; the rest are counted."""
-
-
-@st.cache_data(ttl=QUERY_TTL_SECONDS)
-def load_scrape_findings(scrape_id: int) -> list[FindingView]:
-    with session_factory()() as session:
-        return list_findings(session, scrape_id=scrape_id)
 
 
 def findings_banner(scrape_id: int) -> None:

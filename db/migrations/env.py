@@ -13,11 +13,14 @@ from db.engine import make_engine
 from db.models import Base
 
 config = context.config
-url = config.get_main_option("sqlalchemy.url") or context.get_x_argument(as_dictionary=True).get("url")
-if not url:
+given_url = config.get_main_option("sqlalchemy.url") or context.get_x_argument(
+    as_dictionary=True
+).get("url")
+if not given_url:
     raise SystemExit(
         "no database URL: run `python -m tagging migrate`, or `alembic -x url=URL upgrade head`"
     )
+url: str = given_url
 
 
 def run_migrations_offline() -> None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tagging.cli.console import progress_bar
 from tagging.cli.users import add_users_parser, cmd_users
 from tagging.cli.weird import add_weird_parser, cmd_weird
 from tagging.config import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from tagging.ingest.scrape import ScrapeSummary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sessions(settings: Settings) -> Any:
+def _sessions(settings: Settings) -> sessionmaker[Session]:
     from db.engine import make_engine, make_session_factory, migrate
 
     migrate(settings.database_url)
@@ -173,7 +178,7 @@ def cmd_scrape(args: argparse.Namespace) -> int:
     return 0 if all(s.status != "failed" for s in summaries) else 1
 
 
-def _print_summary(summary: Any) -> None:
+def _print_summary(summary: ScrapeSummary) -> None:
     rate = summary.items / summary.seconds if summary.seconds else 0.0
     print(
         f"{summary.advertiser}: {summary.status} · {summary.items} items · "
@@ -291,8 +296,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from tagging.jobs.tasks import huey
+    from tagging.jobs.tasks import task_queue
 
+    huey = task_queue().huey
     consumer = huey.create_consumer(workers=args.workers, worker_type="thread", periodic=True)
     consumer.run()
     return 0

@@ -12,13 +12,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tagging.config import Settings
-from tagging.errors import TaggingError
+from tagging.errors import FetchTimeoutError, TaggingError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository (where app.py is): the working directory of every service `up` starts."""
 
 
 @dataclass(frozen=True)
@@ -50,21 +51,16 @@ def launch(settings: Settings, config: LaunchConfig) -> int:
     from tagging.ml.model import production_version
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    token = ensure_token(settings)
     cdn_url = f"http://{config.host}:{config.cdn_port}"
     ml_url = f"http://{config.host}:{config.ml_port}"
-    allowed = ",".join([*settings.allowed_hosts, f"{config.host}:{config.cdn_port}"])
-    env = {
-        **os.environ,
-        "TAGGING_DATA_DIR": str(settings.data_dir),
-        "TAGGING_DATABASE_URL": settings.database_url,
-        "TAGGING_ML_URL": ml_url,
-        "TAGGING_ML_TOKEN": token,
-        "TAGGING_ALLOWED_HOSTS": allowed,
-        "PYTHONUNBUFFERED": "1",
-    }
+    settings = replace(
+        settings,
+        ml_url=ml_url,
+        ml_token=ensure_token(settings),
+        allowed_hosts=(*settings.allowed_hosts, f"{config.host}:{config.cdn_port}".lower()),
+    )
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     os.environ.update(env)
-    settings = Settings.from_env()
 
     step("database and demo data")
     with progress_bar("drawing the demo") as progress:
@@ -161,7 +157,12 @@ def start_module(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes
 
 
 def wait_for(url: str, timeout: float, processes: list[subprocess.Popen[bytes]]) -> None:
-    """Poll ``url`` (one of our services, allow-listed) until it answers; fail early if one died."""
+    """Poll ``url`` (one of our services, allow-listed) until it answers; fail early if one died.
+
+    Raises:
+        TaggingError: one of ``processes`` exited.
+        FetchTimeoutError: ``url`` did not answer within ``timeout`` seconds.
+    """
     from urllib.parse import urlsplit
 
     from tagging.errors import FetchError
@@ -179,7 +180,7 @@ def wait_for(url: str, timeout: float, processes: list[subprocess.Popen[bytes]])
                 return
             except FetchError:
                 time.sleep(0.3)
-    raise TaggingError(f"{url} did not answer within {timeout:.0f}s")
+    raise FetchTimeoutError(f"{url} did not answer within {timeout:.0f}s")
 
 
 def stage_demo_weird_cases(settings: Settings, cdn_url: str) -> None:

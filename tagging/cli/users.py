@@ -21,10 +21,13 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tagging.config import Settings
-from tagging.errors import TaggingError
+from tagging.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 DESCRIPTION = """\
 Accounts, managed by the machine's operator. Whoever can run commands here can read the database
@@ -39,7 +42,7 @@ ROLE_NAMES = ("analyst", "developer", "manager", "admin")
 """The values of ``db.models.Role``, spelled out so that ``--help`` needs no database import."""
 
 
-def add_users_parser(subparsers: Any) -> None:
+def add_users_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``users`` command and its actions to ``subparsers`` (from ``add_subparsers``)."""
     users = subparsers.add_parser(
         "users",
@@ -81,7 +84,7 @@ def add_users_parser(subparsers: Any) -> None:
 
 
 @contextmanager
-def _sessions() -> Iterator[Any]:
+def _sessions() -> Iterator[sessionmaker[Session]]:
     """The app database's session factory, migrated first; the engine is closed afterwards."""
     from db.engine import make_engine, make_session_factory, migrate
 
@@ -99,7 +102,7 @@ def _password(args: argparse.Namespace) -> tuple[str, bool]:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
-            raise TaggingError("--password-stdin: standard input gave no password")
+            raise InvalidInput("--password-stdin: standard input gave no password")
         return password, False
     # 24 URL-safe characters: 144 random bits.
     return secrets.token_urlsafe(18), True
@@ -112,7 +115,7 @@ def _when(moment: datetime | None) -> str | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
-def _list(sessions: Any, as_json: bool) -> int:
+def _list(sessions: sessionmaker[Session], as_json: bool) -> int:
     from db.accounts import list_users
 
     with sessions() as session:
@@ -152,7 +155,13 @@ def _list(sessions: Any, as_json: bool) -> int:
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    """Run ``users ACTION``; returns the exit code (errors raise :class:`TaggingError`)."""
+    """Run ``users ACTION``; returns the exit code.
+
+    Raises:
+        InvalidInput: a bad argument or field (name, role, email, password).
+        Conflict: the username or email is taken, or the change would leave no enabled admin.
+        NotFoundError: no such account.
+    """
     from db.accounts import create_user, set_disabled, set_password, set_role
 
     with _sessions() as sessions:
@@ -164,7 +173,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         if args.action == "passwd" or (args.action == "add" and not args.no_password):
             password, generated = _password(args)
         elif args.action == "add" and not args.email:
-            raise TaggingError("--no-password needs --email: SSO matches accounts by email")
+            raise InvalidInput("--no-password needs --email: SSO matches accounts by email")
 
         with sessions.begin() as session:
             if args.action == "add":
@@ -184,7 +193,7 @@ def cmd_users(args: argparse.Namespace) -> int:
                 user = set_password(session, None, args.name, password, system=True)
                 message = f"new password set for {user.username}"
             else:  # pragma: no cover - argparse allows only the actions above
-                raise TaggingError(f"unknown users action {args.action!r}")
+                raise InvalidInput(f"unknown users action {args.action!r}")
 
     print(message)
     if generated:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from tagging.config import Settings
 
@@ -20,7 +19,7 @@ Exit code 0 whether there are findings or not; --json for scripts and alerting.
 """
 
 
-def add_weird_parser(subparsers: Any) -> None:
+def add_weird_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``weird`` command to ``subparsers`` (from ``add_subparsers``)."""
     weird = subparsers.add_parser(
         "weird",

@@ -461,7 +461,7 @@ def _plan(seed: int, scale: float) -> _Plan:
                     "_color": color,
                 }
             )
-        adv = {
+        adv: dict[str, Any] = {
             "name": spec.name,
             "slug": spec.slug,
             "sitemap_path": f"/sitemaps/{spec.slug}.xml",

@@ -1,10 +1,11 @@
 """Stage every weird-result case on the demo, so that each detector has a finding to show.
 
 Run once, after the first scrape of every demo advertiser (``make run`` does it on a fresh
-database). Everything goes through the real paths: fixes through :func:`tagging.fixes.save_fixes` and
-the push to the ML server, scrapes through :func:`tagging.ingest.scrape.run_scrape`, the CDN re-publish
-through its admin endpoint. Only the legacy "N/A" color is written by hand: today's ML server
-cannot produce it, it is a value cached by the old system.
+database). Everything goes through the real paths: fixes through
+:func:`tagging.fixes.save_fixes` and the push to the ML server, scrapes through
+:func:`tagging.ingest.scrape.run_scrape`, the CDN re-publish through its admin endpoint. Only
+the legacy "N/A" color is written by hand: today's ML server cannot produce it, it is a value
+cached by the old system.
 
 | case | staged on | how |
 | --- | --- | --- |
@@ -25,6 +26,7 @@ import json
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 from urllib.parse import urlsplit
 
 from sqlalchemy import func, select, update
@@ -37,10 +39,11 @@ from db.fixes import FixChange
 from db.models import FixSource, ItemStatus, ManualFix, Role, SitemapItem
 from db.scrapes import latest_scrape, scrape_items
 from tagging.config import Settings
-from tagging.detectors.cases import DEFAULT_THRESHOLDS, near_pairs
+from tagging.detectors.base import DEFAULT_THRESHOLDS
+from tagging.detectors.common import near_pairs
 from tagging.detectors.facts import load_facts
 from tagging.detectors.refresh import refresh_findings
-from tagging.errors import TaggingError
+from tagging.errors import MLServerError, NotFoundError
 from tagging.fixes import save_fixes
 from tagging.ingest.fetch import GuardedClient, client_from_settings
 from tagging.ingest.scrape import ScrapeConfig, ScrapeSummary, run_scrape
@@ -109,7 +112,10 @@ def stage_weird_cases(
         say: progress messages (e.g. ``print``).
 
     Raises:
-        TaggingError: the CDN or the ML server failed in a way the staging cannot go around.
+        FetchError: the CDN failed in a way the staging cannot go around.
+        MLServerError: the ML server failed, or did not take the demo's fixes.
+        NotFoundError: the database does not hold the demo (a demo advertiser or shared image
+            is missing).
     """
     report = WeirdDemoReport()
     with sessions() as session:
@@ -182,19 +188,27 @@ def _fix(
     """Record the fixes and push them to the ML cache at once, as the review page does."""
     saved = save_fixes(stage.sessions, stage.ml, actor, changes, source=source)
     if saved.push_error:
-        raise TaggingError(f"the ML server did not take the demo's fixes: {saved.push_error}")
+        raise MLServerError(f"the ML server did not take the demo's fixes: {saved.push_error}")
     return saved.fix_ids
 
 
+class _ScrapeOptions(TypedDict, total=False):
+    """The :class:`ScrapeConfig` fields a demo scrape may override."""
+
+    batch_size: int
+    in_flight: int
+    max_consecutive_ml_failures: int
+
+
 def _scrape(
-    stage: _Stage, name: str, ml: MLClient | None = None, **config: object
+    stage: _Stage, name: str, ml: MLClient | None = None, **config: Unpack[_ScrapeOptions]
 ) -> ScrapeSummary:
     summary = run_scrape(
         stage.sessions,
         name,
         ml=ml or stage.ml,
         client=stage.client,
-        config=ScrapeConfig(trigger="demo", **config),  # type: ignore[arg-type]
+        config=ScrapeConfig(trigger="demo", **config),
     )
     stage.say(f"  rescraped {name}: {summary.status}, {summary.items} images")
     return summary
@@ -220,7 +234,7 @@ def _shared_cdn(stage: _Stage) -> None:
     metro_keys = {i.image_key for i in _latest(stage, METRO)}
     shared = [i for i in _photos(_latest(stage, LAKESIDE)) if i.image_key in metro_keys]
     if not shared:
-        raise TaggingError(f"{LAKESIDE} and {METRO} share no image: is this the demo?")
+        raise NotFoundError(f"{LAKESIDE} and {METRO} share no image: is this the demo?")
     key, original = shared[0].image_key, shared[0].image_type
     theirs = _other(original)
 

@@ -22,9 +22,8 @@ from db.models import (
 )
 from db.review import thumbnails
 from db.vocab import DEFAULT_IMAGE_TYPE, SHARED_CDN_CONFLICT
-from tagging.detectors.cases import (
+from tagging.detectors.base import (
     DEFAULT_THRESHOLDS,
-    PHOTO_TYPES,
     AdvertiserFacts,
     Facts,
     FixFacts,
@@ -33,6 +32,7 @@ from tagging.detectors.cases import (
     ScrapeFacts,
     Thresholds,
 )
+from tagging.detectors.common import PHOTO_TYPES
 
 _CHUNK = 500
 
@@ -105,7 +105,7 @@ def load_facts(
     latest_ids = [s[0].id for s in scrapes.values()]
     items: dict[int, list[ItemFacts]] = defaultdict(list)
     for chunk in _chunks(latest_ids):
-        for row in session.execute(
+        for item_row in session.execute(
             select(
                 SitemapItem.id,
                 SitemapItem.scrape_id,
@@ -123,7 +123,7 @@ def load_facts(
             .where(SitemapItem.scrape_id.in_(chunk))
             .order_by(SitemapItem.scrape_id, SitemapItem.position, SitemapItem.id)
         ):
-            items[row.advertiser_id].append(ItemFacts(**row._asdict()))
+            items[item_row.advertiser_id].append(ItemFacts(**item_row._asdict()))
 
     fixes = [
         FixFacts(
@@ -160,12 +160,12 @@ def load_facts(
     keys |= {f.image_key for f in fixes}
     images: dict[str, ImageFacts] = {}
     for chunk in _chunks(sorted(keys)):
-        for row in session.execute(
+        for image_row in session.execute(
             select(Image.image_key, Image.sha256, Image.phash, Image.width, Image.height).where(
                 Image.image_key.in_(chunk)
             )
         ):
-            images[row.image_key] = ImageFacts(**row._asdict())
+            images[image_row.image_key] = ImageFacts(**image_row._asdict())
 
     scope = None if advertiser_id is None else frozenset({advertiser_id})
     seen_before: dict[int, dict[str, str]] = {}
@@ -211,6 +211,7 @@ def load_facts(
                 Finding.detector == SHARED_CDN_CONFLICT, Finding.settled_fix_id.is_not(None)
             )
         )
+        if fix_id is not None
     }
     return Facts(
         advertisers=advertisers,
@@ -230,4 +231,3 @@ def _chunks(values: Sequence[Any]) -> Iterable[list[Any]]:
     values = list(values)
     for start in range(0, len(values), _CHUNK):
         yield values[start : start + _CHUNK]
-

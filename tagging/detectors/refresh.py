@@ -8,8 +8,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.accounts import Actor, Permission, require
 from db.findings import RefreshReport, store_candidates
-from tagging.detectors.cases import DEFAULT_THRESHOLDS, Thresholds, detect_all
+from tagging.detectors.base import DEFAULT_THRESHOLDS, Thresholds
 from tagging.detectors.facts import load_facts
+from tagging.detectors.registry import detect_all
 
 
 def refresh_findings(

@@ -29,8 +29,9 @@ from db.vocab import (
     IMAGE_TYPES,
     SHARED_CDN_CONFLICT,
 )
-from tagging.detectors.cases import DEFAULT_THRESHOLDS, Thresholds, detect_unstuck_fixes
+from tagging.detectors.base import DEFAULT_THRESHOLDS, Thresholds
 from tagging.detectors.facts import load_facts
+from tagging.detectors.fix_not_sticking import detect_unstuck_fixes
 
 AUTO_CARRY_ACTOR = Actor(username=SYSTEM_ACTOR, role=Role.ANALYST)
 """Who carries fixes over after a scrape, for advertisers with ``auto_carry_fixes``."""
@@ -205,5 +206,3 @@ def carry_over_fixes(
             set_state(finding, FindingState.FIXED, actor.username, reason)
     session.flush()
     return outcome
-
-

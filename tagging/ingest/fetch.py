@@ -318,7 +318,7 @@ class _GuardedConnectionMixin:
     socket_options: Any
     sock: socket.socket | None
 
-    response_class = _DeadlineHTTPResponse
+    response_class: type[http.client.HTTPResponse] = _DeadlineHTTPResponse
 
     def _new_conn(self) -> socket.socket:
         try:

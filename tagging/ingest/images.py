@@ -97,7 +97,7 @@ def decode_image(data: bytes, *, draft_size: tuple[int, int] = (160, 120)) -> De
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            image: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise ImageDecodeError(f"image too large to decode safely: {width}x{height} pixels")

@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from lxml import etree
 
@@ -130,11 +130,20 @@ class SitemapLimits:
     """How deep sitemap indexes may nest: the root is depth 0, its children depth 1, ..."""
 
 
+SitemapKind = Literal["urlset", "sitemapindex"]
+SITEMAP_KINDS: tuple[SitemapKind, ...] = ("urlset", "sitemapindex")
+"""The root elements of a sitemap document."""
+
+
+def _is_sitemap_kind(name: str) -> TypeGuard[SitemapKind]:
+    return name in SITEMAP_KINDS
+
+
 @dataclass
 class ParsedSitemap:
     """One parsed document: a ``urlset`` (items) or a ``sitemapindex`` (child sitemap URLs)."""
 
-    kind: Literal["urlset", "sitemapindex"]
+    kind: SitemapKind
     items: list[SitemapItem] = field(default_factory=list)
     """Images of a urlset, positions counted from the ``first_position`` argument."""
     sitemaps: list[str] = field(default_factory=list)
@@ -495,12 +504,12 @@ class _Parser:
             # The first event must be the root's start; otherwise the root is something else.
             top = element if element.getparent() is None else element.getroottree().getroot()
             name = _local(top.tag)
-            if top is not element or name not in ("urlset", "sitemapindex"):
+            if top is not element or not _is_sitemap_kind(name):
                 raise SitemapError(
                     f"{self.source_url} is not a sitemap: its root element is <{name}>, "
                     "expected <urlset> or <sitemapindex>"
                 )
-            self.result = ParsedSitemap(kind=name)  # type: ignore[arg-type]
+            self.result = ParsedSitemap(kind=name)
             self.entry_tag = "url" if name == "urlset" else "sitemap"
             self.root = element
             return

@@ -5,38 +5,60 @@ Embedded default: a SQLite queue in the data dir, served by one worker process
 several workers on several machines can share it.
 
 The queue carries only names and ids; the work reads everything else from the database, so a
-task retried after a crash does the same thing.
+task retried after a crash does the same thing. It is built on first use (:func:`task_queue`),
+never at import time: importing this module opens no file and no connection.
 """
 
 from __future__ import annotations
 
-import os
+import functools
 from dataclasses import dataclass
+from typing import Any
 
 from huey import Huey, RedisHuey, SqliteHuey, crontab
+from huey.api import Task, TaskWrapper
 
 from db.accounts import Actor, Permission, require
 from db.advertisers import get_advertiser
 from db.engine import make_engine, make_session_factory
 from db.scrapes import running_scrape
 from tagging.config import Settings
-from tagging.errors import TaggingError
+from tagging.errors import Conflict
 
 
 def make_huey(settings: Settings) -> Huey:
-    """The queue: Redis when ``TAGGING_REDIS_URL`` is set, else SQLite in the data dir."""
-    redis_url = os.environ.get("TAGGING_REDIS_URL")
-    if redis_url:
-        return RedisHuey("tagdesk", url=redis_url)
+    """The queue: Redis when ``settings.redis_url`` is set, else SQLite in the data dir."""
+    if settings.redis_url:
+        return RedisHuey("tagdesk", url=settings.redis_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return SqliteHuey("tagdesk", filename=str(settings.data_dir / "tasks.sqlite"))
 
 
-huey = make_huey(Settings.from_env())
+@dataclass(frozen=True)
+class TaskQueue:
+    """The queue and the tasks registered on it (call a task to enqueue it)."""
+
+    huey: Huey
+    scrape: TaskWrapper
+    push_pending: TaskWrapper
 
 
-@huey.task(retries=1, retry_delay=30, context=True)
-def scrape_task(advertiser_name: str, requested_by: str | None, task: object = None) -> dict:
+@functools.cache
+def task_queue() -> TaskQueue:
+    """The process's queue, built from the settings on first use, with its tasks registered.
+
+    The worker (``python -m tagging worker``) and every producer call this, so both sides know
+    the same task names.
+    """
+    huey = make_huey(Settings.from_env())
+    scrape = huey.task(retries=1, retry_delay=30, context=True, name="scrape_task")(scrape_task)
+    push = huey.periodic_task(crontab(minute="*"), name="push_pending_task")(push_pending_task)
+    return TaskQueue(huey=huey, scrape=scrape, push_pending=push)
+
+
+def scrape_task(
+    advertiser_name: str, requested_by: str | None, task: Task | None = None
+) -> dict[str, Any]:
     """Scrape one advertiser (the app's "Relaunch scrape")."""
     from tagging.ingest.fetch import client_from_settings
     from tagging.ingest.scrape import ScrapeConfig, run_scrape
@@ -61,8 +83,7 @@ def scrape_task(advertiser_name: str, requested_by: str | None, task: object = N
         engine.dispose()
 
 
-@huey.periodic_task(crontab(minute="*"))
-def push_pending_task() -> dict:
+def push_pending_task() -> dict[str, Any]:
     """Every minute: push the fixes the ML server has not acknowledged yet."""
     from tagging.fixes import push_pending
     from tagging.server.client import MLClient
@@ -88,7 +109,8 @@ def enqueue_scrape(settings: Settings, actor: Actor | None, advertiser_name: str
 
     Raises:
         PermissionDenied: the actor may not relaunch scrapes.
-        TaggingError: a scrape of this advertiser is already running.
+        NotFoundError: no such advertiser.
+        Conflict: a scrape of this advertiser is already running.
     """
     actor = require(actor, Permission.RELAUNCH)
     engine = make_engine(settings.database_url)
@@ -97,12 +119,12 @@ def enqueue_scrape(settings: Settings, actor: Actor | None, advertiser_name: str
             advertiser = get_advertiser(session, advertiser_name)
             running = running_scrape(session, advertiser.id)
             if running is not None:
-                raise TaggingError(
+                raise Conflict(
                     f"a scrape of {advertiser.name} is already running (started "
                     f"{running.started_at:%H:%M:%S}): wait for it to finish"
                 )
             name = advertiser.name
     finally:
         engine.dispose()
-    result = scrape_task(name, actor.username)
+    result = task_queue().scrape(name, actor.username)
     return Queued(task_id=result.id, advertiser=name)

@@ -25,6 +25,7 @@ from PIL import Image
 
 from db.vocab import COLORS
 from tagging.errors import FetchError, FetchTimeoutError, TaggingError
+from tagging.ml.palette import PALETTE, RGB
 
 if TYPE_CHECKING:
     from tagging.config import Settings
@@ -32,29 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REFERENCE_RGB: dict[str, tuple[int, int, int]] = {
-    "Black": (22, 23, 26),
-    "White": (244, 244, 240),
-    "Silver": (192, 196, 202),
-    "Gray": (104, 107, 112),
-    "Red": (178, 20, 28),
-    "Blue": (28, 64, 168),
-    "Green": (28, 112, 52),
-    "Brown": (96, 58, 30),
-    "Beige": (218, 200, 158),
-    "Gold": (184, 146, 44),
-    "Orange": (236, 112, 18),
-    "Yellow": (246, 208, 22),
-    "Purple": (104, 42, 136),
-}
-"""The reference paint of each color name, in sRGB.
-
-These are the paints the synthetic renderer uses (:data:`tagging.ml.synth.PALETTE`). They are copied
-rather than imported so that serving code does not depend on the renderer; the color tests check
-that the two agree.
-"""
-
-assert tuple(REFERENCE_RGB) == COLORS, "REFERENCE_RGB must follow tagging.COLORS"
+REFERENCE_RGB: dict[str, RGB] = PALETTE
+"""The reference paint of each color name, in sRGB: the paints the synthetic renderer uses
+(:data:`tagging.ml.palette.PALETTE`, which serving code can import without the renderer)."""
 
 
 @runtime_checkable

@@ -2,8 +2,8 @@
 
 Every synthetic image goes through exactly what a served image goes through —
 :func:`tagging.ml.synth.render` → JPEG bytes → :func:`tagging.ingest.images.decode_image` →
-:func:`tagging.ml.transforms.resize_to_array` — so the model never learns a shortcut (a JPEG quality,
-a draft-mode scale) that serving does not reproduce.
+:func:`tagging.ml.transforms.resize_to_array` — so the model never learns a shortcut (a JPEG
+quality, a draft-mode scale) that serving does not reproduce.
 
 Generation is reproducible and independent of parallelism: image ``i`` of a dataset draws every
 random choice from its own ``random.Random`` seeded with ``(seed, i)``, so the pixels do not
@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from db.vocab import COLORS, IMAGE_TYPES
+from db.vocab import COLORS, IMAGE_TYPES, PLACEHOLDER
 from tagging.errors import ConfigError, NotFoundError
 from tagging.ingest.images import decode_image
 from tagging.ml.synth import render
@@ -125,7 +125,7 @@ def sample_spec(config: SyntheticDatasetConfig, index: int) -> SampleSpec:
     through :data:`tagging.COLORS` per class so every color appears equally often.
     """
     image_type = IMAGE_TYPES[index % len(IMAGE_TYPES)]
-    if image_type == "Placeholder":
+    if image_type == PLACEHOLDER:
         return SampleSpec(image_type, None)
     per_class = index // len(IMAGE_TYPES)
     return SampleSpec(image_type, COLORS[per_class % len(COLORS)])

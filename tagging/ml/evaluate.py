@@ -1,9 +1,10 @@
 """Measure the Image Type model and the color model against the demo inventory's ground truth.
 
-The demo is rendered with its own seed (:data:`tagging.ml.data.DEMO_SEED`) that training never uses,
-so it is a held-out test set. Images go through the same :func:`tagging.ingest.images.decode_image` as in
-serving. Kinds the pipeline rejects before classification (``broken``, ``too_small``) are skipped;
-colors are scored only on ``ok`` images whose truth is a car (a placeholder has no color).
+The demo is rendered with its own seed (:data:`tagging.ml.data.DEMO_SEED`) that training never
+uses, so it is a held-out test set. Images go through the same
+:func:`tagging.ingest.images.decode_image` as in serving. Kinds the pipeline rejects before
+classification (``broken``, ``too_small``) are skipped; colors are scored only on ``ok`` images
+whose truth is a car (a placeholder has no color).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from db.vocab import COLORS, IMAGE_TYPES
+from db.vocab import COLORS, IMAGE_TYPES, PLACEHOLDER
 from tagging.errors import ImageDecodeError
 from tagging.ingest.images import decode_image
 from tagging.ml.color import ColorModel
@@ -172,9 +173,7 @@ def evaluate_on_demo(
         # Color is scored on every ok car image, whatever the type model said, so that the two
         # models are measured independently.
         color_idx = [
-            i
-            for i, (ex, _) in enumerate(chunk)
-            if ex.kind == "ok" and ex.image_type != "Placeholder"
+            i for i, (ex, _) in enumerate(chunk) if ex.kind == "ok" and ex.image_type != PLACEHOLDER
         ]
         colors = color_model.predict([images[i] for i in color_idx]) if color_idx else []
         for (example, _), prediction in zip(chunk, types, strict=True):

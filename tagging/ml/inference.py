@@ -74,8 +74,8 @@ class TypeClassifier:
         """Classify decoded images.
 
         Args:
-            images: RGB images as :func:`tagging.ingest.images.decode_image` returns them (other modes
-                are converted).
+            images: RGB images as :func:`tagging.ingest.images.decode_image` returns them
+                (other modes are converted).
 
         Returns:
             One prediction per image, in order; an empty list for no images.

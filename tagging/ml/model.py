@@ -102,7 +102,7 @@ class TypeNet(nn.Module):
             else:
                 layers.append(layer)
         fused.features = nn.Sequential(*layers)
-        return fused.to(memory_format=torch.channels_last)
+        return fused.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs omit memory_format
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ class ModelArtifact:
 def build_model(width: int, num_classes: int = len(IMAGE_TYPES)) -> TypeNet:
     """Build an untrained :class:`TypeNet` (uses torch's global RNG for initialization)."""
     model = TypeNet(num_classes=num_classes, width=width)
-    return model.to(memory_format=torch.channels_last)
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs omit memory_format
 
 
 def weights_bytes(model: nn.Module) -> bytes:

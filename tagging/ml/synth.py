@@ -8,9 +8,9 @@ Three kinds of picture, one per :data:`tagging.IMAGE_TYPES` class:
 * ``Placeholder``: a "photo coming soon" card with an icon and text; it has no color.
 
 The body of the main car always covers the middle of the frame and its flat side panel is painted
-exactly :data:`PALETTE` ``[color]`` (times a slight brightness factor), so a color model that
-looks at the center region finds the body color. Everything is drawn with Pillow primitives (no
-per-pixel Python work), which keeps a 480x360 image well under 10 ms.
+exactly :data:`tagging.ml.palette.PALETTE` ``[color]`` (times a slight brightness factor), so a
+color model that looks at the center region finds the body color. Everything is drawn with Pillow
+primitives (no per-pixel Python work), which keeps a 480x360 image well under 10 ms.
 
 Rendering is deterministic: the same ``random.Random`` state gives the same pixels.
 """
@@ -20,34 +20,14 @@ from __future__ import annotations
 import io
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 from PIL import Image, ImageDraw, ImageFont
 
-from db.vocab import COLORS, IMAGE_TYPES
-
-RGB = tuple[int, int, int]
-
-PALETTE: dict[str, RGB] = {
-    "Black": (22, 23, 26),
-    "White": (244, 244, 240),
-    "Silver": (192, 196, 202),
-    "Gray": (104, 107, 112),
-    "Red": (178, 20, 28),
-    "Blue": (28, 64, 168),
-    "Green": (28, 112, 52),
-    "Brown": (96, 58, 30),
-    "Beige": (218, 200, 158),
-    "Gold": (184, 146, 44),
-    "Orange": (236, 112, 18),
-    "Yellow": (246, 208, 22),
-    "Purple": (104, 42, 136),
-}
-"""One body color per name in :data:`tagging.COLORS`, far enough apart to be told apart by eye."""
-
-assert tuple(PALETTE) == COLORS, "PALETTE must follow tagging.COLORS"
+from db.vocab import COLORS, IMAGE_TYPES, PLACEHOLDER
+from tagging.ml.palette import PALETTE, RGB
 
 BODY_SHAPES: tuple[str, ...] = ("sedan", "suv", "hatchback", "pickup", "coupe", "wagon")
 """The car silhouettes the renderer picks from."""
@@ -82,6 +62,12 @@ def _mix(a: Sequence[float], b: Sequence[float], t: float) -> RGB:
         _clamp(a[1] + (b[1] - a[1]) * t),
         _clamp(a[2] + (b[2] - a[2]) * t),
     )
+
+
+def _rgb(values: Iterable[float]) -> RGB:
+    """Three channel values, clamped."""
+    r, g, b = (_clamp(v) for v in values)
+    return (r, g, b)
 
 
 def _scale(c: Sequence[float], f: float) -> RGB:
@@ -522,8 +508,8 @@ def _dealer(
         n = rng.randrange(10, 22)
         for i in range(n):
             x = i * w / n
-            c = rng.choice([(220, 30, 30), (30, 80, 200), (250, 250, 250), (250, 200, 20)])
-            poly([(x, y0), (x + w / n * 0.8, y0), (x + w / n * 0.4, y0 + h * 0.04)], c)
+            flag = rng.choice([(220, 30, 30), (30, 80, 200), (250, 250, 250), (250, 200, 20)])
+            poly([(x, y0), (x + w / n * 0.8, y0), (x + w / n * 0.4, y0 + h * 0.04)], flag)
 
     # asphalt
     asphalt_top = (rng.randrange(88, 118),) * 3
@@ -609,10 +595,10 @@ def _stock(
     view = _View(w / 2, h / 2, math.cos(angle), math.sin(angle))
     left, ground, length = _place_car(rng, w, h, shape)
     tint = rng.choice([(0, 0, 0), (4, 2, -4), (-4, 0, 6), (2, 2, 2)])
-    top = tuple(_clamp(rng.uniform(236, 255) + t) for t in tint)
+    top = _rgb(rng.uniform(236, 255) + t for t in tint)
     floor_line = ground - length * rng.uniform(0.12, 0.22)
-    wall_bot = tuple(_clamp(c - rng.uniform(18, 40)) for c in top)
-    floor = tuple(_clamp(c - rng.uniform(4, 16)) for c in wall_bot)
+    wall_bot = _rgb(c - rng.uniform(18, 40) for c in top)
+    floor = _rgb(c - rng.uniform(4, 16) for c in wall_bot)
     # A seamless studio sweep: the wall darkens towards the floor line, the floor lightens forwards.
     img.paste(_gradient((w, h), shade(top), shade(wall_bot), split=max(0.05, floor_line / h)))
     floor_img = _gradient((w, h), shade(floor), shade(_mix(floor, _WHITE, 0.35)))
@@ -747,7 +733,7 @@ def render(
     """
     if image_type not in IMAGE_TYPES:
         raise ValueError(f"unknown image type {image_type!r}; expected one of {IMAGE_TYPES}")
-    if image_type == "Placeholder":
+    if image_type == PLACEHOLDER:
         if color is not None:
             raise ValueError("a Placeholder image has no color; pass color=None")
     elif color not in PALETTE:

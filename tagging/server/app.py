@@ -1,4 +1,4 @@
-"""The ML server: a small FastAPI app around :class:`tagging.server.pipeline.ClassificationPipeline`.
+"""The ML server: a small FastAPI app around the classification pipeline (:mod:`.pipeline`).
 
 Run it with ``python -m tagging serve``. Every endpoint but ``/health`` needs
 ``Authorization: Bearer $TAGGING_ML_TOKEN``. OpenAPI docs at ``/docs``.

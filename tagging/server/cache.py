@@ -11,18 +11,31 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import ClassVar
 
-from sqlalchemy import DateTime, Engine, Float, Integer, LargeBinary, String, Text, func, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import (
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    func,
+    select,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from db.engine import make_session_factory, upsert
 from db.models import utcnow
 from db.vocab import DEFAULT_IMAGE_TYPE
-from tagging.server.schemas import ImageFix, ImageRecord
+from tagging.server.schemas import ColorSource, ImageFix, ImageRecord, TypeSource
 
 
 class CacheBase(DeclarativeBase):
-    pass
+    __table__: ClassVar[Table]
+    """Every model declares ``__tablename__``, so it maps a :class:`Table` (not any FromClause)."""
 
 
 class CachedImage(CacheBase):
@@ -89,8 +102,8 @@ class CacheEntry:
     image_type: str
     color: str | None
     confidence: float | None
-    type_source: str
-    color_source: str
+    type_source: TypeSource
+    color_source: ColorSource
     model_version: str | None
     color_model_version: str | None
     etag: str | None
@@ -264,9 +277,9 @@ def _entry(row: CachedImage) -> CacheEntry:
     return CacheEntry(**{f: getattr(row, f) for f in CacheEntry.__dataclass_fields__})
 
 
-def _record(session: object, row: CachedImage) -> ImageRecord:
+def _record(session: Session, row: CachedImage) -> ImageRecord:
     fix_ids = list(
-        session.scalars(  # type: ignore[attr-defined]
+        session.scalars(
             select(AppliedFix.fix_id)
             .where(AppliedFix.image_key == row.image_key)
             .order_by(AppliedFix.fix_id)

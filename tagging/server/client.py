@@ -7,7 +7,7 @@ It goes through the same guarded client as every other outbound request; the ML 
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -106,7 +106,7 @@ class MLClient:
                 f"{model.__name__}: {str(exc)[:200]}"
             ) from exc
 
-    def _raise_for_status(self, status: int, url: str, detail: str) -> Any:
+    def _raise_for_status(self, status: int, url: str, detail: str) -> NoReturn:
         if status in (401, 403):
             raise MLServerAuthError(
                 f"the ML server refused our token ({status}): check TAGGING_ML_TOKEN"

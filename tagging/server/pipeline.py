@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from db.vocab import DEFAULT_IMAGE_TYPE
+from db.vocab import DEFAULT_IMAGE_TYPE, PLACEHOLDER
 from tagging.errors import FetchError, ImageDecodeError, TaggingError
 from tagging.ingest.fetch import FetchResult, GuardedClient
 from tagging.ingest.images import (
@@ -111,7 +111,7 @@ class ClassificationPipeline:
                 or (
                     color
                     and work.cached.color_source == "none"
-                    and work.cached.image_type != "Placeholder"
+                    and work.cached.image_type != PLACEHOLDER
                 )
             ):
                 if work.body is None:
@@ -176,7 +176,7 @@ class ClassificationPipeline:
             return []
         images = [w.decoded.image for w in works if w.decoded is not None]
         types = self.classifier.predict(images)
-        needs_color = [i for i, t in enumerate(types) if color and t.label != "Placeholder"]
+        needs_color = [i for i, t in enumerate(types) if color and t.label != PLACEHOLDER]
         colors: dict[int, str | None] = {}
         if needs_color:
             try:
@@ -231,8 +231,8 @@ class ClassificationPipeline:
             cached=work.cached is not None,
             model_version=entry.model_version,
             color_model_version=entry.color_model_version,
-            type_source=entry.type_source,  # type: ignore[arg-type]
-            color_source=entry.color_source,  # type: ignore[arg-type]
+            type_source=entry.type_source,
+            color_source=entry.color_source,
             etag=entry.etag,
             last_modified=entry.last_modified,
             content_length=entry.content_length,

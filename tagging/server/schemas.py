@@ -10,6 +10,11 @@ from db.vocab import COLORS, IMAGE_TYPES
 
 MAX_BATCH = 256
 
+TypeSource = Literal["model", "manual"]
+"""Who set a cached Image Type: the model, or a manual fix."""
+ColorSource = Literal["model", "manual", "none"]
+"""Who set a cached color; ``none`` when the color model was not asked or failed."""
+
 
 class ClassifyRequest(BaseModel):
     """A batch of image URLs to classify."""
@@ -32,8 +37,8 @@ class ImageResult(BaseModel):
     cached: bool = False
     model_version: str | None = None
     color_model_version: str | None = None
-    type_source: Literal["model", "manual"] | None = None
-    color_source: Literal["model", "manual", "none"] | None = None
+    type_source: TypeSource | None = None
+    color_source: ColorSource | None = None
     etag: str | None = None
     last_modified: str | None = None
     content_length: int | None = None

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.accounts import (
     Actor,
+    Permission,
     actor_for_email,
     advertiser_for_token,
     authenticate,
@@ -23,6 +24,7 @@ from db.accounts import (
     list_advertiser_tokens,
     list_users,
     password_needs_rehash,
+    require,
     revoke_advertiser_token,
     set_disabled,
     set_password,
@@ -30,7 +32,13 @@ from db.accounts import (
     verify_password,
 )
 from db.models import AdvertiserToken, Role, User
-from tagging.errors import AuthenticationError, NotFoundError, PermissionDenied, TaggingError
+from tagging.errors import (
+    AuthenticationError,
+    Conflict,
+    InvalidInput,
+    NotFoundError,
+    PermissionDenied,
+)
 from tests.utils.factories import make_advertiser
 
 PASSWORD = "correct horse battery"
@@ -72,6 +80,22 @@ def utc(moment: datetime | None) -> datetime | None:
     if moment is None or moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=UTC)
+
+
+# --- permissions -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("role", "allowed"),
+    [(Role.ANALYST, False), (Role.DEVELOPER, True), (Role.MANAGER, True), (Role.ADMIN, True)],
+)
+def test_managers_developers_and_admins_view_the_charts(role: Role, allowed: bool) -> None:
+    assert Actor("someone", role).can(Permission.VIEW_CHARTS) is allowed
+    if allowed:
+        assert require(Actor("someone", role), Permission.VIEW_CHARTS).role == role
+    else:
+        with pytest.raises(PermissionDenied, match="may not view charts"):
+            require(Actor("someone", role), Permission.VIEW_CHARTS)
 
 
 # --- passwords ---------------------------------------------------------------------------------
@@ -130,6 +154,7 @@ def test_a_password_less_account_cannot_sign_in_by_password(
         assert str(result) == "wrong username or password"
 
 
+@pytest.mark.slow
 def test_five_failures_lock_then_the_lock_doubles_up_to_fifteen_minutes(
     accounts: sessionmaker[Session],
 ) -> None:
@@ -152,6 +177,7 @@ def test_five_failures_lock_then_the_lock_doubles_up_to_fifteen_minutes(
         assert str(result) == f"too many failed sign-ins: try again in {expected} s"
 
 
+@pytest.mark.slow
 def test_the_lock_ends_and_a_success_resets_the_count(accounts: sessionmaker[Session]) -> None:
     for _ in range(5):
         sign_in(accounts, "alice", "wrong password")
@@ -176,6 +202,7 @@ def test_a_disabled_account_cannot_sign_in(accounts: sessionmaker[Session]) -> N
     assert sign_in(accounts, "alice", PASSWORD) == Actor("alice", Role.ANALYST)
 
 
+@pytest.mark.slow
 def test_a_password_reset_lifts_the_lock(accounts: sessionmaker[Session]) -> None:
     for _ in range(5):
         sign_in(accounts, "alice", "wrong password")
@@ -235,19 +262,26 @@ def test_an_admin_who_lost_the_role_loses_the_right_at_once(
 
 def test_create_user_validates_and_refuses_duplicates(accounts: sessionmaker[Session]) -> None:
     cases = [
-        ("", Role.ANALYST, PASSWORD, None, "needs a username"),
-        ("a" * 201, Role.ANALYST, PASSWORD, None, "at most 200"),
-        ("bad name", Role.ANALYST, PASSWORD, None, "invalid username"),
-        ("-dash", Role.ANALYST, PASSWORD, None, "invalid username"),
-        ("bob", "wizard", PASSWORD, None, "unknown role 'wizard'"),
-        ("bob", Role.ANALYST, "short", None, "at least 10 characters"),
-        ("bob", Role.ANALYST, None, None, "needs a password, or an email"),
-        ("bob", Role.ANALYST, PASSWORD, "not-an-email", "invalid email"),
-        ("ALICE", Role.ANALYST, PASSWORD, None, "the username 'alice' is taken"),
-        ("bob", Role.ANALYST, PASSWORD, "alice@example.com", "has the email alice@example.com"),
+        ("", Role.ANALYST, PASSWORD, None, "needs a username", InvalidInput),
+        ("a" * 201, Role.ANALYST, PASSWORD, None, "at most 200", InvalidInput),
+        ("bad name", Role.ANALYST, PASSWORD, None, "invalid username", InvalidInput),
+        ("-dash", Role.ANALYST, PASSWORD, None, "invalid username", InvalidInput),
+        ("bob", "wizard", PASSWORD, None, "unknown role 'wizard'", InvalidInput),
+        ("bob", Role.ANALYST, "short", None, "at least 10 characters", InvalidInput),
+        ("bob", Role.ANALYST, None, None, "needs a password, or an email", InvalidInput),
+        ("bob", Role.ANALYST, PASSWORD, "not-an-email", "invalid email", InvalidInput),
+        ("ALICE", Role.ANALYST, PASSWORD, None, "the username 'alice' is taken", Conflict),
+        (
+            "bob",
+            Role.ANALYST,
+            PASSWORD,
+            "alice@example.com",
+            "has the email alice@example.com",
+            Conflict,
+        ),
     ]
-    for username, role, password, email, message in cases:
-        with accounts.begin() as session, pytest.raises(TaggingError, match=message):
+    for username, role, password, email, message, error in cases:
+        with accounts.begin() as session, pytest.raises(error, match=message):
             create_user(session, ADMIN, username, role, password, email)
     with accounts.begin() as session:
         bob = create_user(session, ADMIN, "Bob.Smith", "developer", PASSWORD, "Bob@Example.com")
@@ -260,7 +294,7 @@ def test_create_user_validates_and_refuses_duplicates(accounts: sessionmaker[Ses
 def test_set_role_and_unknown_accounts(accounts: sessionmaker[Session]) -> None:
     with accounts.begin() as session:
         assert set_role(session, ADMIN, "alice", "manager").role == "manager"
-        with pytest.raises(TaggingError, match="unknown role"):
+        with pytest.raises(InvalidInput, match="unknown role"):
             set_role(session, ADMIN, "alice", "boss")
         with pytest.raises(NotFoundError):
             set_role(session, ADMIN, "nobody", Role.ANALYST)
@@ -273,19 +307,19 @@ def test_the_last_enabled_admin_can_be_neither_disabled_nor_demoted(
     accounts: sessionmaker[Session],
 ) -> None:
     with accounts.begin() as session:
-        with pytest.raises(TaggingError, match="last enabled admin"):
+        with pytest.raises(Conflict, match="last enabled admin"):
             set_disabled(session, ADMIN, "root", True)
-        with pytest.raises(TaggingError, match="last enabled admin"):
+        with pytest.raises(Conflict, match="last enabled admin"):
             set_role(session, ADMIN, "root", Role.ANALYST)
         # Not even by the operator's CLI: someone must always be able to manage accounts.
-        with pytest.raises(TaggingError, match="last enabled admin"):
+        with pytest.raises(Conflict, match="last enabled admin"):
             set_disabled(session, None, "root", True, system=True)
 
     with accounts.begin() as session:
         create_user(session, ADMIN, "second", Role.ADMIN, PASSWORD)
         set_disabled(session, ADMIN, "second", True)
     # A disabled admin does not count.
-    with accounts.begin() as session, pytest.raises(TaggingError, match="last enabled admin"):
+    with accounts.begin() as session, pytest.raises(Conflict, match="last enabled admin"):
         set_role(session, ADMIN, "root", Role.MANAGER)
 
     with accounts.begin() as session:
@@ -294,6 +328,7 @@ def test_the_last_enabled_admin_can_be_neither_disabled_nor_demoted(
     assert user(accounts, "root").role == "manager"
 
 
+@pytest.mark.slow
 def test_demo_accounts_are_made_once_with_their_demo_passwords(
     sessions: sessionmaker[Session],
 ) -> None:
@@ -325,6 +360,10 @@ def test_tokens_are_shown_once_stored_hashed_and_revocable(
     with accounts.begin() as session:
         advertiser_id = make_advertiser(session).id
         token = create_advertiser_token(session, ADMIN, advertiser_id, "front end")
+        with pytest.raises(InvalidInput, match="at most 200"):
+            create_advertiser_token(session, ADMIN, advertiser_id, "x" * 201)
+        with pytest.raises(NotFoundError):
+            create_advertiser_token(session, ADMIN, advertiser_id + 100, "front end")
     assert len(token) >= 40
 
     with accounts() as session:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,9 +35,8 @@ from db.vocab import (
 )
 from tagging.detectors.remedies import ACCEPTED, accept, carry_over_fixes, choose_value, retag
 from tagging.errors import NotFoundError, PermissionDenied, TaggingError
-from tagging.ingest.scrape import after_scrape
 from tests.utils.factories import actor
-from tests.tagging.detectors.test_detectors import (
+from tests.utils.world import (
     World,
     key_of,
     near_pair,
@@ -224,67 +221,25 @@ def test_carry_over_fixes_for_an_advertiser(sessions: sessionmaker[Session]) -> 
     assert of(refresh(sessions), FIX_NOT_STICKING) == []
 
 
-def test_after_scrape_carries_over_only_for_advertisers_who_asked(
+def test_auto_carry_is_set_per_advertiser_with_the_fix_permission(
     sessions: sessionmaker[Session],
 ) -> None:
     with sessions.begin() as session:
-        _, second = republished(session)
-    result = after_scrape(sessions, second.id)
-    assert result is not None and result.carried_fix_ids == []
-    assert result.refresh is not None and len(result.refresh.opened) == 1
-
+        world = World(session)
+        metro, summit = world.advertiser("Metro"), world.advertiser("Summit")
     with sessions.begin() as session:
         with pytest.raises(PermissionDenied):
-            set_auto_carry(session, MANAGER, second.advertiser_id, True)
-        set_auto_carry(session, ANALYST, second.advertiser_id, True)
-        assert session.get_one(Advertiser, second.advertiser_id).auto_carry_fixes
-    result = after_scrape(sessions, second.id)  # no ML client: the worker pushes them later
-    assert result is not None and len(result.carried_fix_ids) == 1 and result.pushed == 0
+            set_auto_carry(session, MANAGER, metro.id, True)
+        with pytest.raises(NotFoundError):
+            set_auto_carry(session, ANALYST, 999_999, True)
+        set_auto_carry(session, ANALYST, metro.id, True)
     with sessions() as session:
-        fix = session.get_one(ManualFix, result.carried_fix_ids[0])
-        assert (fix.user, fix.source, fix.sync_status) == (
-            "system",
-            FixSource.CARRY_OVER,
-            SyncStatus.PENDING,
-        )
-        assert list_findings(session) == []
-
-
-def test_after_scrape_never_fails_the_scrape(
-    sessions: sessionmaker[Session],
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+        assert session.get_one(Advertiser, metro.id).auto_carry_fixes
+        assert not session.get_one(Advertiser, summit.id).auto_carry_fixes
     with sessions.begin() as session:
-        world = World(session)
-        scrape = world.scrape(world.advertiser("Metro"), [{"name": "m-old", **LEGACY}])
-    assert after_scrape(sessions, 999_999) is None  # no such scrape
-
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("detector bug")
-
-    monkeypatch.setattr("tagging.ingest.scrape.refresh_findings", broken)
-    with caplog.at_level(logging.ERROR, logger="tagging.ingest.scrape"):
-        assert after_scrape(sessions, scrape.id) is None
-    assert "were not refreshed" in caplog.text
-
-
-def test_after_scrape_sees_the_scrape_before_it_is_marked_finished(
-    sessions: sessionmaker[Session],
-) -> None:
-    """``run_scrape`` calls it just before ``_finish``: the scrape counts as the latest."""
-    with sessions.begin() as session:
-        world = World(session)
-        metro = world.advertiser("Metro")
-        world.scrape(metro, photos("m", 4))
-        running = world.scrape(
-            metro, [*photos("m", 4), {"name": "m-old", **LEGACY}], finished=False
-        )
-    result = after_scrape(sessions, running.id)
-    assert result is not None and len(result.refresh.opened) == 1  # type: ignore[union-attr]
+        set_auto_carry(session, ANALYST, metro.id, False)
     with sessions() as session:
-        (finding,) = list_findings(session)
-    assert finding.scrape_id == running.id
+        assert not session.get_one(Advertiser, metro.id).auto_carry_fixes
 
 
 def test_mark_conflicting_lists_both_images_for_the_dataset_page(

@@ -1,4 +1,7 @@
-"""Manual fixes: history, item updates, races, permissions, and the push to the ML cache."""
+"""Storage of manual fixes (db.fixes): history, item updates, races, permissions, sync state.
+
+Recording them as a user action and pushing them to the ML server: tests/tagging/test_fixes.py.
+"""
 
 from __future__ import annotations
 
@@ -8,34 +11,26 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-import requests
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.fixes import FixChange, apply_fixes, overwritten_fixes
+from db.fixes import (
+    FixChange,
+    apply_fixes,
+    count_pending,
+    mark_push_failed,
+    mark_synced,
+    overwritten_fixes,
+    pending_fixes,
+)
 from db.models import ItemStatus, ManualFix, Role, SitemapItem, SyncStatus, utcnow
 from tagging.errors import NotFoundError, PermissionDenied, TaggingError
-from tagging.fixes import push_pending
-from tagging.server.client import MLClient
-from tests.utils.factories import actor, make_advertiser, make_scrape
+from tests.utils.factories import actor, three_items
 
 
 @pytest.fixture
 def scrape_items(sessions: sessionmaker[Session]) -> list[int]:
-    with sessions.begin() as session:
-        advertiser = make_advertiser(session)
-        scrape = make_scrape(
-            session, advertiser, [("Dealer", "Red"), ("Stock", None), ("Dealer", "Blue")]
-        )
-        ids = [
-            i.id
-            for i in session.scalars(
-                select(SitemapItem)
-                .where(SitemapItem.scrape_id == scrape.id)
-                .order_by(SitemapItem.position)
-            )
-        ]
-    return ids
+    return three_items(sessions)
 
 
 def test_a_fix_writes_history_and_updates_the_item(
@@ -206,11 +201,8 @@ def test_concurrent_fixes_of_one_image_are_all_recorded(
     assert final == history[-1].new_value
 
 
-def test_push_pending_reaches_the_real_ml_server_once(
-    sessions: sessionmaker[Session],
-    scrape_items: list[int],
-    ml_server: object,
-    app_settings: object,
+def test_sync_state_pending_until_acknowledged(
+    sessions: sessionmaker[Session], scrape_items: list[int]
 ) -> None:
     with sessions.begin() as session:
         outcome = apply_fixes(
@@ -218,37 +210,39 @@ def test_push_pending_reaches_the_real_ml_server_once(
             actor(),
             [
                 FixChange(scrape_items[0], "image_type", "Stock"),
-                FixChange(scrape_items[0], "color", "Gold"),
+                FixChange(scrape_items[1], "color", "White"),
+                FixChange(scrape_items[2], "image_type", "Placeholder"),
             ],
         )
-        key = session.get_one(SitemapItem, scrape_items[0]).image_key
-
-    down = MLClient.from_settings(replace(app_settings, ml_url="http://127.0.0.1:9"))  # type: ignore[type-var]
-    report = push_pending(sessions, down)
-    assert report.synced == 0 and report.pending == 2 and report.error
+    first, second, third = outcome.fix_ids
     with sessions() as session:
-        first = session.get_one(ManualFix, outcome.fix_ids[0])
-        assert (first.sync_status, first.sync_attempts) == (SyncStatus.PENDING, 1)
-        assert "cannot be reached" in (first.last_sync_error or "")
+        assert count_pending(session) == 3
+        assert [f.id for f in pending_fixes(session)] == [first, second, third]  # oldest first
+        assert [f.id for f in pending_fixes(session, limit=2)] == [first, second]
+        assert [f.id for f in pending_fixes(session, fix_ids=[third, 999_999])] == [third]
 
-    ml = MLClient.from_settings(app_settings)  # type: ignore[arg-type]
-    report = push_pending(sessions, ml)
-    assert (report.synced, report.pending, report.error) == (2, 0, None)
-    record = requests.get(
-        f"{ml_server.url}/images/{key}",
-        headers={"Authorization": "Bearer test-token-0123456789"},
-        timeout=5,
-    ).json()  # type: ignore[attr-defined]
-    assert (record["image_type"], record["color"]) == ("Stock", "Gold")
-    assert record["applied_fix_ids"] == outcome.fix_ids
-
-    # A retry after a lost acknowledgement (the row went back to pending) applies nothing twice.
     with sessions.begin() as session:
-        session.get_one(ManualFix, outcome.fix_ids[0]).sync_status = SyncStatus.PENDING
-    assert push_pending(sessions, ml).synced == 1
-    record = requests.get(
-        f"{ml_server.url}/images/{key}",
-        headers={"Authorization": "Bearer test-token-0123456789"},
-        timeout=5,
-    ).json()  # type: ignore[attr-defined]
-    assert record["applied_fix_ids"] == outcome.fix_ids
+        mark_push_failed(session, first, "the ML server cannot be reached: " + "x" * 2000)
+        mark_synced(session, second)
+    with sessions() as session:
+        failed, synced = session.get_one(ManualFix, first), session.get_one(ManualFix, second)
+        assert (failed.sync_status, failed.sync_attempts, failed.synced_at) == (
+            SyncStatus.PENDING,
+            1,
+            None,
+        )
+        assert (failed.last_sync_error or "").startswith("the ML server cannot be reached")
+        assert len(failed.last_sync_error or "") == 1000  # kept short for the history page
+        assert (synced.sync_status, synced.sync_attempts) == (SyncStatus.SYNCED, 1)
+        assert synced.synced_at is not None and synced.last_sync_error is None
+        assert count_pending(session) == 2
+        assert [f.id for f in pending_fixes(session)] == [first, third]
+
+    with sessions.begin() as session:  # a retry that succeeds clears the error
+        mark_synced(session, first)
+    with sessions() as session:
+        retried = session.get_one(ManualFix, first)
+        assert (retried.sync_status, retried.sync_attempts) == (SyncStatus.SYNCED, 2)
+        assert retried.last_sync_error is None
+        assert count_pending(session) == 1
+        assert pending_fixes(session, fix_ids=[first, second]) == []

@@ -54,14 +54,7 @@ def browser() -> Iterator[object]:
 def running_app(app_settings: object, tmp_path: Path) -> Iterator[dict]:
     """``streamlit run app.py`` on a free port against the test's database and ML server."""
     port = free_port()
-    env = {
-        **os.environ,
-        "TAGGING_DATA_DIR": str(app_settings.data_dir),  # type: ignore[attr-defined]
-        "TAGGING_DATABASE_URL": app_settings.database_url,  # type: ignore[attr-defined]
-        "TAGGING_ML_URL": app_settings.ml_url,  # type: ignore[attr-defined]
-        "TAGGING_ML_TOKEN": app_settings.ml_token,  # type: ignore[attr-defined]
-        "TAGGING_ALLOWED_HOSTS": ",".join(app_settings.allowed_hosts),  # type: ignore[attr-defined]
-    }
+    env = {**os.environ, **app_settings.to_env()}  # type: ignore[attr-defined]
     log = (tmp_path / "streamlit.log").open("w")
     process = subprocess.Popen(
         app_command("127.0.0.1", port),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from db.accounts import Actor
 from db.models import Advertiser, ItemStatus, Role, Scrape, ScrapeStatus, SitemapItem, utcnow
@@ -66,3 +67,19 @@ def make_scrape(
 
 def actor(role: Role = Role.ANALYST, username: str | None = None) -> Actor:
     return Actor(username=username or f"{role.value}-user", role=role)
+
+
+def three_items(sessions: sessionmaker[Session]) -> list[int]:
+    """Item ids, in sitemap order, of one finished scrape: Dealer/Red, Stock/None, Dealer/Blue."""
+    with sessions.begin() as session:
+        scrape = make_scrape(
+            session,
+            make_advertiser(session),
+            [("Dealer", "Red"), ("Stock", None), ("Dealer", "Blue")],
+        )
+        query = (
+            select(SitemapItem.id)
+            .where(SitemapItem.scrape_id == scrape.id)
+            .order_by(SitemapItem.position)
+        )
+        return list(session.scalars(query))

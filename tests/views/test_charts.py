@@ -33,7 +33,7 @@ from db.charts import (
     VersionStats,
 )
 from db.models import FixSource, Role, utcnow
-from tests.db.test_charts import add_fix, add_scrape
+from tests.utils.charts import add_fix, add_scrape
 from tests.utils.factories import actor, make_advertiser
 from views import charts_specs as specs
 

@@ -129,6 +129,18 @@ def test_bulk_fix_previews_then_applies(
     assert len(fixes) == 10 and {f.new_value for f in fixes} == {"Silver"}
 
 
+def test_details_show_the_image_urls_and_history(
+    open_app: Callable[..., AppTest], seeded: list[int]
+) -> None:
+    at = open_app(Role.ANALYST, PAGE)
+    widget(at, "button", f"details-{seeded[0]}").click()
+    at.run()
+    assert not at.exception, at.exception
+    # The original is unreachable here: the dialog falls back to the stored thumbnail.
+    assert any(c.value.startswith("https://cdn.example/") for c in at.code)
+    assert any(c.value == "No manual fix yet." for c in at.caption)
+
+
 def test_manager_sees_no_update_button(open_app: Callable[..., AppTest], seeded: list[int]) -> None:
     at = open_app(Role.MANAGER, PAGE)
     assert not any(b.label == "Update" for b in at.button)

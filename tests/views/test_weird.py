@@ -16,7 +16,7 @@ from db.models import FindingState, FixSource, ManualFix, Role, SyncStatus
 from db.vocab import CASES, FIX_NOT_STICKING, LEGACY_PLACEHOLDER
 from tagging.detectors.refresh import refresh_findings
 from tests.utils.factories import actor
-from tests.tagging.detectors.test_detectors import (
+from tests.utils.world import (
     World,
     near_pair,
     outage_rows,
@@ -190,8 +190,9 @@ def test_findings_banner_shows_the_scrapes_open_findings(
 def test_analyst_relaunches_the_scrape_of_an_ml_outage(
     open_page: Callable[..., AppTest], app_db: sessionmaker[Session]
 ) -> None:
-    from tagging.jobs.tasks import huey
+    from tagging.jobs.tasks import task_queue
 
+    huey = task_queue().huey
     with app_db.begin() as session:
         world = World(session)
         valley = world.advertiser("Valley Trucks")

@@ -26,13 +26,14 @@ from db.vocab import COLORS, IMAGE_TYPES
 from tagging.api.app import MAX_FIXES, create_advertiser_api
 from tagging.demo.generate import DemoInventory
 from tagging.demo.setup import register_demo_advertisers
+from tagging.errors import Conflict, InvalidInput, NotFoundError, PermissionDenied, TaggingError
 from tagging.fixes import push_pending
 from tagging.ingest.fetch import client_from_settings
 from tagging.ingest.scrape import ScrapeConfig, run_scrape
 from tagging.server.client import MLClient
 from tagging.testing import UvicornThread
-from tests.conftest import ML_TOKEN
 from tests.utils.factories import actor
+from tests.utils.servers import ML_TOKEN
 
 OURS = "sunrise-motors"
 THEIRS = "summit-auto-group"
@@ -271,6 +272,31 @@ def test_an_image_the_scrape_could_not_fetch_is_422(world: World) -> None:
     )
     assert response.status_code == 422, response.text
     assert response.json()["detail"]["fixes"][0]["index"] == 0
+    assert fix_count(world.sessions) == 0
+
+
+def test_library_errors_answer_their_own_status(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the library raises while recording answers that error's ``http_status``."""
+    item = world.items[0]
+    body = {"fixes": [{"image_url": item.image_url, "field": "image_type", "value": "Stock"}]}
+    cases: list[tuple[TaggingError, int]] = [
+        (Conflict("the finding was handled meanwhile"), 409),
+        (InvalidInput("not a valid image_type"), 422),
+        (NotFoundError("no sitemap item 1"), 404),
+        (PermissionDenied("may not fix"), 403),
+        (TaggingError("something else"), 400),
+    ]
+    for error, expected in cases:
+
+        def refuse(*_: object, error: TaggingError = error, **__: object) -> None:
+            raise error
+
+        monkeypatch.setattr("tagging.api.app.record_fixes", refuse)
+        response = post(world.api, world.token, body)
+        assert response.status_code == expected, (error, response.text)
+        assert response.json() == {"detail": str(error)}
     assert fix_count(world.sessions) == 0
 
 

@@ -1,24 +1,50 @@
-"""Scrapes end to end over real HTTP on loopback: demo CDN → scrape → ML server → database."""
+"""Scrapes end to end over real HTTP on loopback: demo CDN → scrape → ML server → database.
+
+And :func:`after_scrape` (carry fixes over, refresh the findings) on crafted scrapes, on SQLite
+and PostgreSQL.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.advertisers import add_advertiser
-from db.models import Image, ItemStatus, Scrape, SitemapItem, Thumbnail
+from db.findings import list_findings, set_auto_carry
+from db.models import (
+    Advertiser,
+    FixSource,
+    Image,
+    ItemStatus,
+    ManualFix,
+    Role,
+    Scrape,
+    SitemapItem,
+    SyncStatus,
+    Thumbnail,
+)
 from db.scrapes import scrape_items
 from tagging.demo.generate import DemoInventory
+from tagging.errors import PermissionDenied
 from tagging.ingest.fetch import client_from_settings
-from tagging.ingest.scrape import ScrapeConfig, ScrapeSummary, run_scrape
+from tagging.ingest.scrape import ScrapeConfig, ScrapeSummary, after_scrape, run_scrape
 from tagging.server.client import MLClient
+from tests.utils.factories import actor
+from tests.utils.servers import ML_TOKEN
+from tests.utils.world import World, photos, republished
+
+ANALYST = actor(Role.ANALYST, "ana")
+MANAGER = actor(Role.MANAGER, "max")
+LEGACY = {"type": "Placeholder", "color": "N/A"}
 
 
 def scrape(
@@ -145,7 +171,7 @@ class _MisbehavingML(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("mode", ["garbage", "slow"])
+@pytest.mark.parametrize("mode", ["garbage", pytest.param("slow", marks=pytest.mark.slow)])
 def test_misbehaving_ml_server_gives_ml_failures(
     mode: str, app_settings: object, app_sessions: sessionmaker[Session], demo_dir: Path
 ) -> None:
@@ -217,6 +243,7 @@ def test_a_sitemap_cannot_aim_at_the_ml_server(
     assert "TAGGING_ALLOWED_HOSTS" in summary.problems[0]
 
 
+@pytest.mark.slow
 def test_report_json_cli(
     app_settings: object, app_sessions: sessionmaker[Session], demo_dir: Path
 ) -> None:
@@ -226,14 +253,7 @@ def test_report_json_cli(
     import sys
 
     name = DemoInventory.load(demo_dir).advertiser("summit-auto-group").name
-    env = {
-        **os.environ,
-        "TAGGING_DATA_DIR": str(app_settings.data_dir),  # type: ignore[attr-defined]
-        "TAGGING_DATABASE_URL": app_settings.database_url,  # type: ignore[attr-defined]
-        "TAGGING_ML_URL": app_settings.ml_url,  # type: ignore[attr-defined]
-        "TAGGING_ML_TOKEN": app_settings.ml_token,  # type: ignore[attr-defined]
-        "TAGGING_ALLOWED_HOSTS": ",".join(app_settings.allowed_hosts),  # type: ignore[attr-defined]
-    }
+    env = {**os.environ, **app_settings.to_env()}  # type: ignore[attr-defined]
     run = subprocess.run(
         [sys.executable, "-m", "tagging", "scrape", name, "--json"],
         env=env,
@@ -275,3 +295,89 @@ def test_report_json_cli(
     )
     assert missing.returncode == 1
     assert "no advertiser named" in json.loads(missing.stdout)["error"]
+
+
+# --- after_scrape: fixes carried over and findings refreshed once the items are stored ---
+
+
+def test_after_scrape_carries_over_only_for_advertisers_who_asked(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions.begin() as session:
+        _, second = republished(session)
+    result = after_scrape(sessions, second.id)
+    assert result is not None and result.carried_fix_ids == []
+    assert result.refresh is not None and len(result.refresh.opened) == 1
+
+    with sessions.begin() as session:
+        with pytest.raises(PermissionDenied):
+            set_auto_carry(session, MANAGER, second.advertiser_id, True)
+        set_auto_carry(session, ANALYST, second.advertiser_id, True)
+        assert session.get_one(Advertiser, second.advertiser_id).auto_carry_fixes
+    result = after_scrape(sessions, second.id)  # no ML client: the worker pushes them later
+    assert result is not None and len(result.carried_fix_ids) == 1 and result.pushed == 0
+    with sessions() as session:
+        fix = session.get_one(ManualFix, result.carried_fix_ids[0])
+        assert (fix.user, fix.source, fix.sync_status) == (
+            "system",
+            FixSource.CARRY_OVER,
+            SyncStatus.PENDING,
+        )
+        assert list_findings(session) == []
+
+
+def test_after_scrape_never_fails_the_scrape(
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with sessions.begin() as session:
+        world = World(session)
+        scrape = world.scrape(world.advertiser("Metro"), [{"name": "m-old", **LEGACY}])
+    assert after_scrape(sessions, 999_999) is None  # no such scrape
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("detector bug")
+
+    monkeypatch.setattr("tagging.ingest.scrape.refresh_findings", broken)
+    with caplog.at_level(logging.ERROR, logger="tagging.ingest.scrape"):
+        assert after_scrape(sessions, scrape.id) is None
+    assert "were not refreshed" in caplog.text
+
+
+def test_after_scrape_sees_the_scrape_before_it_is_marked_finished(
+    sessions: sessionmaker[Session],
+) -> None:
+    """``run_scrape`` calls it just before ``_finish``: the scrape counts as the latest."""
+    with sessions.begin() as session:
+        world = World(session)
+        metro = world.advertiser("Metro")
+        world.scrape(metro, photos("m", 4))
+        running = world.scrape(
+            metro, [*photos("m", 4), {"name": "m-old", **LEGACY}], finished=False
+        )
+    result = after_scrape(sessions, running.id)
+    assert result is not None and len(result.refresh.opened) == 1  # type: ignore[union-attr]
+    with sessions() as session:
+        (finding,) = list_findings(session)
+    assert finding.scrape_id == running.id
+
+
+def test_after_scrape_pushes_carried_fixes_at_once_with_the_scrapes_ml_client(
+    sessions: sessionmaker[Session], ml_server: object, app_settings: object
+) -> None:
+    with sessions.begin() as session:
+        _, second = republished(session)
+        set_auto_carry(session, ANALYST, second.advertiser_id, True)
+    ml = MLClient.from_settings(app_settings)  # type: ignore[arg-type]
+    result = after_scrape(sessions, second.id, ml=ml)
+    assert result is not None and len(result.carried_fix_ids) == 1 and result.pushed == 1
+    with sessions() as session:
+        fix = session.get_one(ManualFix, result.carried_fix_ids[0])
+        assert (fix.source, fix.sync_status) == (FixSource.CARRY_OVER, SyncStatus.SYNCED)
+    record = requests.get(
+        f"{ml_server.url}/images/{fix.image_key}",  # type: ignore[attr-defined]
+        headers={"Authorization": f"Bearer {ML_TOKEN}"},
+        timeout=5,
+    ).json()
+    assert (record["image_type"], record["applied_fix_ids"]) == ("Stock", result.carried_fix_ids)

@@ -13,21 +13,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.advertisers import get_advertiser
 from db.models import Role, Scrape
 from tagging.demo.generate import DemoInventory
-from tagging.errors import PermissionDenied, TaggingError
+from tagging.errors import Conflict, PermissionDenied
 from tests.utils.factories import actor
 
 
 @pytest.fixture
 def worker(app_settings: object, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A real huey consumer (threads) working for the test's database and ML server."""
-    from tagging.jobs.tasks import huey
+    from tagging.jobs.tasks import task_queue
 
-    for name, value in {
-        "TAGGING_DATABASE_URL": app_settings.database_url,  # type: ignore[attr-defined]
-        "TAGGING_ML_URL": app_settings.ml_url,  # type: ignore[attr-defined]
-        "TAGGING_ML_TOKEN": app_settings.ml_token,  # type: ignore[attr-defined]
-        "TAGGING_ALLOWED_HOSTS": ",".join(app_settings.allowed_hosts),  # type: ignore[attr-defined]
-    }.items():
+    huey = task_queue().huey
+    for name, value in app_settings.to_env().items():  # type: ignore[attr-defined]
         monkeypatch.setenv(name, value)
     huey.flush()
     consumer = huey.create_consumer(workers=1, worker_type="thread", periodic=False)
@@ -67,5 +63,26 @@ def test_relaunch_needs_the_role_and_no_running_scrape(
         enqueue_scrape(app_settings, actor(Role.MANAGER), name)  # type: ignore[arg-type]
     with app_sessions.begin() as session:
         session.add(Scrape(advertiser_id=get_advertiser(session, name).id))  # running
-    with pytest.raises(TaggingError, match="already running"):
+    with pytest.raises(Conflict, match="already running"):
         enqueue_scrape(app_settings, actor(Role.ANALYST), name)  # type: ignore[arg-type]
+
+
+def test_importing_the_tasks_builds_no_queue(tmp_path: Path) -> None:
+    """The queue is built on first use: an import opens no file (and needs no Redis)."""
+    import os
+    import subprocess
+    import sys
+
+    data_dir = tmp_path / "data"
+    env = {**os.environ, "TAGGING_DATA_DIR": str(data_dir)}
+    code = (
+        "import tagging.jobs.tasks as t, pathlib, sys; "
+        "assert not pathlib.Path(sys.argv[1]).exists(); "
+        "q = t.task_queue(); assert q is t.task_queue(); "
+        "assert (pathlib.Path(sys.argv[1]) / 'tasks.sqlite').exists(); "
+        "assert q.scrape.name == 'scrape_task'"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(data_dir)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr

@@ -43,6 +43,7 @@ def test_dataset_is_balanced_and_labelled() -> None:
     assert data.describe()["counts"] == data.counts
 
 
+@pytest.mark.slow
 def test_dataset_is_reproducible_whatever_the_number_of_workers() -> None:
     config = SyntheticDatasetConfig(seed=5, n_per_class=8, input_size=32, workers=1)
     progress: list[tuple[int, int]] = []
@@ -86,6 +87,7 @@ def test_config_validation_and_overrides() -> None:
 # --- training ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_quick_training_clearly_learns(quick: tuple[TrainResult, Path, list]) -> None:
     result, models_dir, _ = quick
     assert result.val_accuracy >= 0.85, result.summary()
@@ -109,6 +111,7 @@ def test_quick_training_clearly_learns(quick: tuple[TrainResult, Path, list]) ->
     assert accuracy >= 0.85, list(zip(truth, predicted, strict=True))
 
 
+@pytest.mark.slow
 def test_first_model_is_promoted_and_described(quick: tuple[TrainResult, Path, list]) -> None:
     result, models_dir, calls = quick
     assert result.promoted and production_version(models_dir) == result.version
@@ -127,6 +130,7 @@ def test_first_model_is_promoted_and_described(quick: tuple[TrainResult, Path, l
     assert calls[-1][0] == calls[-1][1]
 
 
+@pytest.mark.slow
 def test_training_is_reproducible(tmp_path: Path) -> None:
     # With two threads too: parallel reductions must stay deterministic.
     config = TINY.replace(threads=2)
@@ -138,6 +142,7 @@ def test_training_is_reproducible(tmp_path: Path) -> None:
     assert c.metadata.weights_sha256 != a.metadata.weights_sha256
 
 
+@pytest.mark.slow
 def test_later_models_are_promoted_only_on_request(tmp_path: Path) -> None:
     first = train(TINY, tmp_path)
     second = train(TINY.replace(seed=3), tmp_path)

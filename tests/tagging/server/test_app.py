@@ -10,8 +10,9 @@ import requests
 from PIL import Image
 
 from tagging.demo.generate import DemoInventory
+from tests.utils.servers import ML_TOKEN, cdn_host, ml_settings
 
-AUTH = {"Authorization": "Bearer test-token-0123456789"}
+AUTH = {"Authorization": f"Bearer {ML_TOKEN}"}
 
 
 def demo_urls(cdn: object, demo_dir: Path, kind: str = "ok", limit: int = 12) -> list[str]:
@@ -168,7 +169,6 @@ def test_color_vendor_down_keeps_types_and_leaves_color_none(
     from tagging.ml.color import HttpColorModel
     from tagging.server.app import create_app
     from tagging.testing import UvicornThread
-    from tests.conftest import cdn_host, ml_settings
 
     settings = ml_settings(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite'}", cdn_host(cdn))
     vendor = HttpColorModel(

@@ -1,0 +1,287 @@
+"""Scrapes and their items (db.scrapes): writing a scrape batch by batch, and reading them back.
+
+The orchestration (sitemap, ML server, batches) is tested end to end in
+tests/tagging/ingest/test_scrape.py; here each storage function on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import Image, Scrape, ScrapeStatus, SitemapItem, Thumbnail, as_utc, utcnow
+from db.scrapes import (
+    STALE_AFTER,
+    ScrapeCounts,
+    finish_scrape,
+    latest_scrape,
+    recent_scrapes,
+    running_scrape,
+    scrape_items,
+    scrapes_of,
+    set_expected_items,
+    start_scrape,
+    store_batch,
+)
+from tests.utils.factories import make_advertiser
+
+
+def item_row(scrape: Scrape, position: int, key: str) -> dict[str, Any]:
+    return {
+        "scrape_id": scrape.id,
+        "advertiser_id": scrape.advertiser_id,
+        "position": position,
+        "page_url": f"https://dealer.example/vehicles/{position}",
+        "image_url": f"https://cdn.example/{key}.jpg",
+        "image_key": key,
+        "ml_image_type": "Dealer",
+        "image_type": "Dealer",
+        "color": "Red",
+        "ml_color": "Red",
+    }
+
+
+def image_row(key: str, seen: datetime, url: str | None = None) -> dict[str, Any]:
+    return {
+        "image_key": key,
+        "url": url or f"https://cdn.example/{key}.jpg",
+        "sha256": key * 2,
+        "first_seen": seen,
+        "last_seen": seen,
+    }
+
+
+def key(n: int) -> str:
+    return f"{n:032x}"
+
+
+def scrape_at(session: Session, advertiser_id: int, started: datetime, **values: Any) -> Scrape:
+    scrape = Scrape(advertiser_id=advertiser_id, started_at=started, **values)
+    session.add(scrape)
+    session.flush()
+    return scrape
+
+
+def test_start_scrape_is_running_and_knows_who_asked(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        advertiser = make_advertiser(session)
+        scrape = start_scrape(session, advertiser.id, trigger="app", requested_by="ana")
+        assert scrape.id is not None  # flushed: the caller can use its id at once
+        scrape_id = scrape.id
+    with sessions.begin() as session:
+        set_expected_items(session, scrape_id, 42)
+    with sessions() as session:
+        stored = session.get_one(Scrape, scrape_id)
+        assert (stored.status, stored.trigger, stored.requested_by) == (
+            ScrapeStatus.RUNNING,
+            "app",
+            "ana",
+        )
+        assert stored.finished_at is None and stored.started_at is not None
+        assert (stored.expected_items, stored.item_count) == (42, 0)
+
+
+def test_store_batch_adds_items_images_thumbnails_and_counts(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions.begin() as session:
+        scrape = start_scrape(
+            session, make_advertiser(session).id, trigger="cli", requested_by=None
+        )
+        store_batch(
+            session,
+            scrape.id,
+            ScrapeCounts(items=2, cached=1, classified=1),
+            [item_row(scrape, 0, key(1)), item_row(scrape, 1, key(2))],
+            [image_row(key(1), utcnow()), image_row(key(2), utcnow())],
+            [{"image_key": key(1), "jpeg": b"one"}],
+        )
+        store_batch(
+            session,
+            scrape.id,
+            ScrapeCounts(items=3, cached=1, classified=1, failed=1, ml_failures=1),
+            [item_row(scrape, 2, key(3))],
+            [image_row(key(3), utcnow())],
+            [],
+        )
+        scrape_id = scrape.id
+    with sessions() as session:
+        stored = session.get_one(Scrape, scrape_id)
+        counts = (
+            stored.item_count,
+            stored.cached_count,
+            stored.classified_count,
+            stored.failed_count,
+            stored.ml_failure_count,
+        )
+        assert counts == (3, 1, 1, 1, 1)  # the running counts of the last batch
+        assert stored.finished_at is None and stored.status == ScrapeStatus.RUNNING
+        assert [i.image_key for i in scrape_items(session, scrape_id)] == [key(1), key(2), key(3)]
+        assert set(session.scalars(select(Image.image_key))) == {key(1), key(2), key(3)}
+        assert session.get_one(Thumbnail, key(1)).jpeg == b"one"
+
+
+def test_store_batch_keeps_a_known_thumbnail_and_updates_last_seen(
+    sessions: sessionmaker[Session],
+) -> None:
+    long_ago = utcnow() - timedelta(days=30)
+    with sessions.begin() as session:
+        advertiser = make_advertiser(session)
+        first = start_scrape(session, advertiser.id, trigger="cli", requested_by=None)
+        store_batch(
+            session,
+            first.id,
+            ScrapeCounts(items=1),
+            [item_row(first, 0, key(1))],
+            [image_row(key(1), long_ago)],
+            [{"image_key": key(1), "jpeg": b"first thumbnail"}],
+        )
+        advertiser_id = advertiser.id
+    now = utcnow()
+    with sessions.begin() as session:
+        second = start_scrape(session, advertiser_id, trigger="cli", requested_by=None)
+        store_batch(
+            session,
+            second.id,
+            ScrapeCounts(items=2),
+            [item_row(second, 0, key(1)), item_row(second, 1, key(2))],
+            [image_row(key(1), now, url="https://other.example/moved.jpg"), image_row(key(2), now)],
+            [
+                {"image_key": key(1), "jpeg": b"second thumbnail"},
+                {"image_key": key(2), "jpeg": b"new thumbnail"},
+            ],
+        )
+    with sessions() as session:
+        image = session.get_one(Image, key(1))
+        assert as_utc(image.last_seen) == now  # seen again
+        assert as_utc(image.first_seen) == long_ago  # ... the rest of the row is the first one
+        assert image.url == f"https://cdn.example/{key(1)}.jpg"
+        assert session.get_one(Thumbnail, key(1)).jpeg == b"first thumbnail"
+        assert session.get_one(Thumbnail, key(2)).jpeg == b"new thumbnail"
+
+
+def test_finish_scrape_sets_status_counts_and_finished_at(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions.begin() as session:
+        scrape = start_scrape(
+            session, make_advertiser(session).id, trigger="cli", requested_by=None
+        )
+        scrape_id = scrape.id
+    before = utcnow()
+    with sessions.begin() as session:
+        finish_scrape(
+            session,
+            scrape_id,
+            status=ScrapeStatus.COMPLETED_WITH_ERRORS,
+            counts=ScrapeCounts(items=10, cached=4, classified=3, failed=3, ml_failures=2),
+            seconds=12.5,
+            error="2 items got no answer from the ML server",
+        )
+    with sessions() as session:
+        stored = session.get_one(Scrape, scrape_id)
+        assert stored.status == ScrapeStatus.COMPLETED_WITH_ERRORS
+        finished = as_utc(stored.finished_at)
+        assert finished is not None and before <= finished <= utcnow()
+        assert (
+            stored.item_count,
+            stored.cached_count,
+            stored.classified_count,
+            stored.failed_count,
+            stored.ml_failure_count,
+        ) == (10, 4, 3, 3, 2)
+        assert (stored.seconds, stored.error) == (12.5, "2 items got no answer from the ML server")
+        assert latest_scrape(session, stored.advertiser_id).id == scrape_id  # type: ignore[union-attr]
+
+
+def test_latest_scrape_is_the_newest_finished_one_unless_asked(
+    sessions: sessionmaker[Session],
+) -> None:
+    now = utcnow()
+    with sessions.begin() as session:
+        sunrise, harbor = make_advertiser(session), make_advertiser(session, "Harbor Autos")
+        assert latest_scrape(session, sunrise.id) is None
+        scrape_at(session, sunrise.id, now - timedelta(days=2), finished_at=now)
+        new = scrape_at(session, sunrise.id, now - timedelta(days=1), finished_at=now)
+        scrape_at(session, sunrise.id, now - timedelta(days=3), finished_at=now)  # older
+        running = scrape_at(session, sunrise.id, now)
+        scrape_at(session, harbor.id, now, finished_at=now)  # another advertiser's
+        sunrise_id, new_id, running_id = sunrise.id, new.id, running.id
+    with sessions() as session:
+        assert latest_scrape(session, sunrise_id).id == new_id  # type: ignore[union-attr]
+        assert latest_scrape(session, sunrise_id, finished=False).id == running_id  # type: ignore[union-attr]
+
+
+def test_scrape_items_are_the_scrapes_own_in_sitemap_order(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions.begin() as session:
+        advertiser = make_advertiser(session)
+        scrape = start_scrape(session, advertiser.id, trigger="cli", requested_by=None)
+        other = start_scrape(session, advertiser.id, trigger="cli", requested_by=None)
+        # Stored out of order, and another scrape's item in between.
+        session.add_all(
+            [
+                SitemapItem(**item_row(scrape, 2, key(3))),
+                SitemapItem(**item_row(other, 0, key(9))),
+                SitemapItem(**item_row(scrape, 0, key(1))),
+                SitemapItem(**item_row(scrape, 1, key(2))),
+            ]
+        )
+        scrape_id, other_id = scrape.id, other.id
+    with sessions() as session:
+        items = scrape_items(session, scrape_id)
+        assert [(i.position, i.image_key) for i in items] == [(0, key(1)), (1, key(2)), (2, key(3))]
+        assert [i.image_key for i in scrape_items(session, other_id)] == [key(9)]
+        assert scrape_items(session, 999_999) == []
+
+
+def test_recent_scrapes_and_scrapes_of_are_newest_first(sessions: sessionmaker[Session]) -> None:
+    now = utcnow()
+    with sessions.begin() as session:
+        sunrise, harbor = make_advertiser(session), make_advertiser(session, "Harbor Autos")
+        s1 = scrape_at(session, sunrise.id, now - timedelta(hours=3), finished_at=now)
+        h1 = scrape_at(session, harbor.id, now - timedelta(hours=2), finished_at=now)
+        s2 = scrape_at(session, sunrise.id, now - timedelta(hours=1))  # running: listed too
+        ids = {"s1": s1.id, "h1": h1.id, "s2": s2.id, "sunrise": sunrise.id, "harbor": harbor.id}
+    with sessions() as session:
+        recent = recent_scrapes(session)
+        assert [(s.id, name) for s, name in recent] == [
+            (ids["s2"], "Sunrise Motors"),
+            (ids["h1"], "Harbor Autos"),
+            (ids["s1"], "Sunrise Motors"),
+        ]
+        assert [s.id for s, _ in recent_scrapes(session, limit=2)] == [ids["s2"], ids["h1"]]
+        assert [s.id for s in scrapes_of(session, ids["sunrise"])] == [ids["s2"], ids["s1"]]
+        assert [s.id for s in scrapes_of(session, ids["sunrise"], limit=1)] == [ids["s2"]]
+        assert [s.id for s in scrapes_of(session, ids["harbor"])] == [ids["h1"]]
+
+
+def test_running_scrape_ignores_finished_and_stale_ones(sessions: sessionmaker[Session]) -> None:
+    now = utcnow()
+    with sessions.begin() as session:
+        advertiser = make_advertiser(session)
+        assert running_scrape(session, advertiser.id) is None  # never scraped
+        scrape_at(session, advertiser.id, now - timedelta(minutes=5), finished_at=now)
+        assert running_scrape(session, advertiser.id) is None  # only a finished one
+        # A worker died hours ago without finishing its scrape: it no longer counts.
+        scrape_at(session, advertiser.id, now - STALE_AFTER - timedelta(minutes=1))
+        assert running_scrape(session, advertiser.id) is None
+        fresh = scrape_at(session, advertiser.id, now - STALE_AFTER + timedelta(minutes=5))
+        advertiser_id, fresh_id = advertiser.id, fresh.id
+    with sessions() as session:
+        assert running_scrape(session, advertiser_id).id == fresh_id  # type: ignore[union-attr]
+    with sessions.begin() as session:
+        finish_scrape(
+            session,
+            fresh_id,
+            status=ScrapeStatus.SUCCEEDED,
+            counts=ScrapeCounts(),
+            seconds=1.0,
+            error=None,
+        )
+    with sessions() as session:
+        assert running_scrape(session, advertiser_id) is None

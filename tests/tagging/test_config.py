@@ -1,0 +1,98 @@
+"""Settings: read from the environment, written back for a subprocess, validated."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tagging.config import DEFAULT_SESSION_IDLE_MINUTES, Settings
+from tagging.errors import ConfigError
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = Settings.from_env({"TAGGING_DATA_DIR": str(tmp_path)})
+    assert settings.redis_url is None
+    assert settings.session_idle_minutes == DEFAULT_SESSION_IDLE_MINUTES == 480
+    assert settings.ml_token is None
+    assert settings.allowed_hosts == ()
+
+
+def test_redis_url_and_idle_minutes_are_read(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {
+            "TAGGING_DATA_DIR": str(tmp_path),
+            "TAGGING_REDIS_URL": "redis://queue.internal:6379/2",
+            "TAGGING_SESSION_IDLE_MINUTES": " 15 ",
+        }
+    )
+    assert settings.redis_url == "redis://queue.internal:6379/2"
+    assert settings.session_idle_minutes == 15
+    # Empty means unset, as for every other variable.
+    empty = Settings.from_env(
+        {
+            "TAGGING_DATA_DIR": str(tmp_path),
+            "TAGGING_REDIS_URL": "",
+            "TAGGING_SESSION_IDLE_MINUTES": "",
+        }
+    )
+    assert (empty.redis_url, empty.session_idle_minutes) == (None, DEFAULT_SESSION_IDLE_MINUTES)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "ten", "1.5", "8h"])
+def test_bad_idle_minutes_are_a_config_error(tmp_path: Path, value: str) -> None:
+    env = {"TAGGING_DATA_DIR": str(tmp_path), "TAGGING_SESSION_IDLE_MINUTES": value}
+    with pytest.raises(ConfigError, match="TAGGING_SESSION_IDLE_MINUTES"):
+        Settings.from_env(env)
+
+
+def test_to_env_round_trips_every_setting(tmp_path: Path) -> None:
+    full = Settings.from_env(
+        {
+            "TAGGING_DATA_DIR": str(tmp_path / "data"),
+            "TAGGING_DATABASE_URL": "postgresql+psycopg://tagdesk@db.internal/tagdesk",
+            "TAGGING_ML_URL": "https://ml.internal:8443/",
+            "TAGGING_ML_TOKEN": "s3cret",
+            "TAGGING_ML_CACHE_URL": "postgresql+psycopg://ml@db.internal/cache",
+            "TAGGING_ALLOWED_HOSTS": "cdn.internal, 10.0.0.5:8765",
+            "TAGGING_COLOR_VENDOR_URL": "https://vendor.example/colors",
+            "TAGGING_REDIS_URL": "redis://queue.internal:6379/0",
+            "TAGGING_SESSION_IDLE_MINUTES": "30",
+        }
+    )
+    assert Settings.from_env(full.to_env()) == full
+    assert full.to_env()["TAGGING_ALLOWED_HOSTS"] == "cdn.internal,10.0.0.5:8765"
+
+    minimal = Settings.from_env({"TAGGING_DATA_DIR": str(tmp_path)})
+    env = minimal.to_env()
+    assert Settings.from_env(env) == minimal
+    assert all(name.startswith("TAGGING_") for name in env)
+    assert not {"TAGGING_ML_TOKEN", "TAGGING_COLOR_VENDOR_URL", "TAGGING_REDIS_URL"} & set(env)
+
+
+def test_to_env_carries_fields_set_in_code(tmp_path: Path) -> None:
+    """What a launcher changes with ``replace`` reaches the subprocess."""
+    base = Settings.from_env({"TAGGING_DATA_DIR": str(tmp_path)})
+    launched = replace(
+        base,
+        ml_url="http://127.0.0.1:8800",
+        ml_token="token",
+        allowed_hosts=("127.0.0.1:8765",),
+        session_idle_minutes=5,
+    )
+    assert Settings.from_env(launched.to_env()) == launched
+    assert launched.to_env()["TAGGING_SESSION_IDLE_MINUTES"] == "5"
+
+
+def test_the_task_queue_uses_redis_when_configured(tmp_path: Path) -> None:
+    from huey import RedisHuey, SqliteHuey
+
+    from tagging.jobs.tasks import make_huey
+
+    settings = Settings.from_env({"TAGGING_DATA_DIR": str(tmp_path)})
+    assert isinstance(make_huey(settings), SqliteHuey)
+    # Redis connects lazily: building the queue needs no server.
+    queue = make_huey(replace(settings, redis_url="redis://127.0.0.1:1/3"))
+    assert isinstance(queue, RedisHuey)
+    assert queue.storage.conn.connection_pool.connection_kwargs["db"] == 3
