@@ -15,8 +15,10 @@ import hashlib
 import math
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -176,18 +178,118 @@ def _normalize_username(username: str) -> str:
     return username.strip().lower()
 
 
+CLIENT_MAX_FAILURES = 10
+CLIENT_WINDOW = timedelta(minutes=15)
+"""A client (an address, or a browser session) may fail this many sign-ins per window, whatever
+the usernames tried; then it waits until its oldest failure in the window is that old."""
+THROTTLE_MAX_ENTRIES = 10_000
+"""Clients and unknown usernames remembered at most (oldest dropped first): memory stays bounded."""
+UNKNOWN_USER_MEMORY = timedelta(days=1)
+"""How long an unknown username's failures are remembered after its last one."""
+
+
+def _client_message(until: datetime, now: datetime) -> str:
+    seconds = max(1, math.ceil((until - now).total_seconds()))
+    return f"too many failed sign-ins from here: try again in {seconds} s"
+
+
+class SignInThrottle:
+    """What :func:`authenticate` remembers in memory between attempts (thread-safe).
+
+    * Failed sign-ins per client (the caller's key: an address, or a browser session), across
+      every username: :data:`CLIENT_MAX_FAILURES` per :data:`CLIENT_WINDOW`.
+    * Failed sign-ins of usernames that have no password account, locked exactly like real
+      accounts (5 failures → 30 s, doubling), so that the lock message does not tell which
+      usernames exist.
+
+    One per process (the app keeps it in ``st.cache_resource``); several app processes each keep
+    their own, which only makes the per-client limit that many times looser.
+    """
+
+    def __init__(
+        self,
+        max_failures: int = CLIENT_MAX_FAILURES,
+        window: timedelta = CLIENT_WINDOW,
+        max_entries: int = THROTTLE_MAX_ENTRIES,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._clients: dict[str, list[datetime]] = {}
+        self._unknown: dict[str, tuple[int, datetime | None, datetime]] = {}
+
+    def check_client(self, client: str, now: datetime) -> None:
+        """Raise :class:`AuthenticationError` while ``client`` has used up its failures."""
+        with self._lock:
+            recent = self._recent(client, now)
+            if len(recent) >= self.max_failures:
+                until = recent[len(recent) - self.max_failures] + self.window
+                raise AuthenticationError(_client_message(until, now))
+
+    def client_failed(self, client: str, now: datetime) -> None:
+        with self._lock:
+            recent = self._recent(client, now)
+            recent.append(now)
+            self._clients.pop(client, None)
+            self._clients[client] = recent  # most recent last: the oldest is dropped first
+            _bound(self._clients, self.max_entries)
+
+    def unknown_user_locked_until(self, username: str, now: datetime) -> datetime | None:
+        """When the lock of this username (which has no password account) ends, if it is on."""
+        with self._lock:
+            entry = self._unknown.get(username)
+            if entry is None or entry[1] is None or entry[1] <= now:
+                return None
+            return entry[1]
+
+    def unknown_user_failed(self, username: str, now: datetime) -> datetime | None:
+        """Count a failure of this username; return the lock it starts, as for real accounts."""
+        with self._lock:
+            failures, _, last = self._unknown.pop(username, (0, None, now))
+            if now - last > UNKNOWN_USER_MEMORY:
+                failures = 0
+            failures += 1
+            lock = now + _lock_delay(failures) if failures >= FAILURES_BEFORE_LOCK else None
+            self._unknown[username] = (failures, lock, now)
+            _bound(self._unknown, self.max_entries)
+            return lock
+
+    def _recent(self, client: str, now: datetime) -> list[datetime]:
+        return [moment for moment in self._clients.get(client, ()) if now - moment < self.window]
+
+
+def _bound(entries: dict[str, Any], size: int) -> None:
+    """Drop the oldest entries of ``entries`` (insertion order) down to ``size``."""
+    while len(entries) > size:
+        del entries[next(iter(entries))]
+
+
 def _normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
 def authenticate(
-    session: Session, username: str, password: str, *, now: datetime | None = None
+    session: Session,
+    username: str,
+    password: str,
+    *,
+    now: datetime | None = None,
+    client: str | None = None,
+    throttle: SignInThrottle | None = None,
 ) -> Actor:
     """The :class:`Actor` whose ``username`` and ``password`` these are.
 
-    Unknown users, wrong passwords and password-less (OpenID Connect only) accounts all fail with
-    the same message and in about the same time. After 5 failures in a row the account is locked
-    for 30 s, doubled at each further failure up to 15 min; a success resets the count.
+    Unknown users, wrong passwords, locked and password-less (OpenID Connect only) accounts all
+    fail in about the same time: each attempt runs one argon2 verification, against a dummy hash
+    when there is no real one to check. Unknown users and wrong passwords get the same message.
+    After 5 failures in a row the account is locked for 30 s, doubled at each further failure up
+    to 15 min; a success resets the count.
+
+    With a ``throttle`` (the app's, one per process), usernames without a password account are
+    locked in the same way, so that the lock message does not tell which usernames exist; with a
+    ``client`` too (the caller's address, or its browser session), that client may fail at most
+    :data:`CLIENT_MAX_FAILURES` sign-ins per :data:`CLIENT_WINDOW`, whatever the usernames.
 
     The failure count is written to ``session`` before the error is raised, so catch
     :class:`AuthenticationError` *inside* the transaction, or the rollback forgets the failure and
@@ -200,23 +302,41 @@ def authenticate(
                 error = exc
 
     Raises:
-        AuthenticationError: wrong credentials, a locked account, or a disabled one.
+        AuthenticationError: wrong credentials, a locked account or client, or a disabled account.
     """
     now = _utc(now) or utcnow()
+    if throttle is not None and client is not None:
+        # Before any lookup or hashing: a throttled client costs nothing and learns nothing.
+        throttle.check_client(client, now)
+
+    def fail(message: str) -> AuthenticationError:
+        if throttle is not None and client is not None:
+            throttle.client_failed(client, now)
+        return AuthenticationError(message)
+
+    name = _normalize_username(username)
+    too_long = len(password) > MAX_PASSWORD_LENGTH
     # FOR UPDATE: concurrent attempts on one account count every failure (PostgreSQL; SQLite's
     # BEGIN IMMEDIATE serializes them anyway).
-    user = session.scalar(
-        select(User).where(User.username == _normalize_username(username)).with_for_update()
-    )
-    if user is None or user.password_hash is None or len(password) > MAX_PASSWORD_LENGTH:
+    user = session.scalar(select(User).where(User.username == name).with_for_update())
+    if user is None or user.password_hash is None:
         _waste_a_verification(password[:MAX_PASSWORD_LENGTH])
-        raise AuthenticationError(WRONG_CREDENTIALS)
+        if throttle is None:
+            raise fail(WRONG_CREDENTIALS)
+        lock = throttle.unknown_user_locked_until(name, now)
+        if lock is None:
+            lock = throttle.unknown_user_failed(name, now)
+        raise fail(WRONG_CREDENTIALS if lock is None else _locked_message(lock, now))
 
     locked_until = _utc(user.locked_until)
     if locked_until is not None and locked_until > now:
-        raise AuthenticationError(_locked_message(locked_until, now))
+        _waste_a_verification(password[:MAX_PASSWORD_LENGTH])
+        raise fail(_locked_message(locked_until, now))
 
-    if not verify_password(user.password_hash, password):
+    if too_long:
+        # No password is that long (see _validate_password), and hashing it would cost too much.
+        _waste_a_verification(password[:MAX_PASSWORD_LENGTH])
+    if too_long or not verify_password(user.password_hash, password):
         user.failed_attempts = (user.failed_attempts or 0) + 1
         new_lock: datetime | None = None
         if user.failed_attempts >= FAILURES_BEFORE_LOCK:
@@ -224,8 +344,8 @@ def authenticate(
             user.locked_until = new_lock
         session.flush()
         if new_lock is not None:
-            raise AuthenticationError(_locked_message(new_lock, now))
-        raise AuthenticationError(WRONG_CREDENTIALS)
+            raise fail(_locked_message(new_lock, now))
+        raise fail(WRONG_CREDENTIALS)
 
     # Said only after the right password, so that nobody else learns the account exists.
     if user.disabled:
@@ -237,6 +357,16 @@ def authenticate(
     if password_needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     session.flush()
+    return Actor(username=user.username, role=Role(user.role))
+
+
+def account_actor(session: Session, username: str) -> Actor | None:
+    """``username``'s :class:`Actor` as the database has it now; None when the account is gone or
+    disabled. The app calls it on every run of a signed-in session, so that disabling or demoting
+    a user takes effect at their next click (one indexed query)."""
+    user = session.scalar(select(User).where(User.username == _normalize_username(username)))
+    if user is None or user.disabled:
+        return None
     return Actor(username=user.username, role=Role(user.role))
 
 

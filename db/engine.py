@@ -8,6 +8,7 @@ time, which SQLite reports as "database is locked" instead of waiting.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,8 @@ from sqlalchemy import Engine, Table, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.errors import NotFoundError
+
 if TYPE_CHECKING:
     from sqlalchemy.dialects.postgresql import Insert as PostgresqlInsert
     from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
@@ -25,20 +28,57 @@ ROOT = Path(__file__).resolve().parent.parent
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite ``url``; None for other databases and in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def create_private_file(path: Path) -> bool:
+    """Create ``path`` (and its folder) readable and writable by its owner only (0600).
+
+    SQLite gives a database's ``-wal``, ``-shm`` and journal files the database file's mode, so
+    creating the (empty, valid) database file first keeps them private too. Returns whether the
+    file was created (False: it was there already, left as it is).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return False
+    os.close(descriptor)
+    os.chmod(path, 0o600)  # whatever the umask
+    return True
+
+
+def make_engine(url: str, *, create: bool = False, **kwargs: Any) -> Engine:
     """Create an engine for ``url`` with Tagdesk's connection settings.
 
-    For SQLite the parent folder is created, and WAL, the busy timeout, foreign keys and
-    ``BEGIN IMMEDIATE`` are set on every connection.
+    For SQLite, WAL, the busy timeout, foreign keys and ``BEGIN IMMEDIATE`` are set on every
+    connection. A SQLite file that does not exist is an error unless ``create`` is set: a
+    mistyped ``TAGGING_DATABASE_URL`` must not open a new, empty database. With ``create`` the
+    file (and its folder) is made, private (0600), before SQLite opens it.
+
+    Raises:
+        NotFoundError: ``url`` names a SQLite file that does not exist, and not ``create``.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
         return create_engine(url, **kwargs)
 
-    database = parsed.database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        if not create:
+            raise NotFoundError(
+                f"no database at {path}: run `python -m tagging migrate` to create it"
+            )
+        create_private_file(path)
     connect_args = kwargs.pop("connect_args", {})
     connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
     connect_args.setdefault("check_same_thread", False)
@@ -75,8 +115,23 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def migrate(url: str, revision: str = "head") -> None:
-    """Bring the app database at ``url`` to ``revision`` (default: the newest)."""
+def migrate(url: str, revision: str = "head", *, create: bool = True) -> None:
+    """Bring the app database at ``url`` to ``revision`` (default: the newest).
+
+    A SQLite file that does not exist is created (private, 0600) when ``create`` is set (the
+    default: ``python -m tagging migrate``, the test fixtures); processes that merely migrate at
+    start-up pass ``create=False`` for a database they did not choose themselves.
+
+    Raises:
+        NotFoundError: ``url`` names a SQLite file that does not exist, and not ``create``.
+    """
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        if not create:
+            raise NotFoundError(
+                f"no database at {path}: run `python -m tagging migrate` to create it"
+            )
+        create_private_file(path)
     command.upgrade(alembic_config(url), revision)
 
 

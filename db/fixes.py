@@ -13,13 +13,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.accounts import Actor, Permission, require
 from db.errors import InvalidInput, NotFoundError
-from db.models import FixSource, ManualFix, SitemapItem, SyncStatus, utcnow
-from db.vocab import COLORS, IMAGE_TYPES
+from db.labels import current_fix_ids
+from db.models import (
+    Advertiser,
+    FixScope,
+    FixSource,
+    LabelSource,
+    ManualFix,
+    Scrape,
+    SitemapItem,
+    SyncState,
+    SyncStatus,
+    as_utc,
+    utcnow,
+)
+from db.vocab import COLORS, IMAGE_TYPES, PLACEHOLDER
 
 FIELDS: dict[str, tuple[str, ...]] = {"image_type": IMAGE_TYPES, "color": COLORS}
 """The fields a manual fix may change, with their allowed values."""
@@ -39,8 +52,11 @@ class FixChange:
 
     item_id: int
     field: str
-    new_value: str
+    new_value: str | None
+    """None only for a color, and only as the Placeholder rule's consequence (``implied``)."""
     seen_value: str | None = None
+    implied: bool = False
+    """Added by the Placeholder rule (a placeholder has no color), not chosen by the user."""
 
 
 @dataclass(frozen=True)
@@ -78,11 +94,19 @@ def apply_fixes(
 ) -> FixOutcome:
     """Record ``changes`` in the caller's transaction.
 
-    Each change writes a history row (pending sync), and sets the field on the item and on every
-    item of the same scrape showing the same image_key. A change to the value the item already
-    has is skipped. ``advertiser_id``, when given, restricts the changes to that advertiser's
-    items (the advertiser endpoint). The weird-results findings are recomputed in the same
-    transaction, unless ``refresh`` is False (a caller that refreshes them itself).
+    Each change writes a history row (pending sync) and sets the field on the items it governs:
+
+    * a **team fix** (any ``source`` but ``advertiser``) applies to every advertiser showing the
+      image: the item's scrape and every advertiser's latest scrape listing the same image_key,
+      except where that advertiser has its own override;
+    * an **advertiser override** (``source=advertiser``, with ``advertiser_id``) applies to that
+      advertiser's items only; nobody else's values, nor the prediction, change;
+    * a team member's fix of an item whose value is that advertiser's override replaces the
+      override (it is recorded in the advertiser's scope): the person looked at that advertiser's
+      image and decided, as on the Weird results page's "re-tag" and "choose one value".
+
+    A change to the value the item already has is skipped. A change of the Image Type to
+    Placeholder also sets the color to None (a placeholder has no color), with its own history row.
 
     Raises:
         PermissionDenied: ``actor`` may not fix.
@@ -93,9 +117,8 @@ def apply_fixes(
     for change in changes:
         _validate(change)
     outcome = FixOutcome()
-    outcome.advertiser_ids = set()
     # Lock in a stable order so that two bulk fixes over the same items cannot deadlock.
-    for change in sorted(changes, key=lambda c: (c.item_id, c.field)):
+    for change in _with_placeholder_rule(sorted(changes, key=lambda c: (c.item_id, c.field))):
         item = session.get(SitemapItem, change.item_id, with_for_update=True)
         if item is None or (advertiser_id is not None and item.advertiser_id != advertiser_id):
             raise NotFoundError(f"no sitemap item {change.item_id}")
@@ -105,7 +128,8 @@ def apply_fixes(
             )
         current = getattr(item, change.field)
         if current == change.new_value:
-            outcome.unchanged += 1
+            if not change.implied:
+                outcome.unchanged += 1
             continue
         superseded = None
         if change.seen_value is not None and change.seen_value != current:
@@ -120,6 +144,12 @@ def apply_fixes(
                     overwritten_at=superseded.created_at if superseded else None,
                 )
             )
+        source_column = f"{change.field}_source"
+        overridden = getattr(item, source_column) == LabelSource.OVERRIDE
+        scope = (
+            FixScope.ADVERTISER if source == FixSource.ADVERTISER or overridden else FixScope.TEAM
+        )
+        label_source = LabelSource.OVERRIDE if scope == FixScope.ADVERTISER else LabelSource.FIX
         fix = ManualFix(
             image_key=item.image_key,
             image_url=item.image_url,
@@ -130,22 +160,54 @@ def apply_fixes(
             new_value=change.new_value,
             user=actor.username,
             source=source,
+            scope=scope,
             sync_status=SyncStatus.PENDING,
             superseded_fix_id=superseded.id if superseded else None,
         )
         session.add(fix)
+        values = {change.field: change.new_value, source_column: label_source}
+        same_image = SitemapItem.image_key == item.image_key
+        if scope == FixScope.ADVERTISER:
+            governed = and_(SitemapItem.scrape_id == item.scrape_id, same_image)
+        else:
+            latest = (
+                select(func.max(Scrape.id))
+                .where(Scrape.finished_at.is_not(None))
+                .group_by(Scrape.advertiser_id)
+            )
+            governed = and_(
+                or_(SitemapItem.scrape_id == item.scrape_id, SitemapItem.scrape_id.in_(latest)),
+                same_image,
+                getattr(SitemapItem, source_column) != LabelSource.OVERRIDE,
+            )
         session.execute(
             update(SitemapItem)
-            .where(SitemapItem.scrape_id == item.scrape_id, SitemapItem.image_key == item.image_key)
-            .values({change.field: change.new_value})
+            .where(governed)
+            .values(values)
+            .execution_options(synchronize_session=False)
         )
         session.flush()
+        session.refresh(item)
         outcome.fix_ids.append(fix.id)
         outcome.advertiser_ids.add(item.advertiser_id)
     return outcome
 
 
+def _with_placeholder_rule(changes: Sequence[FixChange]) -> list[FixChange]:
+    """``changes``, plus "color: None" after each change to Placeholder that sets no color."""
+    colored = {c.item_id for c in changes if c.field == "color"}
+    out: list[FixChange] = []
+    for change in changes:
+        out.append(change)
+        placeholder = change.field == "image_type" and change.new_value == PLACEHOLDER
+        if placeholder and change.item_id not in colored:
+            out.append(FixChange(change.item_id, "color", None, implied=True))
+    return out
+
+
 def _validate(change: FixChange) -> None:
+    if change.implied:
+        return
     allowed = FIELDS.get(change.field)
     if allowed is None:
         raise InvalidInput(f"unknown field {change.field!r}: use image_type or color")
@@ -193,19 +255,61 @@ def overwritten_fixes(
     return found
 
 
+@dataclass(frozen=True)
+class PendingFix:
+    """A fix to push, with what the ML cache needs to know of it."""
+
+    id: int
+    uid: str
+    image_key: str
+    image_url: str
+    field: str
+    new_value: str | None
+    created_at: datetime
+    advertiser: str | None
+    """The advertiser whose override it is; None for a team fix (it applies to everyone)."""
+
+
 def pending_fixes(
     session: Session, *, fix_ids: Sequence[int] | None = None, limit: int = 1000
-) -> list[ManualFix]:
+) -> list[PendingFix]:
     """Fixes still waiting for the ML server's acknowledgement, oldest first."""
     query = (
-        select(ManualFix)
+        select(ManualFix, Advertiser.name)
+        .outerjoin(Advertiser, Advertiser.id == ManualFix.advertiser_id)
         .where(ManualFix.sync_status == SyncStatus.PENDING)
         .order_by(ManualFix.id)
         .limit(limit)
     )
     if fix_ids is not None:
         query = query.where(ManualFix.id.in_(list(fix_ids)))
-    return list(session.scalars(query))
+    return [_pending(fix, name) for fix, name in session.execute(query)]
+
+
+def _pending(fix: ManualFix, advertiser: str | None) -> PendingFix:
+    return PendingFix(
+        id=fix.id,
+        uid=fix.uid,
+        image_key=fix.image_key,
+        image_url=fix.image_url,
+        field=fix.field,
+        new_value=fix.new_value,
+        created_at=as_utc(fix.created_at) or utcnow(),
+        advertiser=advertiser if fix.scope == FixScope.ADVERTISER else None,
+    )
+
+
+def mark_current_fixes_pending(session: Session) -> int:
+    """Queue the newest fix of every image, field and scope to be pushed again (the ML cache
+    lost its memory); returns how many are now pending."""
+    ids = current_fix_ids(session)
+    for chunk in range(0, len(ids), 500):
+        session.execute(
+            update(ManualFix)
+            .where(ManualFix.id.in_(ids[chunk : chunk + 500]))
+            .values(sync_status=SyncStatus.PENDING)
+        )
+    return len(ids)
 
 
 def count_pending(session: Session) -> int:
@@ -228,3 +332,17 @@ def mark_push_failed(session: Session, fix_id: int, error: str) -> None:
     row = session.get_one(ManualFix, fix_id)
     row.sync_attempts += 1
     row.last_sync_error = error[:1000]
+
+
+def read_sync_state(session: Session, key: str) -> str | None:
+    """A fact the app keeps about a peer (e.g. the ML cache generation it last filled)."""
+    row = session.get(SyncState, key)
+    return row.value if row is not None else None
+
+
+def write_sync_state(session: Session, key: str, value: str) -> None:
+    row = session.get(SyncState, key, with_for_update=True)
+    if row is None:
+        session.add(SyncState(key=key, value=value, updated_at=utcnow()))
+    else:
+        row.value, row.updated_at = value, utcnow()

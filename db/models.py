@@ -6,6 +6,7 @@ Changing a model means writing an Alembic migration in ``db/migrations/versions`
 from __future__ import annotations
 
 import enum
+import uuid
 from datetime import UTC, datetime
 from typing import ClassVar
 
@@ -73,6 +74,31 @@ class FixSource(enum.StrEnum):
     ANALYST = "analyst"
     ADVERTISER = "advertiser"
     CARRY_OVER = "carry_over"
+    IMPORT = "import"
+    """Recorded from a CSV file (``python -m tagging fixes import``)."""
+
+
+class FixScope(enum.StrEnum):
+    """Whom a manual fix applies to: the label model's two manual layers."""
+
+    TEAM = "team"
+    """An analyst's decision: it applies to every advertiser showing the image."""
+    ADVERTISER = "advertiser"
+    """An advertiser's override: it applies to that advertiser only."""
+
+
+class LabelSource(enum.StrEnum):
+    """Where an item's current value comes from (``report --json``, the review page)."""
+
+    ML = "ml"
+    FIX = "fix"
+    """A team fix."""
+    OVERRIDE = "override"
+    """The advertiser's own override."""
+    FEED = "feed"
+    """The advertiser's feed gives colors."""
+    DEFAULT = "default"
+    """The seed's default: the ML system returned no value."""
 
 
 class SyncStatus(enum.StrEnum):
@@ -115,6 +141,9 @@ class Scrape(Base):
     advertiser_id: Mapped[int] = mapped_column(ForeignKey("advertisers.id", ondelete="CASCADE"))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=utcnow)
+    """Set at the start and after every stored batch: a running scrape whose heartbeat is older
+    than ``db.scrapes.LEASE`` was abandoned (its process died) (migration 0005)."""
     status: Mapped[str] = mapped_column(String(32), default=ScrapeStatus.RUNNING)
     trigger: Mapped[str] = mapped_column(String(32), default="cli")
     item_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -156,6 +185,9 @@ class SitemapItem(Base):
     """The current value: the ML value until a manual fix changes it."""
     color: Mapped[str | None] = mapped_column(String(32))
     """The current value: feed color when the scrape config says so, else ML, then manual fixes."""
+    image_type_source: Mapped[str] = mapped_column(String(16), default=LabelSource.ML)
+    """Where ``image_type`` comes from (:class:`LabelSource`): override, team fix, ML, default."""
+    color_source: Mapped[str] = mapped_column(String(16), default=LabelSource.ML)
     status: Mapped[str] = mapped_column(String(32), default=ItemStatus.OK)
     error: Mapped[str | None] = mapped_column(Text)
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -236,6 +268,12 @@ class ManualFix(Base):
     __tablename__ = "manual_fixes"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    uid: Mapped[str] = mapped_column(
+        String(32), unique=True, index=True, default=lambda: uuid.uuid4().hex
+    )
+    """Globally unique: what the ML cache remembers, so a restored database never collides."""
+    scope: Mapped[str] = mapped_column(String(16), default=FixScope.TEAM)
+    """:class:`FixScope`: a team fix, or an override of ``advertiser_id`` only."""
     image_key: Mapped[str] = mapped_column(String(64), index=True)
     image_url: Mapped[str] = mapped_column(Text)
     advertiser_id: Mapped[int | None] = mapped_column(
@@ -266,6 +304,16 @@ class ManualFix(Base):
         # probe (the back-and-forth count of db.charts, on SQLite).
         Index("ix_manual_fixes_key_field_old", "image_key", "field", "old_value", "id"),
     )
+
+
+class SyncState(Base):
+    """Small facts the app keeps about its peers, e.g. the ML cache generation it last filled."""
+
+    __tablename__ = "sync_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class User(Base):

@@ -52,6 +52,9 @@ class ReviewItem:
     ml_color: str | None
     image_type: str
     color: str | None
+    image_type_source: str
+    """Where the value comes from (:class:`db.models.LabelSource`): ml, fix, override, ..."""
+    color_source: str
     status: str
     error: str | None
     fixes: int
@@ -178,6 +181,8 @@ def review_page(
             ml_color=i.ml_color,
             image_type=i.image_type,
             color=i.color,
+            image_type_source=i.image_type_source,
+            color_source=i.color_source,
             status=i.status,
             error=i.error,
             fixes=fixes.get(i.image_key or "", (0, False))[0],

@@ -11,6 +11,7 @@
 | ``TAGGING_COLOR_VENDOR_URL`` | the third-party color model's URL | the embedded model |
 | ``TAGGING_REDIS_URL`` | Redis for the task queue (several workers) | SQLite in the data dir |
 | ``TAGGING_SESSION_IDLE_MINUTES`` | idle minutes before the app asks to sign in again | ``480`` |
+| ``TAGGING_SESSION_MAX_HOURS`` | hours after sign-in before the app asks again | ``12`` |
 | ``TAGGING_TEST_POSTGRES_URL`` | PostgreSQL for the test suite | tests skip PostgreSQL |
 """
 
@@ -26,6 +27,7 @@ from tagging.errors import ConfigError
 
 DEFAULT_ML_URL = "http://127.0.0.1:8800"
 DEFAULT_SESSION_IDLE_MINUTES = 480
+DEFAULT_SESSION_MAX_HOURS = 12
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Settings:
     color_vendor_url: str | None = None
     redis_url: str | None = None
     session_idle_minutes: int = DEFAULT_SESSION_IDLE_MINUTES
+    session_max_hours: int = DEFAULT_SESSION_MAX_HOURS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -63,7 +66,7 @@ class Settings:
         return cls(
             data_dir=data_dir,
             database_url=env.get("TAGGING_DATABASE_URL")
-            or f"sqlite:///{data_dir / 'tagdesk.sqlite'}",
+            or f"sqlite:///{data_dir / 'tagdesk.sqlite'}",  # default_database_url
             ml_url=ml_url,
             ml_token=token,
             ml_cache_url=env.get("TAGGING_ML_CACHE_URL")
@@ -73,6 +76,8 @@ class Settings:
             redis_url=env.get("TAGGING_REDIS_URL") or None,
             session_idle_minutes=_positive_int(env, "TAGGING_SESSION_IDLE_MINUTES")
             or DEFAULT_SESSION_IDLE_MINUTES,
+            session_max_hours=_positive_int(env, "TAGGING_SESSION_MAX_HOURS")
+            or DEFAULT_SESSION_MAX_HOURS,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -89,6 +94,7 @@ class Settings:
             "TAGGING_ML_CACHE_URL": self.ml_cache_url,
             "TAGGING_ALLOWED_HOSTS": ",".join(self.allowed_hosts),
             "TAGGING_SESSION_IDLE_MINUTES": str(self.session_idle_minutes),
+            "TAGGING_SESSION_MAX_HOURS": str(self.session_max_hours),
         }
         if self.ml_token:
             env["TAGGING_ML_TOKEN"] = self.ml_token
@@ -97,6 +103,21 @@ class Settings:
         if self.redis_url:
             env["TAGGING_REDIS_URL"] = self.redis_url
         return env
+
+    @property
+    def default_database_url(self) -> str:
+        """The app database's URL when ``TAGGING_DATABASE_URL`` is unset: SQLite in the data dir."""
+        return f"sqlite:///{self.data_dir / 'tagdesk.sqlite'}"
+
+    @property
+    def creates_database(self) -> bool:
+        """Whether a process may create the app database when it is missing.
+
+        Only the default one in the data dir (what ``make run`` sets up); a database named by
+        ``TAGGING_DATABASE_URL`` is created by ``python -m tagging migrate`` alone, so that a
+        mistyped URL is an error instead of a new, empty database.
+        """
+        return self.database_url == self.default_database_url
 
     @property
     def models_dir(self) -> Path:

@@ -14,32 +14,57 @@ Storage (the history rows and their sync state) is :mod:`db.fixes`.
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.accounts import Actor
+from db.accounts import Actor, account_actor
+from db.advertisers import get_advertiser
 from db.fixes import (
+    FIELDS,
     FixChange,
     FixOutcome,
+    PendingFix,
     apply_fixes,
     count_pending,
+    mark_current_fixes_pending,
     mark_push_failed,
     mark_synced,
     pending_fixes,
+    read_sync_state,
+    write_sync_state,
 )
 from db.models import FixSource
+from db.scrapes import find_item, latest_successful_scrape
 from tagging.detectors.refresh import refresh_findings
-from tagging.errors import MLServerError, MLServerUnavailable
-from tagging.server.schemas import FixResult, ImageFix
+from tagging.errors import (
+    InvalidInput,
+    MLServerError,
+    MLServerUnavailable,
+    NotFoundError,
+    PermissionDenied,
+)
+from tagging.server.schemas import FixResult, Health, ImageFix
 
 
 class FixPushTarget(Protocol):
     """Where fixes are pushed: the ML server's cache (:class:`tagging.server.client.MLClient`)."""
 
     def put_fix(self, image_key: str, fix: ImageFix) -> FixResult: ...
+
+
+class MLCacheTarget(FixPushTarget, Protocol):
+    """The ML server, which also says which generation of its cache it serves."""
+
+    def health(self) -> Health: ...
+
+
+GENERATION_KEY = "ml_cache_generation"
+"""The :class:`~db.models.SyncState` key of the ML cache generation the app last filled."""
 
 
 @dataclass
@@ -131,6 +156,21 @@ def save_fixes(
     return SavedFixes(outcome, push)
 
 
+def fix_body(fix: PendingFix) -> ImageFix:
+    """What the ML cache is told of one fix: its uid, when, whose, and the new value."""
+    values: dict[str, object] = {
+        "fix_id": fix.uid,
+        "fixed_at": fix.created_at,
+        "advertiser": fix.advertiser,
+        "url": fix.image_url,
+    }
+    if fix.field == "color" and fix.new_value is None:
+        values["clear_color"] = True  # a placeholder has no color
+    else:
+        values[fix.field] = fix.new_value
+    return ImageFix.model_validate(values)
+
+
 def push_pending(
     sessions: sessionmaker[Session],
     ml: FixPushTarget,
@@ -152,9 +192,7 @@ def push_pending(
         pending = pending_fixes(session, fix_ids=fix_ids, limit=limit)
     for fix in pending:
         # The field name is data (image_type or color), so validate a mapping, not keywords.
-        body = ImageFix.model_validate(
-            {"fix_id": fix.id, "url": fix.image_url, fix.field: fix.new_value}
-        )
+        body = fix_body(fix)
         try:
             ml.put_fix(fix.image_key, body)
         except MLServerError as exc:
@@ -171,3 +209,117 @@ def push_pending(
     with sessions() as session:
         report.pending = count_pending(session)
     return report
+
+
+def push_all(sessions: sessionmaker[Session], ml: FixPushTarget) -> PushReport:
+    """Push every current fix and override again (``python -m tagging sync --all``).
+
+    What the app does when the ML cache lost its memory: the app database is the system of
+    record, and the cache ignores a fix id it still remembers, so pushing again is always safe.
+    """
+    with sessions.begin() as session:
+        mark_current_fixes_pending(session)
+    return _push_until_done(sessions, ml)
+
+
+def sync_fixes(sessions: sessionmaker[Session], ml: MLCacheTarget) -> PushReport:
+    """The worker's round: push pending fixes; if the ML cache is a new generation (it started
+    empty), push every current fix again first, and remember the generation once all landed.
+
+    Raises:
+        MLServerError: the ML server cannot be reached (nothing is marked synced).
+    """
+    generation = ml.health().cache_generation
+    with sessions() as session:
+        known = read_sync_state(session, GENERATION_KEY)
+    if known == generation:
+        return _push_until_done(sessions, ml)
+    report = push_all(sessions, ml)
+    if report.pending == 0 and report.error is None:
+        with sessions.begin() as session:
+            write_sync_state(session, GENERATION_KEY, generation)
+    return report
+
+
+def _push_until_done(sessions: sessionmaker[Session], ml: FixPushTarget) -> PushReport:
+    total = PushReport()
+    while True:
+        report = push_pending(sessions, ml)
+        total.synced += report.synced
+        total.failed += report.failed
+        total.pending, total.error = report.pending, report.error
+        if report.error is not None or report.synced == 0 or report.pending == 0:
+            return total
+
+
+# --- importing fixes from a file -----------------------------------------------------------------
+
+CSV_COLUMNS = ("advertiser", "field", "value")
+"""Required columns of a fixes CSV, besides ``image_url`` or ``image_key``."""
+
+
+def import_fixes_csv(
+    sessions: sessionmaker[Session],
+    ml: FixPushTarget | None,
+    username: str,
+    text: str,
+) -> SavedFixes:
+    """Record team fixes from a CSV (``advertiser, image_url, field, value``; ``image_key`` may
+    replace ``image_url``) as ``username``, all in one transaction, then push them.
+
+    Each row names an image of the advertiser's latest successful scrape. The file is checked
+    whole before anything is written: a bad row rejects it, naming the row.
+
+    Raises:
+        PermissionDenied: no such enabled user, or one who may not fix.
+        InvalidInput: a bad header or row (with its line number); nothing is recorded.
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    header = {(name or "").strip() for name in reader.fieldnames or []}
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if missing or not header & {"image_url", "image_key"}:
+        raise InvalidInput(
+            "the CSV needs the columns advertiser, image_url (or image_key), field, value; "
+            f"it has {', '.join(sorted(header)) or 'none'}"
+        )
+    with sessions.begin() as session:
+        actor = account_actor(session, username)
+        if actor is None:
+            raise PermissionDenied(f"no enabled account named {username!r}")
+        changes: list[FixChange] = []
+        scrapes: dict[str, int] = {}
+        for line, row in enumerate(reader, start=2):
+            try:
+                changes.append(_csv_change(session, row, scrapes))
+            except (InvalidInput, NotFoundError) as exc:
+                raise InvalidInput(f"line {line}: {exc}") from None
+        if not changes:
+            raise InvalidInput("the CSV has no fixes")
+        outcome = record_fixes(session, actor, changes, source=FixSource.IMPORT)
+    push = push_pending(sessions, ml, fix_ids=outcome.fix_ids) if ml and outcome.fix_ids else None
+    return SavedFixes(outcome, push)
+
+
+def _csv_change(session: Session, row: dict[str, str | None], scrapes: dict[str, int]) -> FixChange:
+    def cell(name: str) -> str:
+        return (row.get(name) or "").strip()
+
+    name, field, value = cell("advertiser"), cell("field"), cell("value")
+    if not name:
+        raise InvalidInput("no advertiser")
+    if name not in scrapes:
+        advertiser = get_advertiser(session, name)
+        scrape = latest_successful_scrape(session, advertiser.id)
+        if scrape is None:
+            raise NotFoundError(f"{advertiser.name} has no successful scrape")
+        scrapes[name] = scrape.id
+    url, key = cell("image_url"), cell("image_key")
+    item = find_item(session, scrapes[name], image_url=url or None, image_key=key or None)
+    if item is None:
+        raise NotFoundError(f"{name}'s latest scrape has no image {url or key}")
+    allowed = FIELDS.get(field)
+    if allowed is None:
+        raise InvalidInput(f"unknown field {field!r}: use image_type or color")
+    if value not in allowed:
+        raise InvalidInput(f"{value!r} is not a valid {field}: one of {', '.join(allowed)}")
+    return FixChange(item.id, field, value)

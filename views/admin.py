@@ -23,7 +23,7 @@ from db.accounts import (
 )
 from db.models import Role
 from tagging.errors import TaggingError
-from views.common import clear_query_cache, require_page, session_factory
+from views.common import clear_query_cache, plain, require_page, session_factory
 from views.loaders import (
     TokenRow,
     UserRow,
@@ -51,7 +51,7 @@ def _write(action: Callable[[Session], str]) -> None:
         with session_factory().begin() as session:
             message = action(session)
     except TaggingError as exc:
-        st.error(str(exc), icon=":material/error:")
+        st.error(plain(exc), icon=":material/error:")
         return
     clear_query_cache()
     st.session_state[NOTICE] = message
@@ -115,7 +115,7 @@ try:
     users = load_users(actor)
     advertisers = load_advertisers()
 except TaggingError as exc:
-    st.error(str(exc), icon=":material/error:")
+    st.error(plain(exc), icon=":material/error:")
     st.stop()
 
 # --- users -------------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ with add_column, st.form("add_user", clear_on_submit=True):
                 new_password or None,
                 new_email.strip() or None,
             )
-            return f"Added {user.username} ({user.role})."
+            return f"Added {plain(user.username)} ({user.role})."
 
         _write(add_user)
 
@@ -180,7 +180,7 @@ with change_column, st.container(border=True):
         if st.form_submit_button("Change role"):
             _write(
                 lambda session: (
-                    f"{set_role(session, actor, target.username, new_role).username} "
+                    f"{plain(set_role(session, actor, target.username, new_role).username)} "
                     f"is now {new_role}."
                 )
             )
@@ -192,7 +192,7 @@ with change_column, st.container(border=True):
             _write(
                 lambda session: (
                     f"New password set for "
-                    f"{set_password(session, actor, target.username, reset).username}."
+                    f"{plain(set_password(session, actor, target.username, reset).username)}."
                 )
             )
 
@@ -205,7 +205,7 @@ with change_column, st.container(border=True):
         _write(
             lambda session: (
                 f"{'Disabled' if disable else 'Enabled'} "
-                f"{set_disabled(session, actor, target.username, disable).username}."
+                f"{plain(set_disabled(session, actor, target.username, disable).username)}."
             )
         )
 
@@ -236,11 +236,11 @@ if create:
         with session_factory().begin() as session:
             token = create_advertiser_token(session, actor, advertiser_id, label)
     except TaggingError as exc:
-        st.error(str(exc), icon=":material/error:")
+        st.error(plain(exc), icon=":material/error:")
     else:
         clear_query_cache()
         st.warning(
-            f"Copy this token for {names[advertiser_id]} now: it will not be shown again.",
+            f"Copy this token for {plain(names[advertiser_id])} now: it will not be shown again.",
             icon=":material/content_copy:",
         )
         st.code(token, language=None)

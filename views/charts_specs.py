@@ -27,6 +27,7 @@ from db.charts import (
     VersionStats,
 )
 from db.vocab import COLORS, IMAGE_TYPES, TYPE_COLORS
+from views.common import plain
 
 FIELD_LABELS = {"image_type": "Image Type", "color": "Color"}
 FIELD_COLORS = {"Image Type": "#2f81f7", "Color": "#e16f24"}
@@ -211,16 +212,18 @@ def confusion_chart(frame: pd.DataFrame, field: str) -> alt.LayerChart:
 
 
 def confusion_reading(frame: pd.DataFrame, field: str) -> str:
-    """One line: the most common correction of a field."""
+    """One line (Markdown, for ``st.caption``): the most common correction of a field."""
     off = frame[frame["ml_value"] != frame["fixed_value"]]
     if off.empty:
         return f"{field_label(field)}: no image was fixed to another value in this period."
     top = off.sort_values(["images", "share"], ascending=False).iloc[0]
     total = int(frame["images"].sum())
+    # Values may come from advertisers' feeds and fixes: shown literally.
+    ml_value, fixed_value = plain(top.ml_value), plain(top.fixed_value)
     return (
         f"{field_label(field)}: {total:,} images fixed; most often the ML said "
-        f"{top.ml_value} and people set {top.fixed_value} ({int(top.images):,} images, "
-        f"{top.share:.0%} of the fixed {top.ml_value} images). Rows add up to 100%."
+        f"{ml_value} and people set {fixed_value} ({int(top.images):,} images, "
+        f"{top.share:.0%} of the fixed {ml_value} images). Rows add up to 100%."
     )
 
 
@@ -317,14 +320,15 @@ def advertiser_chart(frame: pd.DataFrame) -> alt.LayerChart:
 
 
 def advertiser_reading(frame: pd.DataFrame) -> str:
-    """One line: the highest rate and the advertisers that moved most."""
+    """One line (Markdown, for ``st.caption``; names shown literally): the highest rate and the
+    advertisers that moved most."""
     known = frame.dropna(subset=["rate"])
     if known.empty:
         return "No advertiser had classified images in this period."
     top = known.iloc[0]
     movers = frame[frame["moved_most"]].sort_values("change", key=abs, ascending=False)
-    moved = ", ".join(f"{m.advertiser} {m.change:+,.1f}" for m in movers.itertuples())
-    text = f"Highest fix rate: {top.advertiser}, {top.rate:,.1f} per 1,000 images"
+    moved = ", ".join(f"{plain(m.advertiser)} {m.change:+,.1f}" for m in movers.itertuples())
+    text = f"Highest fix rate: {plain(top.advertiser)}, {top.rate:,.1f} per 1,000 images"
     text += f"; moved most since the previous period: {moved}." if moved else "."
     return text + " Bars are stacked by who fixed."
 
@@ -508,7 +512,7 @@ def failures_reading(daily: pd.DataFrame, scrapes: pd.DataFrame) -> str:
     worst = scrapes.sort_values(["share", "ml_failures"], ascending=False).iloc[0]
     return (
         text + f"; {len(scrapes):,} scrapes had some (red), the worst #{worst.scrape_id} of "
-        f"{worst.advertiser} on {worst.started_at:%b %d} with {worst.share:.0%}."
+        f"{plain(worst.advertiser)} on {worst.started_at:%b %d} with {worst.share:.0%}."
     )
 
 

@@ -14,7 +14,7 @@ import streamlit as st
 
 from db.accounts import Actor, Permission
 from db.fixes import FixChange, FixOutcome
-from db.models import ItemStatus
+from db.models import ItemStatus, LabelSource
 from db.review import (
     FIXED,
     NO_COLOR,
@@ -23,12 +23,13 @@ from db.review import (
     ReviewFilter,
     ReviewItem,
 )
-from db.vocab import COLORS, DEFAULT_FIX_COLOR, IMAGE_TYPES
+from db.vocab import COLORS, DEFAULT_FIX_COLOR, IMAGE_TYPES, PLACEHOLDER
 from tagging.fixes import save_fixes
 from tagging.jobs.tasks import enqueue_scrape
 from views.common import (
     clear_query_cache,
     ml_client,
+    plain,
     require_page,
     session_factory,
     settings,
@@ -82,18 +83,20 @@ def describe(outcome: FixOutcome, push_error: str | None) -> list[tuple[str, str
             (
                 "warning",
                 f"{saved} fix(es) saved, pending sync: the ML server could not be reached "
-                f"({push_error}). They are retried until it acknowledges them.",
+                f"({plain(push_error)}). They are retried until it acknowledges them.",
             )
         )
     if outcome.unchanged:
         messages.append(("info", f"{outcome.unchanged} change(s) already had that value."))
     for race in outcome.races:
         when = f" at {race.overwritten_at:%H:%M:%S}" if race.overwritten_at else ""
+        # The values may be an advertiser's (feed colors, their fixes): shown literally.
         messages.append(
             (
                 "warning",
-                f"Item {race.item_id}: {race.overwritten_by} had changed {race.field} from "
-                f"{race.seen_value} to {race.overwritten_value}{when} while you were looking. "
+                f"Item {race.item_id}: {plain(race.overwritten_by)} had changed {race.field} from "
+                f"{plain(race.seen_value)} to {plain(race.overwritten_value)}{when} while you "
+                "were looking. "
                 "Both fixes are in the history; yours, the later one, is the value now.",
             )
         )
@@ -173,7 +176,7 @@ if running is not None or (queued and queued[0] == advertiser_id):
     scrape_progress(advertiser_id)
 
 if not scrapes:
-    st.info(f"{advertiser_name} has not been scraped yet.")
+    st.info(f"{plain(advertiser_name)} has not been scraped yet.")
     st.stop()
 
 scrape_ids = [s["id"] for s in scrapes]
@@ -276,13 +279,26 @@ def color_key(item: ReviewItem) -> str:
     return f"color-{item.id}-{item.color}"
 
 
+def shown_color_index(item: ReviewItem) -> int | None:
+    """The color dropdown's pick: the current color, none for a colorless Placeholder (the seed:
+    a placeholder has no color), else the seed's default."""
+    if item.color in COLORS:
+        return COLORS.index(item.color)
+    if item.color is None and item.image_type == PLACEHOLDER:
+        return None
+    return COLORS.index(DEFAULT_FIX_COLOR)
+
+
 def tile(item: ReviewItem) -> None:
     with st.container(border=True):
         st.image(thumbs.get(item.image_key or "", missing_thumbnail()), output_format="JPEG")
         # Advertiser-supplied text is shown as plain text, never as Markdown or HTML.
         st.text(f"#{item.position} {item.title or ''}".strip()[:60])
         ml_color = item.ml_color or "None"
-        st.caption(f"ML: {item.ml_image_type} · {ml_color}")
+        st.caption(f"ML: {plain(item.ml_image_type)} · {plain(ml_color)}")
+        if item.color is not None and item.color not in COLORS:
+            # A feed color that names none of ours is kept as the feed gave it.
+            st.text(f"Feed color: {item.color}"[:60])
         badges = []
         if item.status == ItemStatus.ML_FAILURE:
             badges.append(("ML failure", "red"))
@@ -290,6 +306,8 @@ def tile(item: ReviewItem) -> None:
             badges.append(("Image error", "orange"))
         if item.fixes:
             badges.append((f"Fixed ×{item.fixes}", "blue"))
+        if LabelSource.OVERRIDE in (item.image_type_source, item.color_source):
+            badges.append(("Advertiser's override", "violet"))
         if item.pending:
             badges.append(("Pending sync", "yellow"))
         if badges:
@@ -305,9 +323,8 @@ def tile(item: ReviewItem) -> None:
         st.selectbox(
             "Color",
             COLORS,
-            index=COLORS.index(item.color)
-            if item.color in COLORS
-            else COLORS.index(DEFAULT_FIX_COLOR),
+            index=shown_color_index(item),
+            placeholder="No color (a placeholder)",
             key=color_key(item),
             disabled=not fixable or color_from_feed,
             help="Comes from the advertiser's feed" if color_from_feed else None,
@@ -360,10 +377,11 @@ def show_details(item: ReviewItem) -> None:
         if item.title:
             st.markdown("**Title**")
             st.text(item.title)
+        # Colors may be a feed's, kept raw when they name none of ours: shown literally.
         st.markdown(
-            f"**ML:** {item.ml_image_type} · {item.ml_color or 'None'}  \n"
-            f"**Now:** {item.image_type} · {item.color or 'None'}  \n"
-            f"**Status:** {STATUS_LABELS.get(item.status, item.status)}"
+            f"**ML:** {plain(item.ml_image_type)} · {plain(item.ml_color or 'None')}  \n"
+            f"**Now:** {plain(item.image_type)} · {plain(item.color or 'None')}  \n"
+            f"**Status:** {plain(STATUS_LABELS.get(item.status, item.status))}"
         )
         if item.error:
             st.text(item.error)
@@ -393,7 +411,8 @@ if update:
         if new_type != item.image_type:
             changes.append(FixChange(item.id, "image_type", new_type, seen_value=item.image_type))
         new_color = st.session_state.get(color_key(item))
-        shown_color = item.color if item.color in COLORS else DEFAULT_FIX_COLOR
+        shown = shown_color_index(item)
+        shown_color = COLORS[shown] if shown is not None else None
         if not color_from_feed and new_color is not None and new_color != shown_color:
             changes.append(FixChange(item.id, "color", new_color, seen_value=item.color))
     with shown_errors():

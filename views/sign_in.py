@@ -10,9 +10,19 @@ import streamlit as st
 
 from db.accounts import Actor, actor_for_email, authenticate
 from tagging.errors import AuthenticationError
-from views.common import SESSION_EXPIRED, SIGNED_OUT, _oidc_configured, session_factory, sign_in
+from views.common import (
+    ACCOUNT_CLOSED,
+    SESSION_EXPIRED,
+    SIGNED_OUT,
+    _oidc_configured,
+    client_key,
+    plain,
+    session_factory,
+    sign_in,
+    sign_in_throttle,
+)
 
-NOTICES = (SESSION_EXPIRED, SIGNED_OUT)
+NOTICES = (SESSION_EXPIRED, SIGNED_OUT, ACCOUNT_CLOSED)
 
 
 def _finish(actor: Actor) -> None:
@@ -29,10 +39,12 @@ def _password_sign_in(username: str, password: str) -> str | None:
     actor: Actor | None = None
     error: AuthenticationError | None = None
     # The error is caught inside the transaction so that the failed attempt is committed:
-    # the throttle counts it.
+    # the throttle counts it. Failures are also counted per client, across usernames.
     with session_factory().begin() as session:
         try:
-            actor = authenticate(session, username, password)
+            actor = authenticate(
+                session, username, password, client=client_key(), throttle=sign_in_throttle()
+            )
         except AuthenticationError as exc:
             error = exc
     if actor is None:
@@ -74,7 +86,14 @@ with middle:
     st.title("Tagdesk", anchor=False, icon=":material/sell:")
     st.caption("Review and fix the Image Type and Color of advertisers' vehicle images.")
 
-    if st.session_state.pop(SESSION_EXPIRED, False):
+    if st.session_state.pop(ACCOUNT_CLOSED, False):
+        st.session_state.pop(SIGNED_OUT, None)
+        st.session_state.pop(SESSION_EXPIRED, None)
+        st.warning(
+            "You were signed out: your account is disabled or no longer exists.",
+            icon=":material/block:",
+        )
+    elif st.session_state.pop(SESSION_EXPIRED, False):
         st.session_state.pop(SIGNED_OUT, None)
         st.warning("Your session expired, sign in again.", icon=":material/schedule:")
     elif st.session_state.pop(SIGNED_OUT, False):
@@ -95,7 +114,7 @@ with middle:
     if sso:
         st.caption("or")
         if sso_error:
-            st.error(sso_error, icon=":material/error:")
+            st.error(plain(sso_error), icon=":material/error:")
             # Let the person try another SSO account instead of being stuck with this one.
             st.button("Use another SSO account", on_click=st.logout, width="stretch")
         else:

@@ -49,6 +49,7 @@ from tagging.jobs.tasks import enqueue_scrape
 from views.common import (
     clear_query_cache,
     ml_client,
+    plain,
     require_page,
     session_factory,
     settings,
@@ -98,7 +99,8 @@ def act(
                 (
                     "warning",
                     f"{len(fix_ids)} fix(es) saved, pending sync: the ML server could not be "
-                    f"reached ({saved.push_error}). They are retried until it acknowledges them.",
+                    f"reached ({plain(saved.push_error)}). They are retried until it "
+                    "acknowledges them.",
                 )
             )
         elif fix_ids:
@@ -116,7 +118,8 @@ def relaunch(actor: Actor, advertiser: str) -> None:
         st.session_state[FLASH] = [
             (
                 "success",
-                f"Scrape of {advertiser} queued: only the images that need it are classified "
+                f"Scrape of {plain(advertiser)} queued: only the images that need it are "
+                "classified "
                 "again. Findings are refreshed when it finishes.",
             )
         ]
@@ -212,7 +215,8 @@ def remedies(finding: FindingView, actor: Actor) -> None:
             *review.get("type", []),
             *(STATUS_NAMES.get(s, s) for s in review.get("status", [])),
         ]
-        review_link(review, "Open the sitemap" + (f": {' · '.join(shown)}" if shown else ""))
+        shown_text = " · ".join(plain(s) for s in shown)
+        review_link(review, "Open the sitemap" + (f": {shown_text}" if shown else ""))
     if finding.state != FindingState.OPEN:
         return
     if finding.detector in (ML_OUTAGE, LEGACY_PLACEHOLDER) and actor.can(Permission.RELAUNCH):
@@ -371,14 +375,14 @@ if refresh:
 if advertiser_id is not None and can_fix:
     auto = next(a for a in advertisers if a.id == advertiser_id).auto_carry_fixes
     enabled = st.toggle(
-        f"Carry fixes over automatically after every scrape of {chosen}",
+        f"Carry fixes over automatically after every scrape of {plain(chosen)}",
         value=auto,
         help="When the CDN re-publishes a fixed image under a new URL or headers, the fix is "
         "copied to the new image_key (history source: carry_over) and pushed to the ML cache.",
     )
     if enabled != auto:
         act(
-            f"Automatic carry-over {'on' if enabled else 'off'} for {chosen}.",
+            f"Automatic carry-over {'on' if enabled else 'off'} for {plain(chosen)}.",
             set_auto_carry,
             actor,
             advertiser_id,
@@ -402,12 +406,12 @@ for case, title in CASES.items():
         for adv_id, name in by_advertiser:
             mine = [f for f in group if f.advertiser_id == adv_id and f.state == FindingState.OPEN]
             if len(mine) > 1 and st.button(
-                f"Carry all {len(mine)} fixes over for {name}",
+                f"Carry all {len(mine)} fixes over for {plain(name)}",
                 key=f"carry-all-{adv_id}",
                 icon=":material/move_down:",
             ):
                 act(
-                    f"Fixes carried over for {name}.",
+                    f"Fixes carried over for {plain(name)}.",
                     lambda session, a, i: carry_over_fixes(session, a, advertiser_id=i),
                     actor,
                     adv_id,

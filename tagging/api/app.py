@@ -33,18 +33,22 @@ from pydantic import (
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Scope
 
 from db.accounts import Actor, advertiser_for_token
 from db.engine import make_engine, make_session_factory, migrate
 from db.fixes import FIELDS, FixChange
 from db.history import HistoryFilter, history_rows
-from db.models import FixSource, ManualFix, Role, SitemapItem, SyncStatus
-from db.scrapes import latest_scrape
+from db.models import Advertiser, FixSource, ManualFix, Role, SitemapItem, SyncStatus
+from db.scrapes import latest_successful_scrape
 from db.vocab import COLORS, IMAGE_TYPES
 from tagging.config import Settings
 from tagging.errors import AuthenticationError, TaggingError
 from tagging.fixes import push_pending, record_fixes
+from tagging.ingest.fetch import MAX_URL_LENGTH
 from tagging.server.client import MLClient
+from tagging.server.limits import MIB, BodyLimit, bearer_token
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,11 @@ MAX_FIXES = 500
 PUSH_TIMEOUT_SECONDS = 10.0
 """The ML push happens while the advertiser waits: a slow ML server leaves fixes pending."""
 IMAGE_KEY_PATTERN = r"^[0-9a-f]{16,64}$"
+MAX_REQUEST_BYTES = 2 * MIB
+"""The largest request body: 500 fixes with URLs of the longest allowed length are ~1.1 MiB."""
+UNAUTHORIZED = "missing, unknown or revoked advertiser token"
+CALLER_SCOPE_KEY = "tagging.advertiser"
+"""Where the body limit leaves the :class:`Caller` it authenticated, for the route to reuse."""
 
 
 # --- schemas -----------------------------------------------------------------------------------
@@ -64,7 +73,10 @@ class FixIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image_url: str | None = Field(
-        default=None, min_length=1, max_length=4096, description="The image's URL in the sitemap."
+        default=None,
+        min_length=1,
+        max_length=MAX_URL_LENGTH,
+        description="The image's URL in the sitemap.",
     )
     image_key: str | None = Field(
         default=None, pattern=IMAGE_KEY_PATTERN, description="The image_key Tagdesk reported."
@@ -176,25 +188,37 @@ def get_session(state: Annotated[ApiState, Depends(get_state)]) -> Iterator[Sess
         yield session
 
 
+def caller_for_token(state: ApiState, token: str | None) -> Caller | None:
+    """The advertiser owning ``token``, or None when it is missing, unknown or revoked."""
+    if not token:
+        return None
+    try:
+        # Its own short transaction: the token's last use is recorded even if the fixes fail.
+        with state.sessions.begin() as session:
+            advertiser = advertiser_for_token(session, token)
+            return Caller(id=advertiser.id, name=advertiser.name)
+    except AuthenticationError:
+        return None
+
+
 def authenticated(
+    request: Request,
     state: Annotated[ApiState, Depends(get_state)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Caller:
     """The advertiser owning the bearer token; 401 when it is missing, unknown or revoked."""
-    unauthorized = HTTPException(
-        status.HTTP_401_UNAUTHORIZED,
-        detail="missing, unknown or revoked advertiser token",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
-    if credentials is None or not credentials.credentials:
-        raise unauthorized
-    try:
-        # Its own short transaction: the token's last use is recorded even if the fixes fail.
-        with state.sessions.begin() as session:
-            advertiser = advertiser_for_token(session, credentials.credentials)
-            return Caller(id=advertiser.id, name=advertiser.name)
-    except AuthenticationError:
-        raise unauthorized from None
+    # A request with a body was authenticated by the body limit already, before its body was read.
+    known = request.scope.get(CALLER_SCOPE_KEY)
+    if isinstance(known, Caller):
+        return known
+    caller = caller_for_token(state, credentials.credentials if credentials else None)
+    if caller is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail=UNAUTHORIZED,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return caller
 
 
 AnyState = Annotated[ApiState, Depends(get_state)]
@@ -225,6 +249,23 @@ def create_advertiser_api(settings: Settings) -> FastAPI:
         summary="Advertisers fix the Image Type and Color of their own vehicle images.",
         version="1.0",
         lifespan=lifespan,
+    )
+
+    async def body_sender_is_an_advertiser(scope: Scope) -> bool:
+        state: ApiState = app.state.advertiser_api
+        caller = await run_in_threadpool(caller_for_token, state, bearer_token(scope))
+        if caller is None:
+            return False
+        scope[CALLER_SCOPE_KEY] = caller  # the route's dependency takes it from there
+        return True
+
+    # The token is checked, and the size capped, before a byte of any body is read. Added
+    # before no_sniffing, so it runs inside it and its answers get the same headers.
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=MAX_REQUEST_BYTES,
+        authenticate=body_sender_is_an_advertiser,
+        unauthorized=UNAUTHORIZED,
     )
 
     @app.middleware("http")
@@ -323,7 +364,7 @@ def run(settings: Settings, host: str = "127.0.0.1", port: int = 8810) -> None:
     """Serve the advertiser API (``python -m tagging api``) until interrupted."""
     import uvicorn
 
-    migrate(settings.database_url)
+    migrate(settings.database_url, create=settings.creates_database)
     uvicorn.run(create_advertiser_api(settings), host=host, port=port, log_level="warning")
 
 
@@ -331,14 +372,35 @@ def run(settings: Settings, host: str = "127.0.0.1", port: int = 8810) -> None:
 
 
 def _resolve(session: Session, advertiser_id: int, fixes: Sequence[FixIn]) -> list[FixChange]:
-    """The changes that ``fixes`` make to items of the advertiser's latest finished scrape.
+    """The changes that ``fixes`` make to items of the advertiser's latest successful scrape.
+
+    That scrape succeeded or completed with errors: a failed scrape (no items) or one still
+    running is never the one fixes apply to.
 
     Raises:
-        HTTPException: 404 naming every fix whose image is not in that scrape (another
-            advertiser's image looks exactly like an unknown one), 422 naming every fix whose
-            image could not be fetched by that scrape (it has no image_key to fix).
+        HTTPException: 422 naming every color fix when the advertiser's feed gives the colors
+            (as the review page, which disables the color then); 404 naming every fix whose
+            image is not in that scrape (another advertiser's image looks exactly like an
+            unknown one), 422 naming every fix whose image could not be fetched by that scrape
+            (it has no image_key to fix).
     """
-    scrape = latest_scrape(session, advertiser_id)
+    advertiser = session.get_one(Advertiser, advertiser_id)
+    if advertiser.color_from_feed:
+        colors = [
+            {"index": index, "image_url": fix.image_url, "image_key": fix.image_key}
+            for index, fix in enumerate(fixes)
+            if fix.field == "color"
+        ]
+        if colors:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                detail={
+                    "message": "your feed gives the colors of your images, so Tagdesk does not "
+                    "classify them: correct a color in your feed, not here. Nothing was recorded",
+                    "fixes": colors,
+                },
+            )
+    scrape = latest_successful_scrape(session, advertiser_id)
     found: list[tuple[int, str | None, str | None]] = []
     if scrape is not None:
         urls = {f.image_url for f in fixes if f.image_url is not None}

@@ -18,7 +18,14 @@ def progress_bar(description: str, *, unit: str = "img") -> Iterator[Callable[[i
     def update(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, desc=description, unit=unit, file=sys.stderr, leave=False)
+            bar = tqdm(
+                total=total,
+                desc=description,
+                unit=unit,
+                file=sys.stderr,
+                leave=False,
+                disable=None,  # quiet when stderr is not a terminal (logs, CI)
+            )
         bar.total = total
         bar.n = done
         bar.refresh()

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tagging.cli.console import progress_bar
 from tagging.cli.users import add_users_parser, cmd_users
 from tagging.cli.weird import add_weird_parser, cmd_weird
 from tagging.config import Settings
+from tagging.errors import InvalidInput
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -23,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m tagging",
         description="Tagdesk: the demo, the ML server, scrapes, reports, accounts and findings.",
     )
+    parser.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="generate the demo inventory and register its advertisers")
@@ -60,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing = adv_sub.add_parser("list", help="list advertisers and their latest scrape")
     listing.add_argument("--json", action="store_true")
+    token = adv_sub.add_parser("token", help="print a new fix-API token for the advertiser")
+    token.add_argument("name")
+    token.add_argument("--label", help="what the token is for (shown on the Accounts page)")
+
+    fixes = sub.add_parser("fixes", help="record team fixes from a file")
+    fixes_sub = fixes.add_subparsers(dest="action", required=True)
+    imports = fixes_sub.add_parser(
+        "import", help="record fixes from a CSV: advertiser, image_url (or image_key), field, value"
+    )
+    imports.add_argument("file", help="the CSV file ('-' for standard input)")
+    imports.add_argument("--user", required=True, help="the account the fixes are recorded as")
+    imports.add_argument("--json", action="store_true", help="print the outcome as JSON")
 
     train = sub.add_parser("train", help="train an Image Type model on generated data")
     train.add_argument("--quick", action="store_true", help="a small, fast configuration")
@@ -75,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the task queue's worker (relaunches, fix push)")
     worker.add_argument("--workers", type=int, default=2)
 
-    sub.add_parser("sync", help="push the manual fixes the ML server has not acknowledged yet")
+    sync = sub.add_parser("sync", help="push the manual fixes the ML server has not acknowledged")
+    sync.add_argument(
+        "--all",
+        action="store_true",
+        help="push every current fix and override again (after the ML cache was lost)",
+    )
 
     api = sub.add_parser("api", help="run the advertisers' fix API")
     api.add_argument("--host", default="127.0.0.1")
@@ -95,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _sessions(settings: Settings) -> sessionmaker[Session]:
     from db.engine import make_engine, make_session_factory, migrate
 
-    migrate(settings.database_url)
+    migrate(settings.database_url, create=settings.creates_database)
     return make_session_factory(make_engine(settings.database_url))
 
 
@@ -124,10 +145,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_cdn(args: argparse.Namespace) -> int:
-    from tagging.demo.cdn import run
+    from tagging.demo.cdn import admin_token, run
 
     settings = Settings.from_env()
-    run(settings.demo_dir, host=args.host, port=args.port)
+    token = admin_token(settings.data_dir)  # what tagging.demo.stage sends to re-publish
+    run(settings.demo_dir, host=args.host, port=args.port, admin_token=token)
     return 0
 
 
@@ -215,6 +237,10 @@ def cmd_report(args: argparse.Namespace) -> int:
                 "image_key": item.image_key,
                 "image_type": item.image_type,
                 "color": item.color,
+                "ml_image_type": item.ml_image_type,
+                "ml_color": item.ml_color,
+                "image_type_source": item.image_type_source,
+                "color_source": item.color_source,
                 "status": item.status,
                 "error": item.error,
             }
@@ -243,6 +269,16 @@ def cmd_advertisers(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     sessions = _sessions(settings)
+    if args.action == "token":
+        from db.accounts import create_advertiser_token
+        from db.advertisers import get_advertiser
+
+        with sessions.begin() as session:
+            advertiser = get_advertiser(session, args.name)
+            label = args.label or "made with `advertisers token`"
+            token = create_advertiser_token(session, None, advertiser.id, label, system=True)
+        print(token)
+        return 0
     if args.action == "add":
         with sessions.begin() as session:
             advertiser = add_advertiser(
@@ -304,12 +340,42 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sync(args: argparse.Namespace) -> int:
-    from tagging.fixes import push_pending
+def cmd_fixes(args: argparse.Namespace) -> int:
+    from tagging.fixes import import_fixes_csv
     from tagging.server.client import MLClient
 
     settings = Settings.from_env()
-    report = push_pending(_sessions(settings), MLClient.from_settings(settings))
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read {args.file}: {exc}") from None
+    saved = import_fixes_csv(_sessions(settings), MLClient.from_settings(settings), args.user, text)
+    outcome = saved.outcome
+    recorded = len(outcome.fix_ids) if outcome else 0
+    unchanged = outcome.unchanged if outcome else 0
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "fix_ids": outcome.fix_ids if outcome else [],
+                    "unchanged": unchanged,
+                    "push_error": saved.push_error,
+                }
+            )
+        )
+    else:
+        pending = f"; pending sync: {saved.push_error}" if saved.push_error else ""
+        print(f"recorded {recorded} fixes ({unchanged} already had that value){pending}")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from tagging.fixes import push_all, push_pending
+    from tagging.server.client import MLClient
+
+    settings = Settings.from_env()
+    push = push_all if args.all else push_pending
+    report = push(_sessions(settings), MLClient.from_settings(settings))
     print(
         f"pushed {report.synced} fixes, {report.failed} failed, {report.pending} still pending"
         + (f": {report.error}" if report.error else "")
@@ -350,6 +416,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": cmd_up,
     "worker": cmd_worker,
     "sync": cmd_sync,
+    "fixes": cmd_fixes,
     "api": cmd_api,
     "users": cmd_users,
     "weird": cmd_weird,

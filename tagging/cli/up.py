@@ -39,8 +39,12 @@ def ensure_token(settings: Settings) -> str:
     path = settings.data_dir / "ml_token"
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    path.write_text(token + "\n")
-    path.chmod(0o600)
+    # Created private (0600) from its first byte: write-then-chmod would leave a moment in which
+    # any local user could read it. An empty or unreadable file left by a crash is replaced.
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(token + "\n")
     return token
 
 
@@ -113,8 +117,13 @@ def launch(settings: Settings, config: LaunchConfig) -> int:
             f"  ML server  {ml_url}/docs   (token in {settings.data_dir / 'ml_token'})\n"
             f"  fix API    {api_url}/docs\n"
             f"  demo CDN   {cdn_url}/sitemap_index.xml\n"
-            "Demo accounts (for this machine only):\n"
-            + "".join(f"  {role:<10} {name} / {password}\n" for name, role, password in accounts)
+            + (
+                "Demo accounts (for this machine only):\n"
+                + "".join(f"  {role:<10} {n} / {password}\n" for n, role, password in accounts)
+                if accounts
+                else "No demo accounts: TAGGING_DATABASE_URL names your own database (add "
+                "accounts with `python -m tagging users add`).\n"
+            )
             + "Press Ctrl-C to stop them all.",
             flush=True,
         )
@@ -196,10 +205,20 @@ def stage_demo_weird_cases(settings: Settings, cdn_url: str) -> None:
 
 
 def ensure_accounts(settings: Settings) -> list[tuple[str, str, str]]:
-    """Create the demo accounts (one per role) if missing; return them for printing."""
+    """Create the demo accounts (one per role) if missing; return them for printing.
+
+    The rule: demo accounts, whose passwords are written in the open, go only into the demo
+    database, the default SQLite file in the data dir that ``up`` creates and migrates itself
+    (``settings.creates_database``: ``TAGGING_DATABASE_URL`` unset). A database named by
+    ``TAGGING_DATABASE_URL`` (PostgreSQL in production, or any other file) is the operator's:
+    ``up`` adds no account to it and returns ``[]``; create accounts there with
+    ``python -m tagging users add``.
+    """
     from db.accounts import ensure_demo_accounts
     from db.engine import make_engine, make_session_factory
 
+    if not settings.creates_database:
+        return []
     engine = make_engine(settings.database_url)
     try:
         with make_session_factory(engine).begin() as session:

@@ -89,7 +89,7 @@ def _sessions() -> Iterator[sessionmaker[Session]]:
     from db.engine import make_engine, make_session_factory, migrate
 
     settings = Settings.from_env()
-    migrate(settings.database_url)
+    migrate(settings.database_url, create=settings.creates_database)
     engine = make_engine(settings.database_url)
     try:
         yield make_session_factory(engine)

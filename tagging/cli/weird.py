@@ -42,7 +42,7 @@ def cmd_weird(args: argparse.Namespace) -> int:
     from tagging.detectors.refresh import refresh_findings
 
     settings = Settings.from_env()
-    migrate(settings.database_url)
+    migrate(settings.database_url, create=settings.creates_database)
     engine = make_engine(settings.database_url)
     try:
         sessions = make_session_factory(engine)

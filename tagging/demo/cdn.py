@@ -11,22 +11,33 @@ Routes (``GET`` and ``HEAD``):
   ``color_from_feed``.
 * ``/sitemap_index.xml`` (all sitemaps) and ``/robots.txt``.
 
-``POST /_admin/republish?share=0.1&seed=1`` (loopback clients only) moves a share of the images to
-new URLs with new ETag and Last-Modified: the CDN "changed the URL and headers". Old URLs then
-answer 404 and the sitemaps list the new ones; :meth:`CdnState.ground_truth_for_url` still knows
+``POST /_admin/republish?share=0.1&seed=1`` (loopback clients with the admin token as
+``Authorization: Bearer …``; 401 without it) moves a share of the images to new URLs with new
+ETag and Last-Modified: the CDN "changed the URL and headers". Old URLs then answer 404 and the
+sitemaps list the new ones; :meth:`CdnState.ground_truth_for_url` still knows
 every URL ever published.
+
+The admin token: ``python -m tagging cdn`` reads ``<data dir>/cdn_admin_token`` (made once,
+private, by :func:`admin_token`), where :mod:`tagging.demo.stage` reads it too; a server embedded
+without one (tests) gets a random token of its own, as ``server.admin_token``.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import hmac
+import io
 import ipaddress
 import json
 import logging
+import os
 import posixpath
 import random
+import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,6 +48,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from lxml import etree
+from PIL import Image
 
 from tagging.demo.generate import DemoAdvertiser, DemoInventory
 from tagging.errors import NotFoundError
@@ -48,6 +60,8 @@ NS_IMAGE = "http://www.google.com/schemas/sitemap-image/1.1"
 NS_TAGDESK = "urn:tagdesk:vehicle:1"
 
 DEFAULT_PORT = 8765
+ADMIN_TOKEN_FILE = "cdn_admin_token"  # noqa: S105 - a file name, not a secret
+"""The admin token's file in the data dir."""
 REPUBLISH_STEP = timedelta(days=45)
 """How much later each republication's Last-Modified is than the previous publication's."""
 
@@ -71,6 +85,23 @@ class _Entry:
 
 def _etag(sha256: str, version: int) -> str:
     return f'"{sha256[:24]}-v{version}"'
+
+
+def _recompressed(body: bytes) -> bytes:
+    """``body`` encoded again: other bytes (another sha256), the same picture to a perceptual
+    hash. A format it cannot re-encode (or a broken file) is kept as it is."""
+    try:
+        with Image.open(io.BytesIO(body)) as image:
+            out = io.BytesIO()
+            if image.format == "JPEG":
+                image.save(out, "JPEG", quality=90)
+            elif image.format == "PNG":
+                image.save(out, "PNG", compress_level=1)
+            else:
+                return body
+            return out.getvalue()
+    except (OSError, ValueError):
+        return body
 
 
 def _moved_path(original: str, version: int) -> str:
@@ -171,15 +202,17 @@ class CdnState:
 
     # -- republishing -------------------------------------------------------------------------
 
-    def republish(self, share: float, seed: int) -> dict[str, str]:
+    def republish(self, share: float, seed: int, *, recompress: bool = False) -> dict[str, str]:
         """Move ``share`` of the images to new URLs with new ETag and Last-Modified.
 
-        The bytes stay the same. The old URL answers 404 from now on and the sitemaps list the
-        new URL.
+        The bytes stay the same, unless ``recompress``: then each moved image is encoded again
+        (other bytes, the same picture to the eye), as a CDN that optimises images does. The old
+        URL answers 404 from now on and the sitemaps list the new URL.
 
         Args:
             share: Fraction of all images to move, 0 to 1.
             seed: Chooses which images move (same seed and state, same choice).
+            recompress: Encode the moved images again.
 
         Returns:
             ``{old path: new path}`` of the images that moved.
@@ -201,10 +234,13 @@ class CdnState:
                 entry = by_path.pop(old)
                 new = _moved_path(entry.original, version)
                 digest = self.inventory.images[entry.original].sha256
+                body = _recompressed(entry.body) if recompress else entry.body
+                if body != entry.body:
+                    digest = hashlib.sha256(body).hexdigest()
                 by_path[new] = _Entry(
                     path=new,
                     original=entry.original,
-                    body=entry.body,
+                    body=body,
                     content_type=entry.content_type,
                     etag=_etag(digest, version),
                     modified=entry.modified + REPUBLISH_STEP,
@@ -337,11 +373,21 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._from_loopback():
             self._send_text(HTTPStatus.FORBIDDEN, "admin endpoints answer loopback clients only\n")
             return
+        if not self._has_admin_token():
+            self.send_response(HTTPStatus.UNAUTHORIZED)
+            self.send_header("WWW-Authenticate", 'Bearer realm="demo-cdn-admin"')
+            body = b"the admin endpoints need the CDN's admin token as a bearer token\n"
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         query = parse_qs(parts.query)
         try:
             share = float(query.get("share", ["0.1"])[0])
             seed = int(query.get("seed", ["1"])[0])
-            moved = self.server.state.republish(share, seed)
+            recompress = query.get("recompress", ["0"])[0] in ("1", "true")
+            moved = self.server.state.republish(share, seed, recompress=recompress)
         except ValueError as exc:
             self._send_text(HTTPStatus.BAD_REQUEST, f"{exc}\n")
             return
@@ -428,6 +474,13 @@ class _Handler(BaseHTTPRequestHandler):
         if length > 0:
             self.rfile.read(min(length, 1 << 20))
 
+    def _has_admin_token(self) -> bool:
+        scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
+        expected = self.server.admin_token
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), expected.encode()
+        )
+
     def _from_loopback(self) -> bool:
         try:
             return ipaddress.ip_address(self.client_address[0]).is_loopback
@@ -442,11 +495,18 @@ class DemoCdnServer(ThreadingHTTPServer):
     block_on_close = False  # keep-alive clients must not hold up shutdown
     request_queue_size = 256  # load tests open many connections at once
 
-    def __init__(self, state: CdnState, host: str, port: int) -> None:
-        """Bind to ``host:port`` (port 0 picks a free one); call :meth:`serve_in_thread` next."""
+    def __init__(
+        self, state: CdnState, host: str, port: int, admin_token: str | None = None
+    ) -> None:
+        """Bind to ``host:port`` (port 0 picks a free one); call :meth:`serve_in_thread` next.
+
+        ``admin_token``: what the admin endpoints require as a bearer token; default a random
+        one (read it from ``.admin_token``).
+        """
         if ":" in host:
             self.address_family = socket.AF_INET6
         self.state = state
+        self.admin_token = admin_token or secrets.token_urlsafe(32)
         self._thread: threading.Thread | None = None
         super().__init__((host, port), _Handler)
 
@@ -486,6 +546,7 @@ def make_server(
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
     public_url: str | None = None,
+    admin_token: str | None = None,
 ) -> DemoCdnServer:
     """Load the demo in ``demo_dir`` and bind a CDN server to it (not serving yet).
 
@@ -494,6 +555,7 @@ def make_server(
         host: The address to bind.
         port: The port to bind; 0 picks a free one.
         public_url: The base URL sitemaps use; default: the bound ``http://host:port``.
+        admin_token: The admin endpoints' bearer token; default: a random one.
 
     Returns:
         The bound server; ``.url`` is its base URL, ``.state`` its :class:`CdnState`.
@@ -504,7 +566,7 @@ def make_server(
     """
     inventory = DemoInventory.load(Path(demo_dir))
     state = CdnState(inventory, public_url or "http://placeholder.invalid")
-    server = DemoCdnServer(state, host, port)
+    server = DemoCdnServer(state, host, port, admin_token)
     if public_url is None:
         state.public_url = server.url
     return server
@@ -515,9 +577,10 @@ def run(
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
     public_url: str | None = None,
+    admin_token: str | None = None,
 ) -> None:
     """Serve the demo CDN until interrupted (``python -m tagging cdn``)."""
-    server = make_server(demo_dir, host, port, public_url)
+    server = make_server(demo_dir, host, port, public_url, admin_token)
     state = server.state
     print(
         f"Demo CDN: {len(state.inventory.images)} images of "
@@ -531,3 +594,28 @@ def run(
         pass
     finally:
         server.server_close()
+
+
+def admin_token(data_dir: Path) -> str:
+    """The demo CDN's admin token, from ``<data_dir>/cdn_admin_token``; made (0600) if missing.
+
+    The CDN process (``python -m tagging cdn``) and :mod:`tagging.demo.stage` both call this, so
+    they agree without the token ever being on a command line.
+    """
+    path = Path(data_dir) / ADMIN_TOKEN_FILE
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    if token:
+        return token
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:  # another process made it first: use theirs
+        time.sleep(0.1)
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(token + "\n")
+    return token

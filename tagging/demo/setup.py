@@ -42,7 +42,7 @@ def _load_if_current(demo_dir: Path, seed: int) -> DemoInventory | None:
 
 def register_demo_advertisers(settings: Settings, inventory: DemoInventory, cdn_url: str) -> None:
     """Register every demo advertiser against the CDN at ``cdn_url``."""
-    migrate(settings.database_url)
+    migrate(settings.database_url, create=settings.creates_database)
     engine = make_engine(settings.database_url)
     try:
         with make_session_factory(engine).begin() as session:

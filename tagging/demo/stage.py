@@ -39,6 +39,7 @@ from db.fixes import FixChange
 from db.models import FixSource, ItemStatus, ManualFix, Role, SitemapItem
 from db.scrapes import latest_scrape, scrape_items
 from tagging.config import Settings
+from tagging.demo.cdn import admin_token
 from tagging.detectors.base import DEFAULT_THRESHOLDS
 from tagging.detectors.common import near_pairs
 from tagging.detectors.facts import load_facts
@@ -59,7 +60,9 @@ SUMMIT = "Summit Auto Group"
 ANALYST = Actor(username="analyst", role=Role.ANALYST)
 """The demo analyst account (``db.accounts.ensure_demo_accounts``)."""
 
-REPUBLISH = "/_admin/republish?share=0.1&seed=1"
+REPUBLISH = "/_admin/republish?share=0.1&seed=1&recompress=1"
+"""The CDN moves a tenth of the images and encodes them again: a perceptual match, not an exact
+one, so the fixes are raised as findings for a person instead of being carried over."""
 FIXES_THAT_DO_NOT_STICK = 4
 PHOTOS = ("Dealer", "Stock")
 
@@ -86,6 +89,7 @@ class _Stage:
     settings: Settings
     sessions: sessionmaker[Session]
     cdn_url: str
+    cdn_token: str
     ml: MLClient
     client: GuardedClient
     say: Callable[[str], None]
@@ -97,6 +101,7 @@ def stage_weird_cases(
     sessions: sessionmaker[Session],
     *,
     cdn_url: str,
+    cdn_token: str | None = None,
     say: Callable[[str], None] | None = None,
 ) -> WeirdDemoReport:
     """Produce every weird-result case on the demo, then refresh the findings.
@@ -109,6 +114,9 @@ def stage_weird_cases(
         settings: the launcher's settings (database, ML server, token, allowed hosts).
         sessions: the app database's session factory.
         cdn_url: the demo CDN's base URL, e.g. ``http://127.0.0.1:8765``.
+        cdn_token: the CDN's admin token (its re-publish endpoint needs it); default the one in
+            the data dir (:func:`tagging.demo.cdn.admin_token`), which ``python -m tagging cdn``
+            uses.
         say: progress messages (e.g. ``print``).
 
     Raises:
@@ -130,7 +138,14 @@ def stage_weird_cases(
     client = client_from_settings(settings)
     ml = MLClient.from_settings(settings)
     stage = _Stage(
-        settings, sessions, cdn_url.rstrip("/"), ml, client, say or (lambda _: None), report
+        settings,
+        sessions,
+        cdn_url.rstrip("/"),
+        cdn_token or admin_token(settings.data_dir),
+        ml,
+        client,
+        say or (lambda _: None),
+        report,
     )
     try:
         _criteria_shift(stage)
@@ -230,7 +245,7 @@ def _criteria_shift(stage: _Stage) -> None:
 
 
 def _shared_cdn(stage: _Stage) -> None:
-    """Lakeside and Metro list the same image and fix it against each other."""
+    """Lakeside and Metro list the same image and override it with different values."""
     metro_keys = {i.image_key for i in _latest(stage, METRO)}
     shared = [i for i in _photos(_latest(stage, LAKESIDE)) if i.image_key in metro_keys]
     if not shared:
@@ -243,13 +258,13 @@ def _shared_cdn(stage: _Stage) -> None:
         change = FixChange(item.id, "image_type", value, seen_value=item.image_type)
         _fix(stage, advertiser_actor(name), [change], FixSource.ADVERTISER)
 
+    third = next(t for t in ("Dealer", "Stock", "Placeholder") if t not in (original, theirs))
     fix(LAKESIDE, theirs)
-    _scrape(stage, METRO)  # Metro now shows Lakeside's value, from the shared cache...
-    fix(METRO, original)  # ... and puts its own back,
+    _scrape(stage, METRO)  # Metro's scrape keeps its own value: overrides are per advertiser,
+    fix(METRO, third)  # and Metro overrides it otherwise.
     _scrape(stage, LAKESIDE)
-    fix(LAKESIDE, theirs)  # and so on.
     stage.report.staged["shared_cdn_conflict"] = (
-        f"{LAKESIDE} and {METRO} fixed image {key} {theirs} / {original} / {theirs}"
+        f"{LAKESIDE} and {METRO} overrode image {key}: {theirs} / {third} (ML: {original})"
     )
 
 
@@ -273,8 +288,12 @@ def _near_duplicates_and_placeholder(stage: _Stage) -> None:
         for i in summit
         if i.color is not None and (copy is None or i.image_key != copy[0].image_key)
     )
-    change = FixChange(colored.id, "image_type", "Placeholder", seen_value=colored.image_type)
-    _fix(stage, advertiser_actor(SUMMIT), [change], FixSource.ADVERTISER)
+    changes = [
+        FixChange(colored.id, "image_type", "Placeholder", seen_value=colored.image_type),
+        # The advertiser keeps the color beside it: its own word, which the app flags.
+        FixChange(colored.id, "color", colored.color, seen_value=colored.color),
+    ]
+    _fix(stage, advertiser_actor(SUMMIT), changes, FixSource.ADVERTISER)
     stage.report.staged["advertiser_placeholder"] = (
         f"{SUMMIT} retagged a {colored.color} {colored.image_type} photo as Placeholder"
     )
@@ -321,7 +340,9 @@ def _near_copy(
 
 def _fixes_that_do_not_stick(stage: _Stage) -> None:
     """Sunrise fixes images; the CDN then re-publishes them under new URLs and headers."""
-    result = stage.client.request_json("POST", stage.cdn_url + REPUBLISH)
+    result = stage.client.request_json(
+        "POST", stage.cdn_url + REPUBLISH, headers={"Authorization": f"Bearer {stage.cdn_token}"}
+    )
     moved = json.loads(result.body)["paths"]
     with stage.sessions() as session:
         fixed_before = set(session.scalars(select(ManualFix.image_key)))

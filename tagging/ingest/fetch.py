@@ -24,7 +24,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.cookiejar import DefaultCookiePolicy
 from types import TracebackType
@@ -55,6 +55,7 @@ from tagging.errors import (
 )
 
 __all__ = [
+    "MAX_URL_LENGTH",
     "FetchPolicy",
     "FetchResult",
     "GuardedClient",
@@ -62,6 +63,9 @@ __all__ = [
     "client_from_settings",
     "is_allowed_host",
 ]
+
+MAX_URL_LENGTH = 2048
+"""The longest URL fetched (every redirect hop too), in characters; what most CDNs accept."""
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
@@ -233,11 +237,16 @@ class _AddressGuard:
         """The (family, address) pairs to connect to for ``host:port``.
 
         Raises:
-            BlockedURLError: an address is not public and ``host`` is not allow-listed.
+            BlockedURLError: an address is not public and ``host`` is not allow-listed, or
+                ``host`` is not a valid name.
             socket.gaierror: the name does not resolve.
         """
         bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        infos = socket.getaddrinfo(bare, port, 0, socket.SOCK_STREAM)
+        try:
+            infos = socket.getaddrinfo(bare, port, 0, socket.SOCK_STREAM)
+        except UnicodeError as exc:
+            # The IDNA codec refuses the name (an empty or over-long label): not a valid URL.
+            raise BlockedURLError(f"{bare[:100]!r} is not a valid host name ({exc})") from exc
         found: list[tuple[int, str]] = []
         for family, _type, _proto, _canon, sockaddr in infos:
             pair = (int(family), str(sockaddr[0]))
@@ -436,6 +445,7 @@ class GuardedClient:
         accept: Sequence[str] | None = None,
         max_bytes: int | None = None,
         headers: Mapping[str, str] | None = None,
+        before_body: Callable[[Mapping[str, str]], None] | None = None,
     ) -> FetchResult:
         """GET ``url`` and read its whole body.
 
@@ -444,6 +454,10 @@ class GuardedClient:
             accept: allowed Content-Type prefixes (e.g. ``["image/"]``); None accepts any.
             max_bytes: body cap; default the policy's ``max_bytes``.
             headers: extra request headers.
+            before_body: called with the final response's headers once its status, Content-Type
+                and declared length have passed, just before the body is read (the ML server
+                waits there for room in its memory budget); what it raises ends the request.
+                Its wait counts against the request's total timeout.
 
         Returns:
             The 2xx response, after redirects.
@@ -456,7 +470,14 @@ class GuardedClient:
             HTTPStatusError: a non-2xx status (a :class:`FetchError` with ``.status``).
             FetchError: connection failures, too many redirects, broken bodies.
         """
-        return self._fetch("GET", url, headers=headers, accept=accept, max_bytes=max_bytes)
+        return self._fetch(
+            "GET",
+            url,
+            headers=headers,
+            accept=accept,
+            max_bytes=max_bytes,
+            before_body=before_body,
+        )
 
     def head(self, url: str, *, headers: Mapping[str, str] | None = None) -> FetchResult:
         """HEAD ``url`` (redirects followed); the result's body is ``b""``.
@@ -532,6 +553,7 @@ class GuardedClient:
         read_timeout: float | None = None,
         total_timeout: float | None = None,
         error_body: bool = False,
+        before_body: Callable[[Mapping[str, str]], None] | None = None,
     ) -> FetchResult:
         policy = self.policy
         cap = policy.max_bytes if max_bytes is None else max_bytes
@@ -586,6 +608,8 @@ class GuardedClient:
                     response.raw.release_conn()
                 else:
                     _check_content_length(response, current, cap)
+                    if before_body is not None:
+                        before_body(CaseInsensitiveDict(response.headers))
                     body = _read_body(response, current, url, cap, deadline, total)
             finally:
                 response.close()
@@ -679,6 +703,12 @@ def _named(url: str, original: str) -> str:
 
 
 def _check_url(url: str, original: str) -> None:
+    if len(url) > MAX_URL_LENGTH:
+        # Quote only the start: the whole URL would be a message as long as the URL.
+        raise BlockedURLError(
+            f"refused {url[:100]}…: the URL is {len(url):,} characters, over the "
+            f"{MAX_URL_LENGTH:,}-character cap"
+        )
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises ValueError on a bad port)
@@ -692,6 +722,35 @@ def _check_url(url: str, original: str) -> None:
         )
     if not parts.hostname:
         raise BlockedURLError(f"refused {_named(url, original)}: the URL names no host")
+    problem = _host_name_problem(parts.hostname)
+    if problem is not None:
+        raise BlockedURLError(f"refused {_named(url, original)}: not a valid URL ({problem})")
+
+
+def _host_name_problem(host: str) -> str | None:
+    """What keeps ``host`` (as ``urlsplit`` gives it) from being a DNS name, or None.
+
+    Resolving ``a..b`` or a label over 63 characters raises UnicodeError from the IDNA codec deep
+    inside ``getaddrinfo``; this says so in words, before any connection is tried.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host  # one trailing dot: a fully qualified name
+    if len(name) > 253:
+        return f"the host name is {len(name):,} characters, over the 253 DNS allows"
+    for label in name.split("."):
+        if not label:
+            return f"the host name {host[:100]!r} has an empty label"
+        try:
+            size = len(label) if label.isascii() else len("xn--") + len(label.encode("punycode"))
+        except UnicodeError:
+            return f"the host name {host[:100]!r} has a label that is not valid text"
+        if size > 63:
+            return f"the host name has a label of {size} characters, over the 63 DNS allows"
+    return None
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

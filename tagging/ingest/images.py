@@ -105,7 +105,8 @@ def decode_image(data: bytes, *, draft_size: tuple[int, int] = (160, 120)) -> De
             if fmt == "JPEG":
                 image.draft("RGB", draft_size)
             image.load()
-            image = ImageOps.exif_transpose(image)
+            # In place: without it Pillow returns a full copy even when nothing needs turning.
+            ImageOps.exif_transpose(image, in_place=True)
             return DecodedImage(image=_to_rgb(image), width=width, height=height, format=fmt)
     except ImageDecodeError:
         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,9 +21,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.advertisers import get_advertiser
 from db.findings import RefreshReport
+from db.labels import carry_over, load_fix_index, resolve
 from db.models import Advertiser, ItemStatus, Scrape, ScrapeStatus, utcnow
 from db.scrapes import (
+    LEASE,
     ScrapeCounts,
+    beat,
     finish_scrape,
     set_expected_items,
     start_scrape,
@@ -70,6 +74,8 @@ class ScrapeSummary:
     classified: int = 0
     failed: int = 0
     ml_failures: int = 0
+    carried: int = 0
+    """Fixes carried over to images re-published under a new image_key (same bytes)."""
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -113,54 +119,103 @@ def run_scrape(
         advertiser_id, sitemap_url = advertiser.id, advertiser.sitemap_url
         color_from_feed = advertiser.color_from_feed
 
-    try:
-        sitemap = read_sitemap(sitemap_url, client)
-    except TaggingError as exc:
-        summary.problems.append(f"the sitemap could not be read: {exc}")
-        return _finish(sessions, summary, started, failed=True)
-    summary.problems.extend(f"{p.url}: {p.message}" for p in sitemap.problems)
+    # The scrape's lease (db.scrapes.LEASE): a thread beats while this process works, so a
+    # scrape whose process died stops blocking relaunches soon after.
+    with Heartbeat(sessions, summary.scrape_id):
+        try:
+            sitemap = read_sitemap(sitemap_url, client)
+        except TaggingError as exc:
+            summary.problems.append(f"the sitemap could not be read: {exc}")
+            return _finish(sessions, summary, started, failed=True)
+        summary.problems.extend(f"{p.url}: {p.message}" for p in sitemap.problems)
 
-    items = sitemap.items
-    total = len(items)
-    with sessions.begin() as session:
-        set_expected_items(session, summary.scrape_id, total)
-    if progress:
-        progress(0, total)
-    consecutive_failures = 0
-    for batch, outcome in _classified_batches(items, ml, config, color=not color_from_feed):
-        if isinstance(outcome, MLServerError):
-            consecutive_failures += 1
-        else:
-            consecutive_failures = 0
+        items = sitemap.items
+        total = len(items)
         with sessions.begin() as session:
-            _store_batch(session, summary, advertiser_id, batch, outcome, color_from_feed)
+            set_expected_items(session, summary.scrape_id, total)
         if progress:
-            progress(min(summary.items, total), total)
-        if consecutive_failures >= config.max_consecutive_ml_failures:
-            rest = items[summary.items :]
-            if rest:
-                reason = MLServerError(
-                    f"not sent: the ML server failed {consecutive_failures} batches in a row "
-                    f"({outcome})"
-                )
-                with sessions.begin() as session:
-                    _store_batch(session, summary, advertiser_id, rest, reason, color_from_feed)
-                if progress:
-                    progress(total, total)
-            break
-    if summary.ml_failures:
-        summary.problems.append(
-            f"{summary.ml_failures} items got no answer from the ML server: relaunch the scrape"
+            progress(0, total)
+        consecutive_failures = 0
+        carried: list[int] = []
+        batches = _classified_batches(
+            items, ml, config, color=not color_from_feed, advertiser=summary.advertiser
         )
-    after_scrape(sessions, summary.scrape_id, ml=ml)  # carry fixes over, refresh weird results
-    return _finish(sessions, summary, started, failed=False)
+        for batch, outcome in batches:
+            if isinstance(outcome, MLServerError):
+                consecutive_failures += 1
+            else:
+                consecutive_failures = 0
+            with sessions.begin() as session:
+                carried += _store_batch(
+                    session, summary, advertiser_id, batch, outcome, color_from_feed
+                )
+            if progress:
+                progress(min(summary.items, total), total)
+            if consecutive_failures >= config.max_consecutive_ml_failures:
+                rest = items[summary.items :]
+                if rest:
+                    reason = MLServerError(
+                        f"not sent: the ML server failed {consecutive_failures} batches in a row "
+                        f"({outcome})"
+                    )
+                    with sessions.begin() as session:
+                        _store_batch(session, summary, advertiser_id, rest, reason, color_from_feed)
+                    if progress:
+                        progress(total, total)
+                break
+        if summary.ml_failures:
+            summary.problems.append(
+                f"{summary.ml_failures} items got no answer from the ML server: relaunch the scrape"
+            )
+        if carried:  # fixes carried to re-published images: the ML cache learns them at once
+            summary.carried = len(carried)
+            push_pending(sessions, ml, fix_ids=carried)
+        after_scrape(sessions, summary.scrape_id, ml=ml)  # carry fixes over, refresh weird results
+        return _finish(sessions, summary, started, failed=False)
+
+
+class Heartbeat:
+    """A thread that beats for a running scrape every ``LEASE / 4`` until the block ends.
+
+    ``store_batch`` beats too; this thread covers the waits between (a slow sitemap, an ML
+    server at its timeout, the findings' refresh). A failed beat is logged and retried.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], scrape_id: int) -> None:
+        self.sessions, self.scrape_id = sessions, scrape_id
+        self.every = LEASE.total_seconds() / 4
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"scrape-{scrape_id}-heartbeat", daemon=True
+        )
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                with self.sessions.begin() as session:
+                    beat(session, self.scrape_id)
+            except Exception:  # the next beat tries again
+                log.warning("scrape %s: heartbeat failed", self.scrape_id, exc_info=True)
 
 
 Outcome = ClassifyResponse | MLServerError
 
 
 def _classified_batches(
-    items: list[ParsedItem], ml: MLClient, config: ScrapeConfig, *, color: bool
+    items: list[ParsedItem],
+    ml: MLClient,
+    config: ScrapeConfig,
+    *,
+    color: bool,
+    advertiser: str | None = None,
 ) -> Iterator[tuple[list[ParsedItem], Outcome]]:
     """Yield each batch with the ML server's answer, keeping ``in_flight`` calls running ahead.
 
@@ -171,7 +226,7 @@ def _classified_batches(
     def call(batch: list[ParsedItem]) -> Outcome:
         urls = list(dict.fromkeys(item.image_url for item in batch))
         try:
-            return ml.classify(urls, color=color)
+            return ml.classify(urls, color=color, advertiser=advertiser)
         except MLServerError as exc:
             return exc
 
@@ -199,7 +254,12 @@ def _store_batch(
     batch: list[ParsedItem],
     outcome: Outcome,
     color_from_feed: bool,
-) -> None:
+) -> list[int]:
+    """Store one batch; every item's values resolved from the fixes this database holds.
+
+    Returns the ids of the fixes carried over to images whose content was fixed under another
+    image_key (recorded as ``carry_over``, to push).
+    """
     now = utcnow()
     results: dict[str, ImageResult] = (
         {r.url: r for r in outcome.results} if isinstance(outcome, ClassifyResponse) else {}
@@ -219,7 +279,10 @@ def _store_batch(
             ml_type, ml_color = DEFAULT_IMAGE_TYPE, None
         else:
             status, error = ItemStatus.OK, None
-            ml_type, ml_color = result.image_type or DEFAULT_IMAGE_TYPE, result.color
+            # The model's own answer: what the ML server says for this advertiser may carry
+            # fixes, which this database resolves itself below (it is the system of record).
+            ml_type = result.ml_image_type or result.image_type or DEFAULT_IMAGE_TYPE
+            ml_color = result.ml_color if result.ml_image_type is not None else result.color
         if status != ItemStatus.OK:
             summary.failed += 1
         elif result is not None and result.cached:
@@ -266,6 +329,33 @@ def _store_batch(
                     "image_key": result.image_key,
                     "jpeg": base64.b64decode(result.thumbnail_b64),
                 }
+    shas = {key: image["sha256"] for key, image in images.items()}
+    index = load_fix_index(
+        session,
+        image_keys=[r["image_key"] for r in rows if r["image_key"]],
+        sha256s=[s for s in shas.values() if s],
+    )
+    to_carry = []
+    for row in rows:
+        resolution = resolve(
+            index,
+            advertiser_id=advertiser_id,
+            image_key=row["image_key"],
+            sha256=shas.get(row["image_key"]),
+            ml_image_type=row["ml_image_type"],
+            ml_color=row["ml_color"],
+            ml_answered=row["status"] == ItemStatus.OK,
+            feed_color=_normalize_color(row["feed_color"]),
+            color_from_feed=color_from_feed,
+        )
+        row["image_type"], row["image_type_source"] = (
+            resolution.image_type,
+            resolution.image_type_source,
+        )
+        row["color"], row["color_source"] = resolution.color, resolution.color_source
+        to_carry += [
+            (f, row["image_key"], row["image_url"], advertiser_id) for f in resolution.carried
+        ]
     summary.items += len(batch)
     store_batch(
         session,
@@ -275,6 +365,7 @@ def _store_batch(
         list(images.values()),
         list(thumbnails.values()),
     )
+    return carry_over(session, to_carry) if to_carry else []
 
 
 def _normalize_color(value: str | None) -> str | None:

@@ -20,8 +20,8 @@ from huey.api import Task, TaskWrapper
 
 from db.accounts import Actor, Permission, require
 from db.advertisers import get_advertiser
-from db.engine import make_engine, make_session_factory
-from db.scrapes import running_scrape
+from db.engine import create_private_file, make_engine, make_session_factory
+from db.scrapes import expire_abandoned_scrapes, running_scrape
 from tagging.config import Settings
 from tagging.errors import Conflict
 
@@ -30,8 +30,9 @@ def make_huey(settings: Settings) -> Huey:
     """The queue: Redis when ``settings.redis_url`` is set, else SQLite in the data dir."""
     if settings.redis_url:
         return RedisHuey("tagdesk", url=settings.redis_url)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SqliteHuey("tagdesk", filename=str(settings.data_dir / "tasks.sqlite"))
+    queue_file = settings.data_dir / "tasks.sqlite"
+    create_private_file(queue_file)  # 0600 before SQLite creates it (an empty file is valid)
+    return SqliteHuey("tagdesk", filename=str(queue_file))
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class TaskQueue:
     huey: Huey
     scrape: TaskWrapper
     push_pending: TaskWrapper
+    expire_scrapes: TaskWrapper
 
 
 @functools.cache
@@ -53,7 +55,10 @@ def task_queue() -> TaskQueue:
     huey = make_huey(Settings.from_env())
     scrape = huey.task(retries=1, retry_delay=30, context=True, name="scrape_task")(scrape_task)
     push = huey.periodic_task(crontab(minute="*"), name="push_pending_task")(push_pending_task)
-    return TaskQueue(huey=huey, scrape=scrape, push_pending=push)
+    expire = huey.periodic_task(crontab(minute="*"), name="expire_scrapes_task")(
+        expire_scrapes_task
+    )
+    return TaskQueue(huey=huey, scrape=scrape, push_pending=push, expire_scrapes=expire)
 
 
 def scrape_task(
@@ -84,17 +89,32 @@ def scrape_task(
 
 
 def push_pending_task() -> dict[str, Any]:
-    """Every minute: push the fixes the ML server has not acknowledged yet."""
-    from tagging.fixes import push_pending
+    """Every minute: push the fixes the ML server has not acknowledged yet, and every current
+    fix again when its cache is a new generation (it lost its memory)."""
+    from tagging.fixes import sync_fixes
     from tagging.server.client import MLClient
 
     settings = Settings.from_env()
     engine = make_engine(settings.database_url)
     ml = MLClient.from_settings(settings)
     try:
-        return push_pending(make_session_factory(engine), ml).__dict__
+        return sync_fixes(make_session_factory(engine), ml).__dict__
     finally:
         ml.client.close()
+        engine.dispose()
+
+
+def expire_scrapes_task() -> list[int]:
+    """Every minute: mark failed the running scrapes whose process died (no heartbeat).
+
+    Returns the ids of the scrapes marked failed (see :func:`db.scrapes.expire_abandoned_scrapes`).
+    """
+    settings = Settings.from_env()
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            return expire_abandoned_scrapes(session)
+    finally:
         engine.dispose()
 
 
@@ -110,13 +130,15 @@ def enqueue_scrape(settings: Settings, actor: Actor | None, advertiser_name: str
     Raises:
         PermissionDenied: the actor may not relaunch scrapes.
         NotFoundError: no such advertiser.
-        Conflict: a scrape of this advertiser is already running.
+        Conflict: a scrape of this advertiser is already running (a scrape whose process
+            died, with no heartbeat for ``db.scrapes.LEASE``, is marked failed instead).
     """
     actor = require(actor, Permission.RELAUNCH)
     engine = make_engine(settings.database_url)
     try:
-        with make_session_factory(engine)() as session:
+        with make_session_factory(engine).begin() as session:
             advertiser = get_advertiser(session, advertiser_name)
+            expire_abandoned_scrapes(session, advertiser.id)
             running = running_scrape(session, advertiser.id)
             if running is not None:
                 raise Conflict(

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import torch
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response, status
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import Scope
 
 from db.engine import make_engine
 from tagging.config import Settings
@@ -23,6 +24,7 @@ from tagging.ingest.fetch import client_from_settings
 from tagging.ml.color import ColorModel, color_model_from_settings
 from tagging.ml.inference import TypeClassifier
 from tagging.server.cache import MLCache
+from tagging.server.limits import MIB, BodyLimit, bearer_token
 from tagging.server.pipeline import ClassificationPipeline, PipelineConfig
 from tagging.server.schemas import (
     ClassifyRequest,
@@ -34,6 +36,9 @@ from tagging.server.schemas import (
 )
 
 ImageKey = Annotated[str, Path(pattern=r"^[0-9a-f]{16,64}$", description="An image_key")]
+
+MAX_REQUEST_BYTES = 1 * MIB
+"""The largest request body: a /classify batch (at most 256 URLs) is a few hundred KiB of JSON."""
 
 
 @dataclass
@@ -91,7 +96,7 @@ def create_app(
         # small machine extra torch threads fight the decoders for cores (measured 4× slower).
         torch.set_num_threads(1)
         client = client_from_settings(settings)
-        engine = make_engine(settings.ml_cache_url)
+        engine = make_engine(settings.ml_cache_url, create=True)  # the server's own store
         cache = MLCache(engine)
         pipeline = ClassificationPipeline(
             client=client,
@@ -115,6 +120,15 @@ def create_app(
         lifespan=lifespan,
     )
 
+    async def token_ok(scope: Scope) -> bool:
+        token = bearer_token(scope)
+        return token is not None and secrets.compare_digest(
+            token.encode(), (settings.ml_token or "").encode()
+        )
+
+    # The token is checked, and the size capped, before a byte of any body is read.
+    app.add_middleware(BodyLimit, max_bytes=MAX_REQUEST_BYTES, authenticate=token_ok)
+
     @app.get("/health", tags=["ops"])
     def health(state: AnyState) -> Health:
         """Liveness and what is loaded. Needs no token."""
@@ -123,29 +137,42 @@ def create_app(
             model_version=state.pipeline.classifier.version,
             color_model_version=state.pipeline.color_model.version,
             cache_size=state.cache.count(),
+            cache_generation=state.cache.generation,
         )
 
     @app.post("/classify", tags=["classification"])
     def classify(body: ClassifyRequest, state: State) -> ClassifyResponse:
-        """Classify a batch of image URLs: one result per URL, errors included, cache first."""
+        """Classify a batch of image URLs: one result per URL, errors included, cache first.
+
+        ``image_type`` and ``color`` are the values for ``advertiser`` (its overrides, else the
+        team's fixes, else the model's answer); ``ml_image_type`` and ``ml_color`` the model's.
+        """
         results = state.pipeline.classify(body.urls, color=body.color, thumbnails=body.thumbnails)
         return ClassifyResponse(
-            results=results,
+            results=state.cache.resolve(results, body.advertiser),
             model_version=state.pipeline.classifier.version,
             color_model_version=state.pipeline.color_model.version,
         )
 
     @app.get("/images/{image_key}", tags=["cache"])
-    def get_image(image_key: ImageKey, state: State) -> ImageRecord:
-        """The cached classification of one image_key."""
-        record = state.cache.record(image_key)
+    def get_image(
+        image_key: ImageKey,
+        state: State,
+        advertiser: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> ImageRecord:
+        """The cached classification of one image_key, with the team's fixes (and ``advertiser``'s
+        overrides) laid over the model's answer."""
+        record = state.cache.record(image_key, advertiser)
         if record is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{image_key} is not cached")
         return record
 
     @app.put("/images/{image_key}", tags=["cache"])
     def put_image(image_key: ImageKey, fix: ImageFix, state: State) -> FixResult:
-        """Overwrite the cached type and/or color with a manual fix (idempotent per fix_id)."""
+        """Record a manual fix: the team's, or with ``advertiser`` that advertiser's override.
+
+        Idempotent per ``fix_id``; the model's answer is kept apart and never overwritten.
+        """
         if fix.image_type is None and fix.color is None and not fix.clear_color:
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT,

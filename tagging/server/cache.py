@@ -8,10 +8,11 @@ the app database's history and are pushed again).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import ClassVar
+from typing import ClassVar, Literal, cast
 
 from sqlalchemy import (
     DateTime,
@@ -28,9 +29,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from db.engine import make_session_factory, upsert
-from db.models import utcnow
-from db.vocab import DEFAULT_IMAGE_TYPE
-from tagging.server.schemas import ColorSource, ImageFix, ImageRecord, TypeSource
+from db.models import as_utc, utcnow
+from db.vocab import DEFAULT_IMAGE_TYPE, PLACEHOLDER
+from tagging.server.schemas import ColorSource, ImageFix, ImageRecord, ImageResult, TypeSource
 
 
 class CacheBase(DeclarativeBase):
@@ -38,7 +39,14 @@ class CacheBase(DeclarativeBase):
     """Every model declares ``__tablename__``, so it maps a :class:`Table` (not any FromClause)."""
 
 
+SCHEMA_VERSION = "2"
+"""Bumped when the store's tables change: a store of another version is emptied and rebuilt (a new
+generation, so that the app pushes its fixes again)."""
+
+
 class CachedImage(CacheBase):
+    """The model's answer for one image_key: a prediction, never overwritten by a fix."""
+
     __tablename__ = "cached_images"
 
     image_key: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -51,7 +59,7 @@ class CachedImage(CacheBase):
     confidence: Mapped[float | None] = mapped_column(Float)
     type_source: Mapped[str] = mapped_column(String(16), default="model")
     color_source: Mapped[str] = mapped_column(String(16), default="model")
-    """``model``, ``manual``, or ``none`` when the color model was not asked."""
+    """``model``, or ``none`` when the color model was not asked."""
     model_version: Mapped[str | None] = mapped_column(String(64))
     color_model_version: Mapped[str | None] = mapped_column(String(64))
     sha256: Mapped[str | None] = mapped_column(String(64))
@@ -59,11 +67,22 @@ class CachedImage(CacheBase):
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     thumbnail: Mapped[bytes | None] = mapped_column(LargeBinary)
-    type_fix_id: Mapped[int | None] = mapped_column(Integer)
-    """Id of the manual fix that set ``image_type``: an older fix arriving late loses."""
-    color_fix_id: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LabelFix(CacheBase):
+    """The newest manual value of one field of one image_key, for the team or one advertiser."""
+
+    __tablename__ = "label_fixes"
+
+    image_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    field: Mapped[str] = mapped_column(String(16), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    """``""`` for a team fix (everyone), else the advertiser whose override it is."""
+    value: Mapped[str | None] = mapped_column(String(32))
+    fix_id: Mapped[str] = mapped_column(String(64))
+    fixed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class UrlVersion(CacheBase):
@@ -81,15 +100,25 @@ class AppliedFix(CacheBase):
 
     __tablename__ = "applied_fixes"
 
-    fix_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    fix_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     image_key: Mapped[str] = mapped_column(String(64), index=True)
     applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class CacheMeta(CacheBase):
+    """The store's schema version and generation."""
+
+    __tablename__ = "cache_meta"
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(64))
+
+
+TEAM = ""
+"""The ``owner`` of a team fix."""
+
 MODEL_COLUMNS = [
-    c.name
-    for c in CachedImage.__table__.columns
-    if c.name not in ("image_key", "created_at", "type_fix_id", "color_fix_id")
+    c.name for c in CachedImage.__table__.columns if c.name not in ("image_key", "created_at")
 ]
 
 
@@ -121,8 +150,34 @@ class MLCache:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        CacheBase.metadata.create_all(engine)
         self._sessions = make_session_factory(engine)
+        self.generation = self._open()
+
+    def _open(self) -> str:
+        """Create the tables (emptying a store of another schema version); the generation id."""
+        CacheBase.metadata.create_all(self.engine)
+        with self._sessions.begin() as session:
+            version = session.get(CacheMeta, "schema")
+            generation = session.get(CacheMeta, "generation")
+            if version is not None and version.value == SCHEMA_VERSION and generation is not None:
+                return generation.value
+        # A new store, or one written by another version: start empty, under a new generation.
+        CacheBase.metadata.drop_all(self.engine)
+        CacheBase.metadata.create_all(self.engine)
+        with self._sessions.begin() as session:
+            upsert(
+                session,
+                CacheMeta.__table__,
+                [
+                    {"key": "schema", "value": SCHEMA_VERSION},
+                    {"key": "generation", "value": uuid.uuid4().hex},
+                ],
+                key=["key"],
+                update=[],
+            )
+        with self._sessions() as session:
+            # Several server processes may open one store at once: every one reads the winner.
+            return session.get_one(CacheMeta, "generation").value
 
     def get_many(self, keys: Iterable[str]) -> dict[str, CacheEntry]:
         """The cached entries among ``keys``."""
@@ -151,40 +206,13 @@ class MLCache:
     def store(self, entries: list[CacheEntry], url_keys: dict[str, str]) -> list[CacheEntry]:
         """Cache freshly classified images and remember which key each URL had.
 
-        A manual value already in the cache wins over the model's: the fix was made for this
-        image_key and re-classifying the same key must not undo it. Returns the entries as stored.
+        Only predictions are stored here: manual fixes live apart (:class:`LabelFix`) and are laid
+        over the prediction when an answer is given (:meth:`resolve`). Returns the entries.
         """
         now = utcnow()
         with self._sessions.begin() as session:
-            manual = {
-                row.image_key: row
-                for row in session.scalars(
-                    select(CachedImage).where(
-                        CachedImage.image_key.in_([e.image_key for e in entries]),
-                        (CachedImage.type_source == "manual")
-                        | (CachedImage.color_source == "manual"),
-                    )
-                )
-            }
-            rows = []
-            for entry in entries:
-                row = {**entry.__dict__, "created_at": now, "updated_at": now}
-                previous = manual.get(entry.image_key)
-                if previous is not None and previous.type_source == "manual":
-                    row["image_type"], row["type_source"] = previous.image_type, "manual"
-                if previous is not None and previous.color_source == "manual":
-                    row["color"], row["color_source"] = previous.color, "manual"
-                rows.append(row)
-            stored = [
-                CacheEntry(**{f: row[f] for f in CacheEntry.__dataclass_fields__}) for row in rows
-            ]
-            upsert(
-                session,
-                CachedImage.__table__,
-                rows,
-                key=["image_key"],
-                update=MODEL_COLUMNS,
-            )
+            rows = [{**entry.__dict__, "created_at": now, "updated_at": now} for entry in entries]
+            upsert(session, CachedImage.__table__, rows, key=["image_key"], update=MODEL_COLUMNS)
             upsert(
                 session,
                 UrlVersion.__table__,
@@ -192,7 +220,7 @@ class MLCache:
                 key=["url"],
                 update=["image_key", "seen_at"],
             )
-        return stored
+        return list(entries)
 
     def touch_urls(self, url_keys: dict[str, str]) -> None:
         """Record the key seen at each URL (after a HEAD or a GET that hit the cache)."""
@@ -207,13 +235,14 @@ class MLCache:
                 update=["image_key", "seen_at"],
             )
 
-    def record(self, image_key: str) -> ImageRecord | None:
-        """The cached classification of ``image_key``, or None."""
+    def record(self, image_key: str, advertiser: str | None = None) -> ImageRecord | None:
+        """What the cache knows of ``image_key`` (with ``advertiser``'s overrides), or None."""
         with self._sessions() as session:
             row = session.get(CachedImage, image_key)
-            if row is None:
+            fixes = _fixes(session, [image_key], advertiser).get(image_key, {})
+            if row is None and not fixes:
                 return None
-            return _record(session, row)
+            return _record(session, image_key, row, fixes)
 
     def thumbnail(self, image_key: str) -> bytes | None:
         with self._sessions() as session:
@@ -222,13 +251,16 @@ class MLCache:
             )
 
     def apply_fix(self, image_key: str, fix: ImageFix) -> tuple[bool, ImageRecord]:
-        """Overwrite the cached type and/or color of ``image_key`` with a manual value.
+        """Record a manual value of ``image_key``: a team fix, or ``fix.advertiser``'s override.
 
         Returns ``(applied, record)``. Pushes are retried until acknowledged, so they may arrive
         twice or out of order: a ``fix_id`` seen before changes nothing, and a field keeps the value
-        of the newest fix (highest id) that set it. A key not cached yet gets a row holding the fix,
-        so the image is classified that way when it is first seen.
+        of the newest fix (``fixed_at``, then ``fix_id``) that set it. The prediction is never
+        touched; a key not classified yet keeps the fix for when it is.
         """
+        owner = fix.advertiser or TEAM
+        fixed_at = as_utc(fix.fixed_at) or utcnow()
+        order = (fixed_at, fix.fix_id or "")
         with self._sessions.begin() as session:
             if fix.fix_id is not None:
                 new = upsert(
@@ -239,34 +271,79 @@ class MLCache:
                     update=[],
                 )
                 if not new:
-                    row = session.get(CachedImage, image_key)
-                    if row is not None:
-                        return False, _record(session, row)
-            row = session.get(CachedImage, image_key, with_for_update=True)
-            if row is None:
-                row = CachedImage(
-                    image_key=image_key,
-                    url=fix.url,
-                    image_type=fix.image_type or DEFAULT_IMAGE_TYPE,
-                    color=None,
-                    type_source="model",
-                    color_source="none",
-                    created_at=utcnow(),
-                )
-                session.add(row)
-            order = fix.fix_id if fix.fix_id is not None else 0
+                    return False, self._record_in(session, image_key, fix.advertiser)
+            values: dict[str, str | None] = {}
+            if fix.image_type is not None:
+                values["image_type"] = fix.image_type
+            if fix.color is not None or fix.clear_color:
+                values["color"] = fix.color
             applied = False
-            if fix.image_type is not None and order >= (row.type_fix_id or 0):
-                row.image_type, row.type_source, row.type_fix_id = fix.image_type, "manual", order
-                applied = True
-            if (fix.color is not None or fix.clear_color) and order >= (row.color_fix_id or 0):
-                row.color, row.color_source, row.color_fix_id = fix.color, "manual", order
-                applied = True
-            if fix.url and not row.url:
-                row.url = fix.url
-            row.updated_at = utcnow()
+            for field, value in values.items():
+                current = session.get(LabelFix, (image_key, field, owner), with_for_update=True)
+                if current is None:
+                    session.add(
+                        LabelFix(
+                            image_key=image_key,
+                            field=field,
+                            owner=owner,
+                            value=value,
+                            fix_id=fix.fix_id or "",
+                            fixed_at=fixed_at,
+                        )
+                    )
+                    applied = True
+                elif order >= (as_utc(current.fixed_at) or fixed_at, current.fix_id):
+                    current.value, current.fix_id, current.fixed_at = (
+                        value,
+                        fix.fix_id or "",
+                        fixed_at,
+                    )
+                    applied = True
+            if fix.url:
+                row = session.get(CachedImage, image_key)
+                if row is not None and not row.url:
+                    row.url = fix.url
             session.flush()
-            return applied, _record(session, row)
+            return applied, self._record_in(session, image_key, fix.advertiser)
+
+    def _record_in(self, session: Session, image_key: str, advertiser: str | None) -> ImageRecord:
+        row = session.get(CachedImage, image_key)
+        return _record(
+            session, image_key, row, _fixes(session, [image_key], advertiser).get(image_key, {})
+        )
+
+    def resolve(self, results: list[ImageResult], advertiser: str | None) -> list[ImageResult]:
+        """Lay the team's fixes and ``advertiser``'s overrides over the model's answers.
+
+        ``ml_image_type`` / ``ml_color`` keep the prediction; ``image_type`` / ``color`` become the
+        value for this advertiser (override, else team fix, else prediction). A Placeholder has no
+        color unless the advertiser's own override gives one.
+        """
+        keys = [r.image_key for r in results if r.image_key and r.error is None]
+        if not keys:
+            return [
+                r.model_copy(update={"ml_image_type": r.image_type, "ml_color": r.color})
+                for r in results
+            ]
+        with self._sessions() as session:
+            fixes = _fixes(session, keys, advertiser)
+        resolved = []
+        for result in results:
+            update: dict[str, object] = {
+                "ml_image_type": result.image_type,
+                "ml_color": result.color,
+            }
+            if result.image_key and result.error is None:
+                found = fixes.get(result.image_key, {})
+                labels = _laid_over(
+                    Labels(
+                        result.image_type, result.color, result.type_source, result.color_source
+                    ),
+                    found,
+                )
+                update.update(asdict(labels))
+            resolved.append(result.model_copy(update=update))
+        return resolved
 
     def count(self) -> int:
         with self._sessions() as session:
@@ -277,27 +354,75 @@ def _entry(row: CachedImage) -> CacheEntry:
     return CacheEntry(**{f: getattr(row, f) for f in CacheEntry.__dataclass_fields__})
 
 
-def _record(session: Session, row: CachedImage) -> ImageRecord:
+Found = dict[str, tuple[str | None, Literal["fix", "override"]]]
+"""Per field: the manual value and its source (``fix`` or ``override``)."""
+
+
+def _fixes(session: Session, keys: list[str], advertiser: str | None) -> dict[str, Found]:
+    """The manual values of ``keys`` for ``advertiser`` (its overrides beat team fixes)."""
+    owners = [TEAM] if not advertiser else [TEAM, advertiser]
+    found: dict[str, Found] = {}
+    for chunk in _chunks(sorted(set(keys)), 500):
+        rows = session.scalars(
+            select(LabelFix).where(LabelFix.image_key.in_(chunk), LabelFix.owner.in_(owners))
+        )
+        for row in sorted(rows, key=lambda r: r.owner != TEAM):  # team first, overrides last
+            source: Literal["fix", "override"] = "fix" if row.owner == TEAM else "override"
+            found.setdefault(row.image_key, {})[row.field] = (row.value, source)
+    return found
+
+
+@dataclass(frozen=True)
+class Labels:
+    image_type: str | None
+    color: str | None
+    type_source: TypeSource | None
+    color_source: ColorSource | None
+
+
+def _laid_over(prediction: Labels, found: Found) -> Labels:
+    """The prediction with the manual values over it (and no color on a Placeholder)."""
+    image_type, type_source = found.get(
+        "image_type", (prediction.image_type, prediction.type_source)
+    )
+    color, color_source = found.get("color", (prediction.color, prediction.color_source))
+    if image_type == PLACEHOLDER and color_source != "override" and color is not None:
+        color, color_source = None, type_source
+    return Labels(image_type, color, type_source, color_source)
+
+
+def _record(session: Session, image_key: str, row: CachedImage | None, found: Found) -> ImageRecord:
     fix_ids = list(
         session.scalars(
             select(AppliedFix.fix_id)
-            .where(AppliedFix.image_key == row.image_key)
-            .order_by(AppliedFix.fix_id)
+            .where(AppliedFix.image_key == image_key)
+            .order_by(AppliedFix.applied_at, AppliedFix.fix_id)
         )
     )
+    ml_type = row.image_type if row is not None else None
+    ml_color = row.color if row is not None else None
+    prediction = Labels(
+        ml_type,
+        ml_color,
+        cast(TypeSource, row.type_source) if row is not None else "model",
+        cast(ColorSource, row.color_source) if row is not None else "none",
+    )
+    values = _laid_over(prediction, found)
     return ImageRecord(
-        image_key=row.image_key,
-        url=row.url,
-        image_type=row.image_type,
-        color=row.color,
-        type_source=row.type_source,
-        color_source=row.color_source,
-        model_version=row.model_version,
-        color_model_version=row.color_model_version,
-        sha256=row.sha256,
-        phash=row.phash,
-        width=row.width,
-        height=row.height,
+        image_key=image_key,
+        url=row.url if row is not None else None,
+        image_type=values.image_type or DEFAULT_IMAGE_TYPE,
+        color=values.color,
+        ml_image_type=ml_type,
+        ml_color=ml_color,
+        type_source=values.type_source or "model",
+        color_source=values.color_source or "none",
+        model_version=row.model_version if row is not None else None,
+        color_model_version=row.color_model_version if row is not None else None,
+        sha256=row.sha256 if row is not None else None,
+        phash=row.phash if row is not None else None,
+        width=row.width if row is not None else None,
+        height=row.height if row is not None else None,
         applied_fix_ids=fix_ids,
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlencode
 
 from pydantic import BaseModel, ValidationError
 
@@ -49,10 +50,17 @@ class MLClient:
         return cls(settings.ml_url, settings.ml_token, client)
 
     def classify(
-        self, urls: list[str], *, color: bool = True, thumbnails: bool = True
+        self,
+        urls: list[str],
+        *,
+        color: bool = True,
+        thumbnails: bool = True,
+        advertiser: str | None = None,
     ) -> ClassifyResponse:
-        """Classify ``urls``; the answer has exactly one result per URL, in order."""
-        request = ClassifyRequest(urls=urls, color=color, thumbnails=thumbnails)
+        """Classify ``urls`` for ``advertiser``; exactly one result per URL, in order."""
+        request = ClassifyRequest(
+            urls=urls, color=color, thumbnails=thumbnails, advertiser=advertiser
+        )
         response = self._call("POST", "/classify", ClassifyResponse, body=request.model_dump())
         if [r.url for r in response.results] != urls:
             raise MLServerBadResponse(
@@ -60,17 +68,21 @@ class MLClient:
             )
         return response
 
-    def get_image(self, image_key: str) -> ImageRecord | None:
-        """The ML cache's record of ``image_key``, or None when it is not cached."""
+    def get_image(self, image_key: str, advertiser: str | None = None) -> ImageRecord | None:
+        """The ML cache's record of ``image_key`` (as ``advertiser`` sees it), or None."""
+        query = f"?{urlencode({'advertiser': advertiser})}" if advertiser else ""
         try:
-            return self._call("GET", f"/images/{image_key}", ImageRecord)
+            return self._call("GET", f"/images/{image_key}{query}", ImageRecord)
         except _NotFound:
             return None
 
     def put_fix(self, image_key: str, fix: ImageFix) -> FixResult:
         """Push a manual fix to the ML cache (idempotent when ``fix.fix_id`` is set)."""
         return self._call(
-            "PUT", f"/images/{image_key}", FixResult, body=fix.model_dump(exclude_none=True)
+            "PUT",
+            f"/images/{image_key}",
+            FixResult,
+            body=fix.model_dump(mode="json", exclude_none=True),
         )
 
     def health(self) -> Health:

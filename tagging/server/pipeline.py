@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Sequence
+import threading
+from collections import deque
+from collections.abc import Container, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from PIL import Image
 
 from db.vocab import DEFAULT_IMAGE_TYPE, PLACEHOLDER
 from tagging.errors import FetchError, ImageDecodeError, TaggingError
@@ -44,6 +48,53 @@ class PipelineConfig:
     """Threads fetching and decoding; both release the GIL while they wait or decode."""
     draft_size: tuple[int, int] = (160, 120)
     max_image_bytes: int = 15 * 1024 * 1024
+    max_bytes_in_flight: int = 64 * 1024 * 1024
+    """Downloaded image bytes held at once by the whole process, every request together: a GET
+    waits for room before reading its body, and gives it back once the image is decoded."""
+    model_image_size: tuple[int, int] = (320, 240)
+    """The largest image kept for the models once hashed and thumbnailed (larger ones are
+    reduced), so that a batch holds small images, not every decoded original, until inference."""
+
+
+class ByteBudget:
+    """A byte count that threads take from and give back: a semaphore measured in bytes.
+
+    Takers are served in order of arrival. A request for more than the whole budget is cut to the
+    whole budget, so it waits until nothing else is held instead of forever.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self.held = 0
+        self.peak = 0
+        """The most bytes ever held at once."""
+        self._queue: deque[object] = deque()
+        self._changed = threading.Condition()
+
+    def acquire(self, size: int) -> int:
+        """Wait until ``size`` bytes are free and take them; returns what to :meth:`release`."""
+        size = max(0, min(size, self.capacity))
+        ticket = object()
+        with self._changed:
+            self._queue.append(ticket)
+            try:
+                self._changed.wait_for(
+                    lambda: self._queue[0] is ticket and self.held + size <= self.capacity
+                )
+                self.held += size
+                self.peak = max(self.peak, self.held)
+            finally:
+                self._queue.remove(ticket)
+                self._changed.notify_all()
+        return size
+
+    def release(self, size: int) -> None:
+        """Give back ``size`` bytes taken by :meth:`acquire`."""
+        if size <= 0:
+            return
+        with self._changed:
+            self.held -= size
+            self._changed.notify_all()
 
 
 @dataclass
@@ -53,7 +104,6 @@ class _Work:
     url: str
     key: str | None = None
     headers: dict[str, str] | None = None
-    body: bytes | None = None
     decoded: DecodedImage | None = None
     sha256: str | None = None
     phash: str | None = None
@@ -81,6 +131,8 @@ class ClassificationPipeline:
         self._pool = ThreadPoolExecutor(
             max_workers=self.config.fetch_workers, thread_name_prefix="classify"
         )
+        self.budget = ByteBudget(self.config.max_bytes_in_flight)
+        """Downloaded bytes not yet decoded, shared by every request of this process."""
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -114,14 +166,13 @@ class ClassificationPipeline:
                     and work.cached.image_type != PLACEHOLDER
                 )
             ):
-                if work.body is None:
-                    self._get(work)
-                if work.error is None:
-                    work.cached = None
+                work.cached = None  # step 3 fetches and decodes it, unless its GET did already
 
-        # 3. Decode what is new, in parallel.
+        # 3. Decode what is new. Each GET decoded its image as soon as the bytes arrived (see
+        # _get); what is left (the entries above, and GETs that dropped their bytes as cache hits
+        # that are no longer hits) is fetched and decoded now, in parallel.
         misses = [w for w in works if w.error is None and w.cached is None]
-        list(self._pool.map(self._decode, misses))
+        list(self._pool.map(self._get, [w for w in misses if w.decoded is None]))
         decoded = [w for w in misses if w.decoded is not None]
 
         # 4. Classify in one batch per model.
@@ -145,31 +196,56 @@ class ClassificationPipeline:
                     return
             except FetchError:
                 pass  # Some CDNs refuse HEAD: a GET settles it.
-        self._get(work)
+        self._get(work, cached_keys=known)
 
-    def _get(self, work: _Work) -> None:
-        try:
-            response: FetchResult = self.client.get(
-                work.url, accept=IMAGE_CONTENT_TYPES, max_bytes=self.config.max_image_bytes
-            )
-        except TaggingError as exc:
-            work.error = exc
-            return
-        work.headers = dict(response.headers)
-        work.body = response.body
-        work.key = image_key(work.url, response.headers)
+    def _get(self, work: _Work, cached_keys: Container[str] = ()) -> None:
+        """GET the image and decode it at once; its bytes count against the budget meanwhile.
 
-    def _decode(self, work: _Work) -> None:
-        assert work.body is not None
+        An image whose key is in ``cached_keys`` is not decoded (its bytes are dropped): it is a
+        cache hit, unless the cache lost it, in which case step 3 fetches it again.
+        """
+        cap = self.config.max_image_bytes
+        reserved = 0
+
+        def reserve(headers: Mapping[str, str]) -> None:
+            nonlocal reserved
+            reserved = self.budget.acquire(_expected_size(headers, cap))
+
         try:
-            work.decoded = decode_image(work.body, draft_size=self.config.draft_size)
+            try:
+                response: FetchResult = self.client.get(
+                    work.url, accept=IMAGE_CONTENT_TYPES, max_bytes=cap, before_body=reserve
+                )
+            except TaggingError as exc:
+                work.error = exc
+                return
+            body = response.body
+            work.headers = dict(response.headers)
+            work.key = image_key(work.url, response.headers)
+            del response
+            if len(body) < reserved:
+                # A body without Content-Length had the whole cap set aside: give back the rest.
+                self.budget.release(reserved - len(body))
+                reserved = len(body)
+            if work.key not in cached_keys:
+                self._decode(work, body)
+        finally:
+            self.budget.release(reserved)
+
+    def _decode(self, work: _Work, body: bytes) -> None:
+        try:
+            decoded = decode_image(body, draft_size=self.config.draft_size)
         except ImageDecodeError as exc:
             work.error = exc
             return
-        work.sha256 = content_sha256(work.body)
-        work.phash = perceptual_hash(work.decoded.image)
+        work.sha256 = content_sha256(body)
+        work.phash = perceptual_hash(decoded.image)
+        # Until inference the batch keeps a small image, not the decoded original; the thumbnail
+        # (smaller still) is made from it too, which saves a copy of the original.
+        work.decoded = replace(
+            decoded, image=model_image(decoded.image, self.config.model_image_size)
+        )
         work.thumbnail = make_thumbnail(work.decoded.image)
-        work.body = None  # The bytes are not needed any more; keep the batch's memory small.
 
     def _classify(self, works: list[_Work], *, color: bool) -> list[CacheEntry]:
         if not works:
@@ -253,3 +329,22 @@ def _int_or_none(value: str | None) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+def model_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``image`` if it fits in ``size``, else reduced (averaging whole blocks of pixels) to fit.
+
+    Both models resize to far smaller inputs with a box filter themselves, so this changes little
+    of what they see; JPEGs, which are drafted while decoding, rarely need it.
+    """
+    factor = max(-(-image.width // size[0]), -(-image.height // size[1]))
+    return image if factor <= 1 else image.reduce(factor)
+
+
+def _expected_size(headers: Mapping[str, str], cap: int) -> int:
+    """The bytes a body will take: its Content-Length, or ``cap`` when that is unknown."""
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    declared = headers.get("content-length", "").strip()
+    if encoding == "identity" and declared.isdigit():
+        return min(int(declared), cap)
+    return cap  # chunked, or compressed: up to the cap once decoded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -10,10 +11,10 @@ from db.vocab import COLORS, IMAGE_TYPES
 
 MAX_BATCH = 256
 
-TypeSource = Literal["model", "manual"]
-"""Who set a cached Image Type: the model, or a manual fix."""
-ColorSource = Literal["model", "manual", "none"]
-"""Who set a cached color; ``none`` when the color model was not asked or failed."""
+TypeSource = Literal["model", "fix", "override"]
+"""Where an Image Type comes from: the model, a team fix, or the asking advertiser's override."""
+ColorSource = Literal["model", "fix", "override", "none"]
+"""Where a color comes from; ``none`` when the color model was not asked or failed."""
 
 
 class ClassifyRequest(BaseModel):
@@ -24,15 +25,23 @@ class ClassifyRequest(BaseModel):
     """False when the scrape takes color from the feed: the color model is not called."""
     thumbnails: bool = True
     """Include a base64 JPEG thumbnail per classified image."""
+    advertiser: str | None = Field(default=None, max_length=200)
+    """Who is asking: its own overrides apply to its answer (and no one else's)."""
 
 
 class ImageResult(BaseModel):
-    """What the ML system says about one URL. ``image_type`` is None when it could not say."""
+    """What the ML system says about one URL. ``image_type`` is None when it could not say.
+
+    ``image_type`` and ``color`` are the values for the asking advertiser (its override, else the
+    team's fix, else the prediction); ``ml_image_type`` and ``ml_color`` are always the model's.
+    """
 
     url: str
     image_key: str | None = None
     image_type: str | None = None
     color: str | None = None
+    ml_image_type: str | None = None
+    ml_color: str | None = None
     confidence: float | None = None
     cached: bool = False
     model_version: str | None = None
@@ -59,32 +68,44 @@ class ClassifyResponse(BaseModel):
 
 
 class ImageRecord(BaseModel):
-    """The cached classification of one image_key."""
+    """The cached classification of one image_key: the prediction, and the values with fixes."""
 
     image_key: str
     url: str | None
     image_type: str
     color: str | None
-    type_source: str
-    color_source: str
+    ml_image_type: str | None = None
+    """The model's answer; None when the image was never classified (only fixed)."""
+    ml_color: str | None = None
+    type_source: TypeSource
+    color_source: ColorSource
     model_version: str | None
     color_model_version: str | None
     sha256: str | None
     phash: str | None
     width: int | None
     height: int | None
-    applied_fix_ids: list[int] = Field(default_factory=list)
+    applied_fix_ids: list[str] = Field(default_factory=list)
 
 
 class ImageFix(BaseModel):
-    """A manual fix pushed to the cache. ``fix_id`` makes the push idempotent."""
+    """A manual fix pushed to the cache. ``fix_id`` makes the push idempotent.
+
+    Without ``advertiser`` it is a team fix, for everyone; with it, that advertiser's override.
+    Pushes are retried, so they may arrive twice or out of order: a field keeps the value of the
+    newest fix (``fixed_at``, then ``fix_id``) that set it.
+    """
 
     image_type: str | None = None
     color: str | None = None
     clear_color: bool = False
     """Set the color to None (a Placeholder has no color)."""
-    fix_id: int | None = None
-    url: str | None = None
+    fix_id: str | None = Field(default=None, min_length=1, max_length=64)
+    """The fix's globally unique id (the app's ``manual_fixes.uid``)."""
+    fixed_at: datetime | None = None
+    """When the fix was made; orders fixes that arrive out of order."""
+    advertiser: str | None = Field(default=None, min_length=1, max_length=200)
+    url: str | None = Field(default=None, max_length=4096)
     """The image URL, kept when the key is not cached yet."""
 
     @field_validator("image_type")
@@ -114,3 +135,5 @@ class Health(BaseModel):
     model_version: str
     color_model_version: str
     cache_size: int
+    cache_generation: str
+    """Changes whenever the cache store starts empty: the app then pushes every fix again."""

@@ -5,15 +5,23 @@ Every test that touches the database runs on SQLite and on PostgreSQL (the ``ses
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import pytest
+from argon2 import PasswordHasher
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+import db.accounts as accounts_module
 from db.accounts import (
+    MAX_PASSWORD_LENGTH,
+    WRONG_CREDENTIALS,
     Actor,
     Permission,
+    SignInThrottle,
+    account_actor,
     actor_for_email,
     advertiser_for_token,
     authenticate,
@@ -200,6 +208,141 @@ def test_a_disabled_account_cannot_sign_in(accounts: sessionmaker[Session]) -> N
     with accounts.begin() as session:
         set_disabled(session, ADMIN, "alice", False)
     assert sign_in(accounts, "alice", PASSWORD) == Actor("alice", Role.ANALYST)
+
+
+class CountingHasher(PasswordHasher):
+    """The library's hasher, counting the verifications."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.verifications = 0
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+        self.verifications += 1
+        return super().verify(hash, password)
+
+
+def test_every_failure_runs_one_verification_and_unknown_users_read_as_wrong_passwords(
+    accounts: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with accounts.begin() as session:
+        create_user(session, ADMIN, "sso-only", Role.MANAGER, email="sso@example.com")
+        create_user(session, ADMIN, "locked", Role.ANALYST, PASSWORD)
+        session.scalar(select(User).where(User.username == "locked")).locked_until = T0 + timedelta(
+            minutes=1
+        )
+    hasher = CountingHasher()
+    monkeypatch.setattr(accounts_module, "_hasher", hasher)
+    answers = {}
+    for username, password in [
+        ("nobody", PASSWORD),  # unknown: verified against the dummy hash
+        ("alice", "not the password"),
+        ("sso-only", PASSWORD),  # no password hash: the dummy again
+        ("locked", PASSWORD),  # locked: the dummy, so that it takes as long
+        ("alice", "x" * (MAX_PASSWORD_LENGTH + 1)),  # too long: its first 1024 characters
+    ]:
+        before = hasher.verifications
+        result = sign_in(accounts, username, password)
+        assert isinstance(result, AuthenticationError)
+        assert hasher.verifications == before + 1, username
+        answers[username] = str(result)
+    assert answers["nobody"] == answers["alice"] == answers["sso-only"] == WRONG_CREDENTIALS
+    assert answers["locked"] == "too many failed sign-ins: try again in 60 s"
+    assert user(accounts, "alice").failed_attempts == 2  # the too long one counts too
+
+
+def test_a_client_may_fail_so_many_sign_ins_whatever_the_usernames(
+    accounts: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    throttle = SignInThrottle(max_failures=3, window=timedelta(minutes=10))
+
+    def attempt(username: str, password: str, client: str, now: datetime = T0) -> object:
+        with accounts.begin() as session:
+            try:
+                return authenticate(
+                    session, username, password, now=now, client=client, throttle=throttle
+                )
+            except AuthenticationError as exc:
+                return str(exc)
+
+    for username in ("nobody", "alice", "root"):
+        assert attempt(username, "wrong password", "ip:203.0.113.7") == WRONG_CREDENTIALS
+    hasher = CountingHasher()
+    monkeypatch.setattr(accounts_module, "_hasher", hasher)
+    later = T0 + timedelta(minutes=4)
+    assert attempt("alice", PASSWORD, "ip:203.0.113.7", later) == (
+        "too many failed sign-ins from here: try again in 360 s"
+    )
+    # Refused before any lookup or hashing, and not counted against the account.
+    assert hasher.verifications == 0
+    assert user(accounts, "alice").failed_attempts == 1
+    # Another client is not concerned; a success does not count.
+    assert attempt("alice", PASSWORD, "ip:198.51.100.9", later) == Actor("alice", Role.ANALYST)
+    # The window slides: ten minutes after the first failures, the client may try again.
+    assert attempt("alice", PASSWORD, "ip:203.0.113.7", T0 + timedelta(minutes=10)) == Actor(
+        "alice", Role.ANALYST
+    )
+
+
+def test_with_the_throttle_an_unknown_username_locks_like_a_real_account(
+    accounts: sessionmaker[Session],
+) -> None:
+    throttle = SignInThrottle()
+
+    def attempt(username: str, password: str, now: datetime) -> str:
+        with accounts.begin() as session:
+            try:
+                authenticate(session, username, password, now=now, throttle=throttle)
+            except AuthenticationError as exc:
+                return str(exc)
+        return "signed in"
+
+    answers: dict[str, list[str]] = {"alice": [], "ghost": []}
+    for username, seen in answers.items():
+        seen.extend(attempt(username, "wrong password", T0) for _ in range(5))
+        seen.append(attempt(username, "wrong password", T0 + timedelta(seconds=20)))
+        seen.append(attempt(username, "wrong password", T0 + timedelta(hours=1)))
+    assert (
+        answers["alice"]
+        == answers["ghost"]
+        == [
+            *[WRONG_CREDENTIALS] * 4,
+            "too many failed sign-ins: try again in 30 s",
+            "too many failed sign-ins: try again in 10 s",
+            "too many failed sign-ins: try again in 60 s",
+        ]
+    )
+
+
+def test_the_throttle_keeps_a_bounded_memory_and_counts_under_threads() -> None:
+    throttle = SignInThrottle(max_failures=1, max_entries=2)
+    for client in ("a", "b", "c"):
+        throttle.client_failed(client, T0)
+    throttle.check_client("a", T0)  # forgotten: the oldest went first
+    with pytest.raises(AuthenticationError):
+        throttle.check_client("c", T0)
+
+    busy = SignInThrottle(max_failures=401)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda _: busy.client_failed("x", T0), range(400)))
+    busy.check_client("x", T0)
+    busy.client_failed("x", T0)
+    with pytest.raises(AuthenticationError, match="from here"):
+        busy.check_client("x", T0)
+
+
+def test_account_actor_reads_the_account_as_it_is_now(accounts: sessionmaker[Session]) -> None:
+    with accounts() as session:
+        assert account_actor(session, "Alice") == Actor("alice", Role.ANALYST)
+        assert account_actor(session, "nobody") is None
+    with accounts.begin() as session:
+        set_role(session, ADMIN, "alice", Role.MANAGER)
+    with accounts() as session:
+        assert account_actor(session, "alice") == Actor("alice", Role.MANAGER)
+    with accounts.begin() as session:
+        set_disabled(session, ADMIN, "alice", True)
+    with accounts() as session:
+        assert account_actor(session, "alice") is None
 
 
 @pytest.mark.slow

@@ -69,7 +69,7 @@ def test_upsert_with_no_update_keeps_the_existing_row(sessions: sessionmaker[Ses
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.sqlite'}", create=True)
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -120,3 +120,36 @@ def test_session_factory_does_not_expire_on_commit(url: str) -> None:
         session.add(advertiser)
     assert advertiser.name == "a"  # readable after the transaction closed
     engine.dispose()
+
+
+def test_a_missing_sqlite_file_is_an_error_unless_created(tmp_path: Path) -> None:
+    from db.errors import NotFoundError
+
+    typo = tmp_path / "tagdsk.sqlite"
+    with pytest.raises(NotFoundError, match=r"no database at .*python -m tagging migrate"):
+        make_engine(f"sqlite:///{typo}")
+    with pytest.raises(NotFoundError, match="no database at"):
+        migrate(f"sqlite:///{typo}", create=False)
+    assert not typo.exists()
+
+
+def test_sqlite_files_are_created_private(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "nested" / "app.sqlite"
+        migrate(f"sqlite:///{path}")  # migrate creates it
+        engine = make_engine(f"sqlite:///{path}")
+        with engine.begin() as connection:  # a write: the -wal and -shm files exist now
+            connection.execute(text("CREATE TABLE t (x INTEGER)"))
+            for suffix in ("", "-wal", "-shm"):
+                mode = stat.S_IMODE(Path(f"{path}{suffix}").stat().st_mode)
+                assert mode == 0o600, (suffix, oct(mode))
+        engine.dispose()
+        cache = tmp_path / "ml_cache.sqlite"  # the ML server's store: make_engine(create=True)
+        make_engine(f"sqlite:///{cache}", create=True).dispose()
+        assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)

@@ -53,6 +53,9 @@ MANAGER = actor(Role.MANAGER, "max")
 LEGACY = {"type": "Placeholder", "color": "N/A"}
 
 
+ADVERTISER = FixSource.ADVERTISER
+
+
 def one(sessions: sessionmaker[Session], detector: str) -> int:
     (finding,) = of(refresh(sessions), detector)
     return finding.id
@@ -162,12 +165,12 @@ def test_choose_one_value_settles_a_shared_cdn_fight_until_the_next_fix(
 ) -> None:
     with sessions.begin() as session:
         world, lakeside, metro = shared_cdn(session)
-        world.fix(lakeside, "shared-1", "Stock", user="advertiser:Lakeside")
+        world.fix(lakeside, "shared-1", "Stock", user="advertiser:Lakeside", source=ADVERTISER)
     with sessions.begin() as session:
-        # Metro flips it back: they disagree.
+        # Metro flips it back: they disagree (each override is its own).
         world = World(session)
-        world.fix(metro, "shared-1", "Stock", user="advertiser:Metro")
-        world.fix(metro, "shared-1", "Dealer", user="advertiser:Metro")
+        world.fix(metro, "shared-1", "Stock", user="advertiser:Metro", source=ADVERTISER)
+        world.fix(metro, "shared-1", "Dealer", user="advertiser:Metro", source=ADVERTISER)
     finding_id = one(sessions, SHARED_CDN_CONFLICT)
     with sessions.begin() as session:
         with pytest.raises(PermissionDenied):
@@ -187,7 +190,7 @@ def test_choose_one_value_settles_a_shared_cdn_fight_until_the_next_fix(
 
     # Metro changes it again: the fight is back.
     with sessions.begin() as session:
-        World(session).fix(metro, "shared-1", "Dealer", user="advertiser:Metro")
+        World(session).fix(metro, "shared-1", "Dealer", user="advertiser:Metro", source=ADVERTISER)
     (reopened,) = of(refresh(sessions), SHARED_CDN_CONFLICT)
     assert reopened.id == finding_id and reopened.state == FindingState.OPEN
 

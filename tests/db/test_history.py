@@ -87,7 +87,7 @@ def seeded(sessions: sessionmaker[Session]) -> Seeded:
                 "advertiser:Harbor Autos",
                 h_item,
                 "image_type",
-                "Placeholder",
+                "Stock",
                 at(2),
                 source=FixSource.ADVERTISER,
             ),
@@ -140,7 +140,7 @@ def test_rows_are_newest_first_with_every_column(
         "advertiser",
         "image_type",
     )
-    assert (adv.old_value, adv.new_value) == ("Dealer", "Placeholder")
+    assert (adv.old_value, adv.new_value) == ("Dealer", "Stock")
     assert adv.image_key.endswith("90000") and adv.image_url.endswith(".jpg")
     assert adv.created_at == at(2) and adv.created_at.tzinfo is not None
     assert (adv.sync_status, adv.synced_at, adv.sync_attempts) == ("pending", None, 0)
@@ -176,7 +176,7 @@ def test_limit_and_offset_page_through_the_same_order(
         (lambda s: HistoryFilter(field="color"), ["mar1_end", "mar1_start"]),
         (lambda s: HistoryFilter(field="image_type"), ["mar3", "mar2_start", "feb28"]),
         # The value matches the old or the new value, whatever its case.
-        (lambda s: HistoryFilter(value="Stock"), ["mar3", "feb28"]),  # new, then old
+        (lambda s: HistoryFilter(value="Stock"), ["mar3", "mar2_start", "feb28"]),  # new or old
         (lambda s: HistoryFilter(value=" green "), ["mar1_start"]),
         (lambda s: HistoryFilter(value="Purple"), []),
         (lambda s: HistoryFilter(sync_status="synced"), ["mar1_start"]),

@@ -14,8 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Image, Scrape, ScrapeStatus, SitemapItem, Thumbnail, as_utc, utcnow
 from db.scrapes import (
-    STALE_AFTER,
+    LEASE,
     ScrapeCounts,
+    beat,
+    expire_abandoned_scrapes,
     finish_scrape,
     latest_scrape,
     recent_scrapes,
@@ -267,10 +269,18 @@ def test_running_scrape_ignores_finished_and_stale_ones(sessions: sessionmaker[S
         assert running_scrape(session, advertiser.id) is None  # never scraped
         scrape_at(session, advertiser.id, now - timedelta(minutes=5), finished_at=now)
         assert running_scrape(session, advertiser.id) is None  # only a finished one
-        # A worker died hours ago without finishing its scrape: it no longer counts.
-        scrape_at(session, advertiser.id, now - STALE_AFTER - timedelta(minutes=1))
+        # A worker died without finishing its scrape: no heartbeat for the lease, it no longer
+        # counts (however recently it started).
+        silent = now - LEASE - timedelta(seconds=1)
+        scrape_at(session, advertiser.id, now - timedelta(minutes=3), heartbeat_at=silent)
         assert running_scrape(session, advertiser.id) is None
-        fresh = scrape_at(session, advertiser.id, now - STALE_AFTER + timedelta(minutes=5))
+        # A long scrape whose heartbeat is fresh counts, however long ago it started.
+        fresh = scrape_at(
+            session,
+            advertiser.id,
+            now - timedelta(hours=5),
+            heartbeat_at=now - LEASE + timedelta(seconds=30),
+        )
         advertiser_id, fresh_id = advertiser.id, fresh.id
     with sessions() as session:
         assert running_scrape(session, advertiser_id).id == fresh_id  # type: ignore[union-attr]
@@ -285,3 +295,61 @@ def test_running_scrape_ignores_finished_and_stale_ones(sessions: sessionmaker[S
         )
     with sessions() as session:
         assert running_scrape(session, advertiser_id) is None
+
+
+def test_start_store_and_beat_push_the_heartbeat(sessions: sessionmaker[Session]) -> None:
+    old = utcnow() - timedelta(hours=1)
+    with sessions.begin() as session:
+        advertiser = make_advertiser(session)
+        scrape = start_scrape(session, advertiser.id, trigger="cli", requested_by=None)
+        assert as_utc(scrape.heartbeat_at) > utcnow() - timedelta(minutes=1)  # type: ignore[operator]
+        scrape.heartbeat_at = old
+        scrape_id = scrape.id
+
+    def heartbeat() -> datetime:
+        with sessions() as session:
+            moment = as_utc(session.get_one(Scrape, scrape_id).heartbeat_at)
+            assert moment is not None
+            return moment
+
+    with sessions.begin() as session:
+        store_batch(session, scrape_id, ScrapeCounts(), [], [], [])
+    assert heartbeat() > old + timedelta(minutes=30)
+    with sessions.begin() as session:
+        session.get_one(Scrape, scrape_id).heartbeat_at = old
+    with sessions.begin() as session:
+        beat(session, scrape_id)
+    assert heartbeat() > old + timedelta(minutes=30)
+
+
+def test_expire_abandoned_scrapes_fails_only_silent_running_ones(
+    sessions: sessionmaker[Session],
+) -> None:
+    now = utcnow()
+    silent_since = now - LEASE - timedelta(minutes=1)
+    with sessions.begin() as session:
+        advertiser, other = make_advertiser(session), make_advertiser(session, "Other Motors")
+        dead = scrape_at(session, advertiser.id, silent_since, heartbeat_at=silent_since)
+        alive = scrape_at(session, advertiser.id, now - timedelta(hours=3), heartbeat_at=now)
+        done = scrape_at(
+            session,
+            advertiser.id,
+            silent_since,
+            heartbeat_at=silent_since,
+            finished_at=now,
+            status=ScrapeStatus.SUCCEEDED,
+        )
+        elsewhere = scrape_at(session, other.id, silent_since, heartbeat_at=silent_since)
+        ids = dead.id, alive.id, done.id, elsewhere.id
+    with sessions.begin() as session:
+        assert expire_abandoned_scrapes(session, advertiser.id) == [ids[0]]
+    with sessions.begin() as session:
+        assert expire_abandoned_scrapes(session) == [ids[3]]
+        assert expire_abandoned_scrapes(session) == []
+    with sessions() as session:
+        dead, alive, done, elsewhere = (session.get_one(Scrape, i) for i in ids)
+        assert dead.status == ScrapeStatus.FAILED and dead.finished_at is not None
+        assert dead.error == f"abandoned: no heartbeat since {silent_since:%Y-%m-%d %H:%M:%S} UTC"
+        assert alive.status == ScrapeStatus.RUNNING and alive.finished_at is None
+        assert done.status == ScrapeStatus.SUCCEEDED and done.error is None
+        assert elsewhere.status == ScrapeStatus.FAILED

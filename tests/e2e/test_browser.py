@@ -22,6 +22,10 @@ from tagging.server.client import MLClient
 
 pytestmark = pytest.mark.browser
 
+TRACKER_PATH = "/track.png"
+HOSTILE_COLOR = f"![t](http://127.0.0.1:9{TRACKER_PATH})"
+HOSTILE_TITLE = f"**Deal** <img src='http://127.0.0.1:9{TRACKER_PATH}'> {HOSTILE_COLOR}"
+
 
 def choose(page: object, key: str, option: str) -> None:
     """Pick ``option`` in the Streamlit selectbox whose widget key is ``key``."""
@@ -47,9 +51,18 @@ def test_fix_in_the_browser_reaches_history_and_ml_cache(
     name = sorted(a.name for a in inventory.advertisers)[0]  # the page's default advertiser
     client = client_from_settings(app_settings)  # type: ignore[arg-type]
     run_scrape(sessions, name, ml=MLClient.from_settings(app_settings), client=client)  # type: ignore[arg-type]
+    # The second tile gets a hostile feed color and title: they must show as written.
+    with sessions.begin() as session:
+        second = session.scalars(
+            select(SitemapItem).order_by(SitemapItem.scrape_id.desc(), SitemapItem.position)
+        ).all()[1]
+        second.color = second.feed_color = second.ml_color = HOSTILE_COLOR
+        second.title = HOSTILE_TITLE
 
     page = browser.new_page(viewport={"width": 1600, "height": 1200})  # type: ignore[attr-defined]
     page.set_default_timeout(30_000)
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
     page.goto(running_app["url"])
     page.get_by_label("Username", exact=True).fill("analyst")
     page.get_by_label("Password", exact=True).fill("wrong password!")
@@ -61,7 +74,11 @@ def test_fix_in_the_browser_reaches_history_and_ml_cache(
     page.get_by_role("link", name="Sitemap review").click()
     page.get_by_role("heading", name="Sitemap review").wait_for()
     page.get_by_text("Images", exact=True).first.wait_for()
+    page.get_by_text(f"Feed color: {HOSTILE_COLOR}", exact=True).wait_for()
+    page.get_by_text(HOSTILE_TITLE[:20]).first.wait_for()
     page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+    assert page.locator(f'img[src*="{TRACKER_PATH}"]').count() == 0
+    assert not [url for url in requested if TRACKER_PATH in url]
 
     with sessions() as session:
         first = session.scalars(
@@ -96,5 +113,79 @@ def test_fix_in_the_browser_reaches_history_and_ml_cache(
     # st.dataframe draws on a canvas; its cells are in the DOM for assistive technology.
     page.locator("[role=gridcell]", has_text="Purple").first.wait_for(state="attached")
     page.screenshot(path=str(tmp_path / "history.png"), full_page=True)
+    client.close()
+    engine.dispose()
+
+
+def test_placeholder_clears_the_color_and_an_override_shows_in_the_browser(
+    browser: object,
+    running_app: dict,
+    app_settings: object,
+    demo_dir: Path,
+    cdn: object,
+    ml_server: object,
+    tmp_path: Path,
+) -> None:
+    from db.fixes import FixChange
+    from db.models import FixSource, LabelSource
+    from tagging.fixes import record_fixes
+    from tests.utils.factories import actor
+
+    inventory = DemoInventory.load(demo_dir)
+    register_demo_advertisers(app_settings, inventory, cdn.url)  # type: ignore[arg-type, attr-defined]
+    engine = make_engine(app_settings.database_url)  # type: ignore[attr-defined]
+    sessions = make_session_factory(engine)
+    with sessions.begin() as session:
+        ensure_demo_accounts(session)
+    name = sorted(a.name for a in inventory.advertisers)[0]  # the page's default advertiser
+    client = client_from_settings(app_settings)  # type: ignore[arg-type]
+    run_scrape(sessions, name, ml=MLClient.from_settings(app_settings), client=client)  # type: ignore[arg-type]
+    with sessions.begin() as session:
+        items = session.scalars(
+            select(SitemapItem)
+            .where(SitemapItem.color.is_not(None), SitemapItem.status == "ok")
+            .order_by(SitemapItem.position)
+        ).all()
+        colored, overridden = items[0], items[1]
+        # The advertiser's own front end overrides one image's color.
+        record_fixes(
+            session,
+            actor(),
+            [FixChange(overridden.id, "color", "Gold" if overridden.color != "Gold" else "Red")],
+            source=FixSource.ADVERTISER,
+        )
+
+    page = browser.new_page(viewport={"width": 1600, "height": 1200})  # type: ignore[attr-defined]
+    page.set_default_timeout(30_000)
+    page.goto(running_app["url"])
+    page.get_by_label("Username", exact=True).fill("analyst")
+    page.get_by_label("Password", exact=True).fill("analyst-demo-pass")
+    page.keyboard.press("Enter")
+    page.get_by_role("link", name="Sitemap review").click()
+    page.get_by_role("heading", name="Sitemap review").wait_for()
+    page.get_by_text("Advertiser's override").first.wait_for()
+
+    choose(page, f"type-{colored.id}-{colored.image_type}", "Placeholder")
+    page.get_by_role("button", name="Update").click()
+    # The type and, by the seed's rule, the color: two history rows, both pushed.
+    page.get_by_text(re.compile(r"2 fix\(es\) saved and sent to the ML server")).wait_for()
+    # The dropdowns follow: the color now reads "no color" for the placeholder.
+    color_box = page.locator(f".st-key-color-{colored.id}-None").get_by_role("combobox")
+    color_box.wait_for()
+    assert color_box.get_attribute("placeholder") == "No color (a placeholder)"
+    assert color_box.input_value() == ""  # nothing picked: no color
+    page.screenshot(path=str(tmp_path / "placeholder.png"), full_page=True)
+
+    with sessions() as session:
+        now = session.get_one(SitemapItem, colored.id)
+        assert (now.image_type, now.color) == ("Placeholder", None)
+        assert now.color_source == LabelSource.FIX
+        fixes = session.scalars(
+            select(ManualFix).where(ManualFix.sitemap_item_id == colored.id)
+        ).all()
+        assert sorted((f.field, f.new_value) for f in fixes) == [
+            ("color", None),
+            ("image_type", "Placeholder"),
+        ]
     client.close()
     engine.dispose()

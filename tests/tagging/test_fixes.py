@@ -16,7 +16,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.findings import get_finding, list_findings
 from db.fixes import FixChange, apply_fixes
-from db.models import FindingState, FixSource, ManualFix, Role, SitemapItem, SyncStatus
+from db.models import (
+    Advertiser,
+    FindingState,
+    FixSource,
+    ManualFix,
+    Role,
+    SitemapItem,
+    SyncStatus,
+)
 from db.vocab import ADVERTISER_PLACEHOLDER
 from tagging.detectors.refresh import refresh_findings
 from tagging.detectors.remedies import accept, retag
@@ -49,10 +57,11 @@ def ml_down(tmp_path: Path) -> MLClient:
     return MLClient.from_settings(settings)  # type: ignore[arg-type]
 
 
-def cached(ml_server: object, key: str) -> dict[str, object]:
-    """The ML server's cache record of ``key``, read over HTTP."""
+def cached(ml_server: object, key: str, advertiser: str | None = None) -> dict[str, object]:
+    """The ML server's cache record of ``key`` (as ``advertiser`` sees it), read over HTTP."""
     response = requests.get(
         f"{ml_server.url}/images/{key}",  # type: ignore[attr-defined]
+        params={"advertiser": advertiser} if advertiser else None,
         headers={"Authorization": f"Bearer {ML_TOKEN}"},
         timeout=5,
     )
@@ -73,18 +82,21 @@ def placeholder_findings(
 def test_record_fixes_raises_a_finding_and_a_later_fix_settles_it(
     sessions: sessionmaker[Session], scrape_items: list[int]
 ) -> None:
-    """A photo retagged as Placeholder keeps its color: the fix raises "Placeholder fixed by the
-    advertiser" in the same transaction; retagging it back settles the finding."""
+    """An advertiser's override makes a photo a Placeholder with a color: the fix raises
+    "Placeholder fixed by the advertiser" in the same transaction; retagging it settles it."""
     with sessions.begin() as session:
         assert placeholder_findings(session) == []
         outcome = record_fixes(
             session,
             actor(Role.ANALYST, "ana"),
-            [FixChange(scrape_items[0], "image_type", "Placeholder", "Dealer")],
+            [
+                FixChange(scrape_items[0], "image_type", "Placeholder", "Dealer"),
+                FixChange(scrape_items[0], "color", "Red", "Red"),  # kept: its own word
+            ],
             source=FixSource.ADVERTISER,
         )
         (finding_id,) = placeholder_findings(session)  # visible before the commit
-    assert len(outcome.fix_ids) == 1 and outcome.advertiser_ids
+    assert len(outcome.fix_ids) == 1 and outcome.unchanged == 1 and outcome.advertiser_ids
     with sessions() as session:
         fix = session.get_one(ManualFix, outcome.fix_ids[0])
         assert (fix.source, fix.sync_status, fix.new_value) == (
@@ -94,12 +106,14 @@ def test_record_fixes_raises_a_finding_and_a_later_fix_settles_it(
         )
         assert get_finding(session, finding_id).evidence["fix_id"] == fix.id
 
-    with sessions.begin() as session:
-        record_fixes(
+    with sessions.begin() as session:  # an analyst retags that advertiser's image
+        retag = record_fixes(
             session, actor(), [FixChange(scrape_items[0], "image_type", "Dealer", "Placeholder")]
         )
     with sessions() as session:
         assert placeholder_findings(session) == []
+        # It replaces the override: recorded in that advertiser's scope, not for everyone.
+        assert session.get_one(ManualFix, retag.fix_ids[0]).scope == "advertiser"
         settled = get_finding(session, finding_id)
         assert (settled.state, settled.state_by) == (FindingState.FIXED, "system")
 
@@ -108,14 +122,25 @@ def test_record_fixes_without_a_change_leaves_the_findings_alone(
     sessions: sessionmaker[Session], scrape_items: list[int]
 ) -> None:
     with sessions.begin() as session:
-        record_fixes(session, actor(), [FixChange(scrape_items[0], "image_type", "Placeholder")])
+        record_fixes(
+            session,
+            actor(),
+            [
+                FixChange(scrape_items[0], "image_type", "Placeholder"),
+                FixChange(scrape_items[0], "color", "Red"),
+            ],
+            source=FixSource.ADVERTISER,
+        )
     with sessions.begin() as session:
         (finding_id,) = placeholder_findings(session)
         # The item changes behind the findings' back (no fix): only a refresh would see it.
         session.get_one(SitemapItem, scrape_items[0]).color = None
     with sessions.begin() as session:
         outcome = record_fixes(
-            session, actor(), [FixChange(scrape_items[0], "image_type", "Placeholder")]
+            session,
+            actor(),
+            [FixChange(scrape_items[0], "image_type", "Placeholder")],
+            source=FixSource.ADVERTISER,
         )
     assert outcome.fix_ids == [] and outcome.unchanged == 1
     with sessions() as session:
@@ -236,12 +261,14 @@ def test_save_fixes_refused_writes_and_pushes_nothing(
 
 
 def open_placeholder_finding(sessions: sessionmaker[Session], item_id: int) -> int:
-    """A "Placeholder fixed by the advertiser" finding on ``item_id``, its fix already pushed."""
+    """A "Placeholder fixed by the advertiser" finding on ``item_id``, its fix already pushed.
+
+    The advertiser keeps the image's color (Red) beside the Placeholder: its own word."""
     with sessions.begin() as session:
         record_fixes(
             session,
             actor(),
-            [FixChange(item_id, "image_type", "Placeholder")],
+            [FixChange(item_id, "image_type", "Placeholder"), FixChange(item_id, "color", "Red")],
             source=FixSource.ADVERTISER,
         )
         session.execute(update(ManualFix).values(sync_status=SyncStatus.SYNCED))
@@ -276,9 +303,12 @@ def test_run_fix_action_pushes_the_fixes_a_remedy_records(
         fix = session.get_one(ManualFix, saved.fix_ids[0])
         assert (fix.new_value, fix.sync_status) == ("Dealer", SyncStatus.SYNCED)
         assert get_finding(session, finding_id).state == FindingState.FIXED
-        key = session.get_one(SitemapItem, scrape_items[0]).image_key or ""
-    record = cached(ml_server, key)
-    assert record["image_type"] == "Dealer" and record["applied_fix_ids"] == saved.fix_ids
+        item = session.get_one(SitemapItem, scrape_items[0])
+        key, owner = item.image_key or "", session.get_one(Advertiser, item.advertiser_id).name
+    # The re-tag replaces that advertiser's override: the cache holds it for that advertiser.
+    record = cached(ml_server, key, owner)
+    assert (record["image_type"], record["type_source"]) == ("Dealer", "override")
+    assert record["applied_fix_ids"][-1] == fix.uid
 
 
 def test_run_fix_action_refreshes_the_findings_in_its_transaction(
@@ -347,13 +377,15 @@ def test_push_pending_reaches_the_real_ml_server_once(
     assert (report.synced, report.pending, report.error) == (2, 0, None)
     record = cached(ml_server, key)
     assert (record["image_type"], record["color"]) == ("Stock", "Gold")
-    assert record["applied_fix_ids"] == outcome.fix_ids
+    with sessions() as session:
+        uids = [session.get_one(ManualFix, i).uid for i in outcome.fix_ids]
+    assert record["applied_fix_ids"] == uids  # globally unique ids, not the database's
 
     # A retry after a lost acknowledgement (the row went back to pending) applies nothing twice.
     with sessions.begin() as session:
         session.get_one(ManualFix, outcome.fix_ids[0]).sync_status = SyncStatus.PENDING
     assert push_pending(sessions, ml).synced == 1
-    assert cached(ml_server, key)["applied_fix_ids"] == outcome.fix_ids
+    assert cached(ml_server, key)["applied_fix_ids"] == uids
 
 
 def test_push_pending_skips_a_refused_fix_and_pushes_the_rest(

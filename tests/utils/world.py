@@ -33,6 +33,7 @@ from db.models import (
     Thumbnail,
     utcnow,
 )
+from db.vocab import COLORS
 from tagging.detectors.refresh import refresh_findings
 
 
@@ -173,12 +174,19 @@ class World:
         user: str = "ana",
         source: FixSource = FixSource.ANALYST,
     ) -> int:
-        """A fix through :func:`db.fixes.apply_fixes`, marked synced (no ML server here)."""
+        """A fix through :func:`db.fixes.apply_fixes`, marked synced (no ML server here).
+
+        A fix to Placeholder keeps the image's color here (an explicit "same color" beside it),
+        the trace the "Placeholder fixed by the advertiser" detector looks for.
+        """
         item = self.item(scrape, name)
+        changes = [FixChange(item.id, field, value)]
+        if field == "image_type" and value == "Placeholder" and item.color in COLORS:
+            changes.append(FixChange(item.id, "color", item.color))
         outcome = apply_fixes(
             self.session,
             Actor(username=user, role=Role.ANALYST),
-            [FixChange(item.id, field, value)],
+            changes,
             source=source,
         )
         for fix_id in outcome.fix_ids:

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from streamlit.testing.v1 import AppTest
 
-from db.accounts import Actor
+from db.accounts import Actor, create_user
 from db.engine import make_engine, make_session_factory
-from db.models import Role
+from db.models import Role, User
 from tests.utils.factories import actor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +38,19 @@ def app_db(
     st.cache_data.clear()
 
 
+def ensure_account(sessions: sessionmaker[Session], signed_in: Actor) -> None:
+    """Create ``signed_in``'s account unless it exists: the app reads the account on every run
+    (a session whose account is missing is signed out), as it would after a real sign-in."""
+    with sessions.begin() as session:
+        if session.scalar(select(User.id).where(User.username == signed_in.username)) is None:
+            create_user(
+                session, None, signed_in.username, signed_in.role, ACCOUNT_PASSWORD, system=True
+            )
+
+
+ACCOUNT_PASSWORD = "account password 1"
+
+
 @pytest.fixture
 def open_app(
     app_db: sessionmaker[Session], request: pytest.FixtureRequest
@@ -50,7 +64,9 @@ def open_app(
         request.addfinalizer(lambda: sys.modules.__setitem__("__main__", main))
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=30)
         if role is not None:
-            at.session_state["actor"] = role if isinstance(role, Actor) else actor(role)
+            signed_in = role if isinstance(role, Actor) else actor(role)
+            ensure_account(app_db, signed_in)
+            at.session_state["actor"] = signed_in
         at.run()
         if page is not None:
             at.switch_page(page)

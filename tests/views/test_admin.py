@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from streamlit.testing.v1 import AppTest
 
 from db.accounts import (
+    Actor,
     advertiser_for_token,
     authenticate,
     create_user,
@@ -188,8 +189,17 @@ def test_an_admin_demoted_meanwhile_is_refused(
     with seeded.begin() as session:
         create_user(session, None, "root", Role.ADMIN, "root password 1", system=True)
         set_role(session, None, ADMIN, Role.ANALYST, system=True)
-    # The browser session still says "admin"; the database does not.
-    at = open_app(Role.ADMIN, PAGE)
+    # The browser session still says "admin"; the database does not, and the app reads it on
+    # every run: the Accounts page is gone from the navigation...
+    at = open_app(Actor(ADMIN, Role.ADMIN))
     assert not at.exception
-    assert errors(at) == [f"{ADMIN} may no longer manage users: sign in again"]
-    assert not at.dataframe
+    assert at.session_state["actor"] == Actor(ADMIN, Role.ANALYST)
+    with pytest.raises(ValueError, match="Could not find a navigation page"):
+        at.switch_page(PAGE)
+    # ...and the page itself, run with the stale session, refuses.
+    direct = AppTest.from_file(str(ROOT / PAGE), default_timeout=30)
+    direct.session_state["actor"] = Actor(ADMIN, Role.ADMIN)
+    direct.run()
+    assert not direct.exception
+    assert errors(direct) == ["Your role may not open this page."]
+    assert not direct.dataframe

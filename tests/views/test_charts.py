@@ -35,6 +35,7 @@ from db.charts import (
 from db.models import FixSource, Role, utcnow
 from tests.utils.charts import add_fix, add_scrape
 from tests.utils.factories import actor, make_advertiser
+from tests.views.conftest import ensure_account
 from views import charts_specs as specs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,6 +108,7 @@ def open_page(
         main = sys.modules["__main__"]
         request.addfinalizer(lambda: sys.modules.__setitem__("__main__", main))
         at = AppTest.from_file(str(PAGE), default_timeout=60)
+        ensure_account(app_db, actor(role))
         at.session_state["actor"] = actor(role)
         at.run()
         assert not at.exception, [e.message for e in at.exception]

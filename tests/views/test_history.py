@@ -52,7 +52,8 @@ def seeded(app_db: sessionmaker[Session]) -> dict[str, int]:
         apply_fixes(
             session,
             Actor("advertiser:Harbor Autos", Role.ANALYST),
-            [FixChange(h0.id, "image_type", "Placeholder")],
+            # The advertiser keeps the color beside its Placeholder (its own word).
+            [FixChange(h0.id, "image_type", "Placeholder"), FixChange(h0.id, "color", "White")],
             source=FixSource.ADVERTISER,
             advertiser_id=harbor.id,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -9,8 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from streamlit.testing.v1 import AppTest
 
-from db.models import ManualFix, Role, SitemapItem, SyncStatus
+from db.accounts import Actor, set_role
+from db.models import Advertiser, ManualFix, Role, SitemapItem, SyncStatus
 from tests.utils.factories import make_advertiser, make_scrape
+from views.common import plain
 
 PAGE = "views/review.py"
 HOSTILE = "<script>alert(1)</script> **bold** ![x](http://evil.example/p.png)"
@@ -145,3 +148,74 @@ def test_manager_sees_no_update_button(open_app: Callable[..., AppTest], seeded:
     at = open_app(Role.MANAGER, PAGE)
     assert not any(b.label == "Update" for b in at.button)
     assert not any(b.label == "Relaunch scrape" for b in at.button)
+
+
+TRACKER = "http://host/track.png"
+HOSTILE_COLOR = f"![t]({TRACKER})"
+UNESCAPED_IMAGE = re.compile(r"(?<!\\)!\[[^\]]*(?<!\\)\]\((?!\\)")
+"""Markdown image syntax whose brackets are not backslash-escaped."""
+
+
+def markdown_texts(at: AppTest) -> list[str]:
+    """Every text the page gives to a widget that reads Markdown, labels included."""
+    bodies = [
+        e.value
+        for kind in ("markdown", "caption", "info", "warning", "error", "success", "title")
+        for e in getattr(at, kind)
+    ]
+    labels = [
+        str(w.label)
+        for kind in ("button", "selectbox", "multiselect", "checkbox", "toggle", "expander")
+        for w in getattr(at, kind)
+    ]
+    return bodies + labels
+
+
+def test_a_hostile_feed_color_and_title_are_shown_literally(
+    open_app: Callable[..., AppTest], seeded: list[int], app_db: sessionmaker[Session]
+) -> None:
+    with app_db.begin() as session:
+        item = session.get_one(SitemapItem, seeded[1])
+        item.color = item.feed_color = HOSTILE_COLOR  # kept raw: it names none of our colors
+        item.ml_color = HOSTILE_COLOR
+        item.title = f"{HOSTILE_COLOR} <img src='{TRACKER}'>"
+        session.get_one(Advertiser, item.advertiser_id).color_from_feed = True
+    at = open_app(Role.ANALYST, PAGE)
+    assert not at.exception, at.exception
+    texts = [t.value for t in at.text]
+    assert f"Feed color: {HOSTILE_COLOR}" in texts
+    assert any(t.startswith(f"#1 {HOSTILE_COLOR} <img") for t in texts)
+    shown = markdown_texts(at)
+    assert not [s for s in shown if UNESCAPED_IMAGE.search(s) or "<img" in s]
+    assert any(plain(HOSTILE_COLOR) in s for s in shown)  # the ML caption, escaped
+
+    widget(at, "button", f"details-{seeded[1]}").click()
+    at.run()
+    assert not at.exception, at.exception
+    shown = markdown_texts(at)
+    assert not [s for s in shown if UNESCAPED_IMAGE.search(s) or "<img" in s]
+    assert any(f"**Now:** Stock · {plain(HOSTILE_COLOR)}" in s for s in shown)
+
+
+def test_the_escape_check_would_catch_a_raw_image() -> None:
+    assert UNESCAPED_IMAGE.search(f"ML: Dealer · {HOSTILE_COLOR}")
+    assert not UNESCAPED_IMAGE.search(f"ML: Dealer · {plain(HOSTILE_COLOR)}")
+
+
+def test_a_user_demoted_meanwhile_can_no_longer_fix(
+    open_app: Callable[..., AppTest], seeded: list[int], app_db: sessionmaker[Session]
+) -> None:
+    at = open_app(Role.ANALYST, PAGE)
+    widget(at, "selectbox", f"type-{seeded[0]}-").set_value("Stock")
+    with app_db.begin() as session:
+        set_role(session, None, "analyst-user", Role.MANAGER, system=True)
+    next(b for b in at.button if b.label == "Update").click()
+    at.run()
+    assert not at.exception, at.exception
+    # The click is the session's next run: it reads the account and finds a manager.
+    assert at.session_state["actor"] == Actor("analyst-user", Role.MANAGER)
+    assert not any(b.label == "Update" for b in at.button)
+    assert all(s.disabled for s in at.selectbox if str(s.key).startswith("type-"))
+    with app_db() as session:
+        assert session.scalars(select(ManualFix)).all() == []
+        assert session.get_one(SitemapItem, seeded[0]).image_type == "Dealer"

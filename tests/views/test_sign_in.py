@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+import streamlit as st
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 from streamlit.testing.v1 import AppTest
 
-from db.accounts import Actor, create_user, set_disabled
+from db.accounts import CLIENT_MAX_FAILURES, Actor, create_user, set_disabled, set_role
 from db.models import Role, User, utcnow
+from views.common import SESSION_MAX
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "analyst password 1"
@@ -130,3 +133,106 @@ def test_signing_out_shows_a_notice(seeded: sessionmaker[Session]) -> None:
     # The notice is shown once.
     at.run()
     assert not at.success
+
+
+def test_a_session_older_than_its_maximum_expires_however_active(
+    seeded: sessionmaker[Session],
+) -> None:
+    at = _app_with_state(
+        actor=Actor("alice", Role.ANALYST),
+        signed_in_at=utcnow() - SESSION_MAX - timedelta(minutes=1),
+        last_seen_at=utcnow(),
+    )
+    assert not at.exception
+    assert [warning.value for warning in at.warning] == ["Your session expired, sign in again."]
+    assert "actor" not in at.session_state
+
+
+def test_disabling_a_signed_in_user_signs_them_out_at_their_next_click(
+    seeded: sessionmaker[Session], open_app: Callable[..., AppTest]
+) -> None:
+    at = open_app(Actor("alice", Role.ANALYST), "views/history.py")
+    assert [title.value for title in at.title] == ["Fix history"]
+    with seeded.begin() as session:
+        set_disabled(session, None, "alice", True, system=True)
+    at.run()
+    assert not at.exception
+    assert "actor" not in at.session_state
+    assert [warning.value for warning in at.warning] == [
+        "You were signed out: your account is disabled or no longer exists."
+    ]
+    assert [widget.label for widget in at.text_input] == ["Username", "Password"]
+    assert not at.sidebar.caption
+    # Signing in again is refused too.
+    assert errors(attempt(at, "alice", PASSWORD)) == ["this account is disabled"]
+
+
+def test_a_deleted_account_is_signed_out(
+    seeded: sessionmaker[Session], open_app: Callable[..., AppTest]
+) -> None:
+    at = open_app(Actor("alice", Role.ANALYST))
+    with seeded.begin() as session:
+        session.execute(delete(User).where(User.username == "alice"))
+    at.run()
+    assert "actor" not in at.session_state
+    assert [w.value for w in at.warning] == [
+        "You were signed out: your account is disabled or no longer exists."
+    ]
+
+
+def test_a_role_change_applies_at_the_next_run(
+    seeded: sessionmaker[Session], open_app: Callable[..., AppTest]
+) -> None:
+    at = open_app(Actor("alice", Role.ANALYST))
+    with seeded.begin() as session:
+        set_role(session, None, "alice", Role.MANAGER, system=True)
+    at.run()
+    assert at.session_state["actor"] == Actor("alice", Role.MANAGER)
+    assert [caption.value for caption in at.sidebar.caption] == ["Signed in as **alice** · manager"]
+
+
+def test_failures_from_one_browser_are_throttled_whatever_the_usernames(
+    seeded: sessionmaker[Session], open_app: Callable[..., AppTest]
+) -> None:
+    at = open_app(None)
+    for n in range(CLIENT_MAX_FAILURES):
+        assert errors(attempt(at, f"guess{n}", "wrong password")) == ["wrong username or password"]
+    # Even the right password of an account nobody tried waits.
+    (message,) = errors(attempt(at, "alice", PASSWORD))
+    assert re.fullmatch(r"too many failed sign-ins from here: try again in (8\d\d|900) s", message)
+    assert "actor" not in at.session_state
+    # Without an address (localhost), another browser session is another client.
+    other = attempt(open_app(None), "alice", PASSWORD)
+    assert not errors(other)
+    assert other.session_state["actor"] == Actor("alice", Role.ANALYST)
+
+
+def test_failures_from_one_address_are_throttled_in_every_browser(
+    seeded: sessionmaker[Session], open_app: Callable[..., AppTest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(type(st.context), "ip_address", property(lambda self: "203.0.113.7"))
+    first = open_app(None)
+    for n in range(CLIENT_MAX_FAILURES):
+        attempt(first, f"guess{n}", "wrong password")
+    (message,) = errors(attempt(open_app(None), "alice", PASSWORD))
+    assert message.startswith("too many failed sign-ins from here: try again in ")
+    monkeypatch.setattr(type(st.context), "ip_address", property(lambda self: "198.51.100.9"))
+    assert not errors(attempt(open_app(None), "alice", PASSWORD))
+
+
+def test_an_unknown_username_locks_like_a_real_account(
+    seeded: sessionmaker[Session], open_app: Callable[..., AppTest]
+) -> None:
+    # Five failures each, from two browsers (the per-client limit is not what is tested here).
+    answers = {}
+    for username in ("alice", "ghost"):
+        at = open_app(None)
+        answers[username] = [errors(attempt(at, username, "wrong password"))[0] for _ in range(5)]
+    assert (
+        answers["alice"]
+        == answers["ghost"]
+        == [
+            *["wrong username or password"] * 4,
+            "too many failed sign-ins: try again in 30 s",
+        ]
+    )

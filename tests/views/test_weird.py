@@ -23,6 +23,7 @@ from tests.utils.world import (
     photos,
     republished,
 )
+from tests.views.conftest import ensure_account
 
 PAGE = Path(__file__).resolve().parents[2] / "views" / "weird.py"
 HOSTILE_URL = "https://cdn.example/<script>alert(1)</script>**bold**.jpg"
@@ -55,6 +56,7 @@ def open_page(
         main = sys.modules["__main__"]
         request.addfinalizer(lambda: sys.modules.__setitem__("__main__", main))
         at = AppTest.from_file(str(PAGE), default_timeout=30)
+        ensure_account(app_db, actor(role))
         at.session_state["actor"] = actor(role)
         at.run()
         assert not at.exception, at.exception

@@ -131,9 +131,10 @@ def fix_count(sessions: sessionmaker[Session]) -> int:
         return session.scalar(select(func.count()).select_from(ManualFix)) or 0
 
 
-def ml_record(world: World, image_key: str) -> dict[str, object]:
+def ml_record(world: World, image_key: str, advertiser: str | None = None) -> dict[str, object]:
     response = httpx.get(
         f"{world.ml}/images/{image_key}",
+        params={"advertiser": advertiser} if advertiser else None,
         headers={"Authorization": f"Bearer {ML_TOKEN}"},
         timeout=30,
     )
@@ -173,12 +174,21 @@ def test_fixing_own_images_records_history_and_updates_the_ml_cache(world: World
         fixed_color = session.get_one(SitemapItem, by_key.id)
         assert fixed_type.image_type == new_type and fixed_color.color == new_color
 
-    # The ML server's own cache answers the fixed values from now on.
-    type_record = ml_record(world, by_url.image_key)  # type: ignore[arg-type]
-    color_record = ml_record(world, by_key.image_key)  # type: ignore[arg-type]
-    assert (type_record["image_type"], type_record["type_source"]) == (new_type, "manual")
-    assert (color_record["color"], color_record["color_source"]) == (new_color, "manual")
-    assert set(body["fix_ids"]) <= set(type_record["applied_fix_ids"]) | set(  # type: ignore[arg-type]
+    # The ML server's own cache answers the fixed values to this advertiser from now on: its
+    # overrides are its alone, and the model's answer stays beside them.
+    type_record = ml_record(world, by_url.image_key, world.ours)  # type: ignore[arg-type]
+    color_record = ml_record(world, by_key.image_key, world.ours)  # type: ignore[arg-type]
+    assert (type_record["image_type"], type_record["type_source"]) == (new_type, "override")
+    assert (color_record["color"], color_record["color_source"]) == (new_color, "override")
+    assert type_record["ml_image_type"] == by_url.ml_image_type
+    for_everyone = ml_record(world, by_url.image_key)  # type: ignore[arg-type]
+    assert (for_everyone["image_type"], for_everyone["type_source"]) == (
+        by_url.ml_image_type,
+        "model",
+    )
+    with world.sessions() as session:
+        uids = {session.get_one(ManualFix, i).uid for i in body["fix_ids"]}
+    assert uids <= set(type_record["applied_fix_ids"]) | set(  # type: ignore[arg-type]
         color_record["applied_fix_ids"]  # type: ignore[arg-type]
     )
 
@@ -381,7 +391,7 @@ def test_ml_server_down_leaves_fixes_pending_for_the_sender(world: World) -> Non
         )
         assert row.sync_attempts == 1 and row.last_sync_error
         assert session.get_one(SitemapItem, item.id).image_type == new_type
-    assert ml_record(world, item.image_key)["image_type"] != new_type  # type: ignore[arg-type]
+    assert ml_record(world, item.image_key, world.ours)["image_type"] != new_type  # type: ignore[arg-type]
 
     # The regular sender delivers it once the ML server is back.
     ml = MLClient.from_settings(world.settings)  # type: ignore[arg-type]
@@ -390,7 +400,7 @@ def test_ml_server_down_leaves_fixes_pending_for_the_sender(world: World) -> Non
     finally:
         ml.client.close()
     assert report.synced == 1 and report.pending == 0
-    assert ml_record(world, item.image_key)["image_type"] == new_type  # type: ignore[arg-type]
+    assert ml_record(world, item.image_key, world.ours)["image_type"] == new_type  # type: ignore[arg-type]
 
 
 def test_health_and_openapi(world: World) -> None:
@@ -414,3 +424,65 @@ def test_markup_in_a_value_is_refused_and_only_echoed_as_json(world: World) -> N
     assert error["loc"] == ["body", "fixes", 0, "value"]
     assert "not a valid color" in error["msg"]
     assert fix_count(world.sessions) == 0
+
+
+def test_fixes_resolve_against_the_latest_successful_scrape(world: World) -> None:
+    """A newer failed scrape (no items) or a running one does not hide the advertiser's images."""
+    from db.models import Scrape, ScrapeStatus, utcnow
+
+    item = world.items[0]
+    with world.sessions.begin() as session:
+        now = utcnow()
+        session.add_all(
+            [
+                Scrape(
+                    advertiser_id=world.ours_id,
+                    started_at=now,
+                    finished_at=now,
+                    status=ScrapeStatus.FAILED,
+                    error="the sitemap could not be read",
+                ),
+                Scrape(advertiser_id=world.ours_id, started_at=now, heartbeat_at=now),
+            ]
+        )
+    new_type = other(IMAGE_TYPES, item.image_type)
+    response = post(
+        world.api,
+        world.token,
+        {"fixes": [{"image_url": item.image_url, "field": "image_type", "value": new_type}]},
+    )
+    assert response.status_code == 200, response.text
+    with world.sessions() as session:
+        assert session.get_one(SitemapItem, item.id).image_type == new_type
+
+
+def test_color_fixes_are_refused_when_the_feed_gives_the_colors(world: World) -> None:
+    from db.models import Advertiser
+
+    with world.sessions.begin() as session:
+        session.execute(
+            update(Advertiser).where(Advertiser.id == world.ours_id).values(color_from_feed=True)
+        )
+    first, second = world.items[0], world.items[1]
+    body = {
+        "fixes": [
+            {"image_url": first.image_url, "field": "image_type", "value": "Stock"},
+            {"image_url": second.image_url, "field": "color", "value": other(COLORS, second.color)},
+        ]
+    }
+    response = post(world.api, world.token, body)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "feed" in detail["message"] and "Nothing was recorded" in detail["message"]
+    assert [f["index"] for f in detail["fixes"]] == [1]
+    assert fix_count(world.sessions) == 0
+    # Image Type fixes stay open to them, and another advertiser's colors too.
+    only_type = {"fixes": [body["fixes"][0]]}
+    assert post(world.api, world.token, only_type).status_code == 200
+    theirs = world.their_items[0]
+    their_color = {
+        "image_url": theirs.image_url,
+        "field": "color",
+        "value": other(COLORS, theirs.color),
+    }
+    assert post(world.api, world.their_token, {"fixes": [their_color]}).status_code == 200

@@ -41,9 +41,13 @@ Users = Callable[..., Result]
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
+    from db.engine import migrate
+
+    url = f"sqlite:///{tmp_path / 'cli.sqlite'}"
+    migrate(url)  # a database named by TAGGING_DATABASE_URL is created by `migrate` only
     return {
         "TAGGING_DATA_DIR": str(tmp_path),
-        "TAGGING_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.sqlite'}",
+        "TAGGING_DATABASE_URL": url,
         "TAGGING_ML_TOKEN": "unused",
     }
 

@@ -433,7 +433,10 @@ def test_republish_moves_urls_and_changes_headers(
             for p in sorted(inventory.images)
             if inventory.images[p].kind == "ok"
         }
-        r = session.post(server.url + "/_admin/republish?share=0.25&seed=3")
+        r = session.post(
+            server.url + "/_admin/republish?share=0.25&seed=3",
+            headers={"Authorization": f"Bearer {server.admin_token}"},
+        )
         assert r.status_code == 200
         result = r.json()
         assert result["moved"] == round(0.25 * len(inventory.images)) == len(result["paths"])
@@ -462,7 +465,10 @@ def test_republish_moves_urls_and_changes_headers(
             assert server.state.ground_truth_for_url(old) == inventory.ground_truth(old)
         unmoved = next(p for p in before if p not in result["paths"])
         assert session.get(server.url + unmoved).headers["ETag"] == before[unmoved]["ETag"]
-        assert session.post(server.url + "/_admin/republish?share=2").status_code == 400
+        admin = {"Authorization": f"Bearer {server.admin_token}"}
+        assert (
+            session.post(server.url + "/_admin/republish?share=2", headers=admin).status_code == 400
+        )
         with pytest.raises(NotFoundError):
             server.state.ground_truth_for_url("/cdn/sunrise/never.jpg")
     finally:
@@ -478,3 +484,80 @@ def test_republish_is_reproducible(demo_dir: Path) -> None:
     finally:
         a.shutdown()
         b.shutdown()
+
+
+# --- the admin endpoint's token -------------------------------------------------------------------
+
+
+def _republish(url: str, token: str | None) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return requests.post(f"{url}/_admin/republish?share=0.1&seed=3", headers=headers, timeout=10)
+
+
+def test_republishing_needs_the_admin_token(demo_dir: Path) -> None:
+    with make_server(demo_dir, port=0, admin_token="the-admin-token") as server:
+        server.serve_in_thread()
+        for token in (None, "", "wrong", "the-admin-token-but-longer"):
+            refused = _republish(server.url, token)
+            assert refused.status_code == 401, token
+            assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+        assert server.state.generation == 1  # nothing moved
+        plain = requests.post(
+            f"{server.url}/_admin/republish", headers={"Authorization": "the-admin-token"}
+        )
+        assert plain.status_code == 401  # the scheme is required
+        accepted = _republish(server.url, "the-admin-token")
+        assert accepted.status_code == 200 and accepted.json()["moved"] > 0
+        assert server.state.generation == 2
+
+
+def test_an_embedded_cdn_gets_a_random_admin_token(demo_dir: Path) -> None:
+    with make_server(demo_dir, port=0) as first, make_server(demo_dir, port=0) as second:
+        assert len(first.admin_token) >= 32 and first.admin_token != second.admin_token
+
+
+def test_the_cdn_command_takes_its_admin_token_from_the_data_dir(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    """``python -m tagging cdn`` (a real process) and ``admin_token`` agree through the file."""
+    import os
+    import socket
+    import stat
+    import subprocess
+    import sys
+
+    from tagging.demo.cdn import ADMIN_TOKEN_FILE, admin_token
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "demo").symlink_to(demo_dir, target_is_directory=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "TAGGING_DATA_DIR": str(data_dir)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tagging", "cdn", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stderr.read()  # type: ignore[union-attr]
+            try:
+                requests.get(f"{url}/robots.txt", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "the CDN did not start"
+                time.sleep(0.2)
+        token_file = data_dir / ADMIN_TOKEN_FILE
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        assert _republish(url, None).status_code == 401
+        token = admin_token(data_dir)
+        assert token == token_file.read_text().strip()
+        assert _republish(url, token).status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

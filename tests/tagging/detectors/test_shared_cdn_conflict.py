@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.models import FixSource
 from db.vocab import SHARED_CDN_CONFLICT
 from tests.utils.world import World, key_of, of, photos, refresh, shared_cdn
+
+ADVERTISER = FixSource.ADVERTISER
 
 
 def test_advertisers_fixing_one_image_differently_disagree(
@@ -51,6 +54,6 @@ def test_advertisers_agreeing_on_a_shared_image_raise_nothing(
 ) -> None:
     with sessions.begin() as session:
         world, lakeside, metro = shared_cdn(session)
-        world.fix(lakeside, "shared-1", "Stock", user="advertiser:Lakeside")
-        world.fix(metro, "shared-1", "Stock", user="advertiser:Metro")
+        world.fix(lakeside, "shared-1", "Stock", user="advertiser:Lakeside", source=ADVERTISER)
+        world.fix(metro, "shared-1", "Stock", user="advertiser:Metro", source=ADVERTISER)
     assert of(refresh(sessions), SHARED_CDN_CONFLICT) == []

@@ -38,6 +38,7 @@ from tagging.ingest.fetch import (
     FetchPolicy,
     GuardedClient,
     HTTPStatusError,
+    _AddressGuard,
     client_from_settings,
     is_allowed_host,
 )
@@ -312,6 +313,77 @@ def test_bad_schemes_and_malformed_urls_are_refused(
         client.get(url)
     assert url in str(info.value)
     assert connects == []
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://a..b/x.jpg", "empty label"),
+        ("http://.example.com/x.jpg", "empty label"),
+        ("http://" + "a" * 300 + ".com/x.jpg", "over the 253"),
+        ("http://" + "a" * 64 + ".com/x.jpg", "a label of 64 characters"),
+        # 30 different CJK characters: 72 characters once IDNA-encoded.
+        ("http://" + "".join(chr(0x4E00 + 37 * i) for i in range(30)) + ".cn/", "over the 63"),
+        ("http://[::1/x.jpg", "Invalid IPv6 URL"),
+        ("http://example.com/" + "a" * 2048, "over the 2,048-character cap"),
+    ],
+)
+def test_malformed_host_names_and_over_long_urls_are_refused_without_connecting(
+    url: str, says: str, connects: list[tuple[str, int]]
+) -> None:
+    with GuardedClient() as client:
+        for method in (client.get, client.head):
+            with pytest.raises(BlockedURLError, match=says) as info:
+                method(url)
+            assert len(str(info.value)) < 500 or "over the 253" in says  # that URL is quoted
+    assert connects == []
+
+
+def test_a_host_name_the_resolver_cannot_encode_is_a_blocked_url() -> None:
+    # What the URL check above keeps from ever reaching the resolver, caught there too.
+    with pytest.raises(BlockedURLError, match="not a valid host name"):
+        _AddressGuard(()).addresses("a..b", 80)
+
+
+def test_redirect_to_an_over_long_url_is_refused(serve: Callable[..., _Server]) -> None:
+    server = serve({"/r": redirect("/" + "a" * 2100)})
+    with client_for(server) as client, pytest.raises(BlockedURLError, match="2,048"):
+        client.get(f"{server.base}/r")
+    assert [path for _, path, _, _ in server.requests] == ["/r"]
+
+
+def test_before_body_sees_the_headers_before_the_body_is_read(
+    serve: Callable[..., _Server],
+) -> None:
+    def half_sent(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        h.wfile.write(b"x" * 10)
+        h.wfile.flush()
+        time.sleep(3)  # the rest never comes: a hook called after reading would be too late
+
+    server = serve({"/half.jpg": half_sent, "/ok": ok_text(b"hello")})
+    seen: list[str | None] = []
+
+    class Stop(Exception):
+        pass
+
+    def hook(headers: Any) -> None:
+        seen.append(headers.get("CONTENT-LENGTH"))
+        raise Stop
+
+    with client_for(server) as client:
+        start = time.monotonic()
+        with pytest.raises(Stop):
+            client.get(f"{server.base}/half.jpg", before_body=hook)
+        assert time.monotonic() - start < 2 and seen == ["1000"]
+        lengths: list[str] = []
+        response = client.get(
+            f"{server.base}/ok", before_body=lambda h: lengths.append(h["x-thing"])
+        )
+        assert response.body == b"hello" and lengths == ["yes"]
 
 
 def test_unresolvable_host_and_closed_port_are_fetch_errors(

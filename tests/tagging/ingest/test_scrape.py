@@ -380,4 +380,40 @@ def test_after_scrape_pushes_carried_fixes_at_once_with_the_scrapes_ml_client(
         headers={"Authorization": f"Bearer {ML_TOKEN}"},
         timeout=5,
     ).json()
-    assert (record["image_type"], record["applied_fix_ids"]) == ("Stock", result.carried_fix_ids)
+    assert (record["image_type"], record["applied_fix_ids"]) == ("Stock", [fix.uid])
+
+
+def test_the_heartbeat_thread_beats_while_the_scrape_works_and_stops_after(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Between batches (a slow ML server) the thread keeps the scrape's lease alive."""
+    from datetime import timedelta
+
+    from db.models import Scrape, as_utc, utcnow
+    from db.scrapes import start_scrape
+    from tagging.ingest.scrape import Heartbeat
+    from tests.utils.factories import make_advertiser
+
+    old = utcnow() - timedelta(hours=1)
+    with sessions.begin() as session:
+        scrape = start_scrape(
+            session, make_advertiser(session).id, trigger="cli", requested_by=None
+        )
+        scrape.heartbeat_at = old
+        scrape_id = scrape.id
+
+    def heartbeat() -> object:
+        with sessions() as session:
+            return as_utc(session.get_one(Scrape, scrape_id).heartbeat_at)
+
+    heartbeat_thread = Heartbeat(sessions, scrape_id)
+    heartbeat_thread.every = 0.05
+    with heartbeat_thread:
+        deadline = time.monotonic() + 10
+        while heartbeat() == old and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert heartbeat() != old
+    with sessions.begin() as session:
+        session.get_one(Scrape, scrape_id).heartbeat_at = old
+    time.sleep(0.3)
+    assert heartbeat() == old  # stopped with the block

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,66 @@ def test_relaunch_needs_the_role_and_no_running_scrape(
         session.add(Scrape(advertiser_id=get_advertiser(session, name).id))  # running
     with pytest.raises(Conflict, match="already running"):
         enqueue_scrape(app_settings, actor(Role.ANALYST), name)  # type: ignore[arg-type]
+
+
+def test_a_scrape_without_heartbeat_no_longer_blocks_a_relaunch(
+    app_sessions: sessionmaker[Session], app_settings: object, demo_dir: Path
+) -> None:
+    """A scrape whose process died (no heartbeat for the lease) is marked failed, not waited on."""
+    from db.models import utcnow
+    from db.scrapes import LEASE
+    from tagging.jobs.tasks import enqueue_scrape, task_queue
+
+    name = DemoInventory.load(demo_dir).advertisers[0].name
+    silent_since = utcnow() - LEASE - timedelta(seconds=5)
+    with app_sessions.begin() as session:
+        dead = Scrape(
+            advertiser_id=get_advertiser(session, name).id,
+            started_at=silent_since - timedelta(minutes=1),
+            heartbeat_at=silent_since,
+        )
+        session.add(dead)
+        session.flush()
+        dead_id = dead.id
+    try:
+        queued = enqueue_scrape(app_settings, actor(Role.ANALYST), name)  # type: ignore[arg-type]
+        assert queued.advertiser == name
+    finally:
+        task_queue().huey.flush()
+    with app_sessions() as session:
+        scrape = session.get_one(Scrape, dead_id)
+        assert scrape.status == "failed" and scrape.finished_at is not None
+        assert scrape.error is not None
+        assert scrape.error.startswith(
+            f"abandoned: no heartbeat since {silent_since:%Y-%m-%d %H:%M}"
+        )
+
+
+def test_the_worker_expires_abandoned_scrapes_periodically(
+    app_sessions: sessionmaker[Session],
+    app_settings: object,
+    demo_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from db.models import utcnow
+    from db.scrapes import LEASE
+    from tagging.jobs.tasks import expire_scrapes_task, task_queue
+
+    assert task_queue().expire_scrapes.name == "expire_scrapes_task"
+    for key, value in app_settings.to_env().items():  # type: ignore[attr-defined]
+        monkeypatch.setenv(key, value)
+    name = DemoInventory.load(demo_dir).advertisers[0].name
+    with app_sessions.begin() as session:
+        advertiser_id = get_advertiser(session, name).id
+        dead = Scrape(advertiser_id=advertiser_id, heartbeat_at=utcnow() - LEASE * 2)
+        alive = Scrape(advertiser_id=advertiser_id, heartbeat_at=utcnow())
+        session.add_all([dead, alive])
+        session.flush()
+        dead_id, alive_id = dead.id, alive.id
+    assert expire_scrapes_task() == [dead_id]
+    with app_sessions() as session:
+        assert session.get_one(Scrape, dead_id).status == "failed"
+        assert session.get_one(Scrape, alive_id).finished_at is None
 
 
 def test_importing_the_tasks_builds_no_queue(tmp_path: Path) -> None:

@@ -81,14 +81,14 @@ def test_classify_then_cache_hit_then_fix(ml_server: object, cdn: object, demo_d
     fixed_type = "Stock" if results[0]["image_type"] != "Stock" else "Dealer"
     put = requests.put(
         f"{ml_server.url}/images/{key}",  # type: ignore[attr-defined]
-        json={"image_type": fixed_type, "color": "Purple", "fix_id": 1},
+        json={"image_type": fixed_type, "color": "Purple", "fix_id": "f1"},
         headers=AUTH,
         timeout=5,
     ).json()
     assert put["applied"] is True
     again = requests.put(
         f"{ml_server.url}/images/{key}",  # type: ignore[attr-defined]
-        json={"image_type": fixed_type, "color": "Purple", "fix_id": 1},
+        json={"image_type": fixed_type, "color": "Purple", "fix_id": "f1"},
         headers=AUTH,
         timeout=5,
     ).json()
@@ -97,11 +97,17 @@ def test_classify_then_cache_hit_then_fix(ml_server: object, cdn: object, demo_d
     assert (third["image_type"], third["color"], third["type_source"]) == (
         fixed_type,
         "Purple",
-        "manual",
+        "fix",
+    )
+    # The model's answer is kept apart: a fix never overwrites the prediction.
+    assert (third["ml_image_type"], third["ml_color"]) == (
+        results[0]["image_type"],
+        results[0]["color"],
     )
 
     record = requests.get(f"{ml_server.url}/images/{key}", headers=AUTH, timeout=5).json()  # type: ignore[attr-defined]
-    assert record["applied_fix_ids"] == [1]
+    assert record["applied_fix_ids"] == ["f1"]
+    assert record["ml_image_type"] == results[0]["image_type"]
     thumb = requests.get(f"{ml_server.url}/images/{key}/thumbnail", headers=AUTH, timeout=5)  # type: ignore[attr-defined]
     assert thumb.headers["content-type"] == "image/jpeg"
     assert Image.open(io.BytesIO(thumb.content)).size[0] <= 240
@@ -179,3 +185,75 @@ def test_color_vendor_down_keeps_types_and_leaves_color_none(
         results = classify(server, demo_urls(cdn, demo_dir, limit=6))["results"]
         assert all(r["error"] is None and r["image_type"] for r in results)
         assert all(r["color"] is None and r["color_source"] == "none" for r in results)
+
+
+def test_an_override_is_the_advertisers_alone(
+    ml_server: object, cdn: object, demo_dir: Path
+) -> None:
+    """One advertiser's fix of a shared image changes its own answer, nobody else's."""
+    url = demo_urls(cdn, demo_dir, limit=4)[3:]  # an image no other test fixes
+    first = classify(ml_server, url)["results"][0]
+    key, predicted = first["image_key"], first["image_type"]
+    other = "Stock" if predicted != "Stock" else "Dealer"
+    put = requests.put(
+        f"{ml_server.url}/images/{key}",  # type: ignore[attr-defined]
+        json={"image_type": other, "fix_id": "o1", "advertiser": "Lakeside Auto"},
+        headers=AUTH,
+        timeout=5,
+    )
+    record = put.json()["record"]  # as the advertiser that fixed it sees it
+    assert (record["image_type"], record["ml_image_type"]) == (other, predicted)
+
+    lakeside = classify(ml_server, url, advertiser="Lakeside Auto")["results"][0]
+    metro = classify(ml_server, url, advertiser="Metro Car Center")["results"][0]
+    nobody = classify(ml_server, url)["results"][0]
+    assert (lakeside["image_type"], lakeside["type_source"]) == (other, "override")
+    assert (metro["image_type"], metro["type_source"]) == (predicted, "model")
+    assert nobody["image_type"] == predicted
+    assert lakeside["ml_image_type"] == metro["ml_image_type"] == predicted
+
+    seen_by = requests.get(
+        f"{ml_server.url}/images/{key}",  # type: ignore[attr-defined]
+        params={"advertiser": "Lakeside Auto"},
+        headers=AUTH,
+        timeout=5,
+    ).json()
+    assert (seen_by["image_type"], seen_by["type_source"]) == (other, "override")
+
+
+def test_a_late_older_fix_loses_and_placeholder_clears_the_color(
+    ml_server: object, cdn: object, demo_dir: Path
+) -> None:
+    url = demo_urls(cdn, demo_dir, limit=5)[4:]  # an image no other test fixes
+    key = classify(ml_server, url)["results"][0]["image_key"]
+
+    def put(body: dict[str, object]) -> dict[str, object]:
+        response = requests.put(
+            f"{ml_server.url}/images/{key}",  # type: ignore[attr-defined]
+            json=body,
+            headers=AUTH,
+            timeout=5,
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["record"]
+
+    put({"image_type": "Dealer", "fix_id": "type", "fixed_at": "2026-12-01T08:00:00Z"})
+    put({"color": "Red", "fix_id": "new", "fixed_at": "2026-12-01T10:00:00Z"})
+    record = put({"color": "Blue", "fix_id": "old", "fixed_at": "2026-12-01T09:00:00Z"})
+    assert record["color"] == "Red"  # the newer fix keeps the field
+    record = put({"image_type": "Placeholder", "fix_id": "ph", "fixed_at": "2026-12-01T11:00:00Z"})
+    assert (record["image_type"], record["color"]) == ("Placeholder", None)
+
+
+def test_health_reports_the_cache_generation_and_a_new_store_gets_a_new_one(
+    tmp_path: Path,
+) -> None:
+    from db.engine import make_engine
+    from tagging.server.cache import MLCache
+
+    url = f"sqlite:///{tmp_path / 'cache.sqlite'}"
+    first = MLCache(make_engine(url, create=True))
+    assert len(first.generation) == 32
+    assert MLCache(make_engine(url)).generation == first.generation  # the same store
+    (tmp_path / "cache.sqlite").unlink()
+    assert MLCache(make_engine(url, create=True)).generation != first.generation  # lost

@@ -1,11 +1,14 @@
-"""The ML server's cache store: fixes are idempotent, ordered, and survive re-classification."""
+"""The ML server's cache store: predictions and fixes apart; fixes idempotent, ordered, scoped."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from db.engine import make_engine
 from tagging.server.cache import CacheEntry, MLCache
@@ -14,7 +17,7 @@ from tagging.server.schemas import ImageFix
 
 @pytest.fixture
 def cache(cache_url: str) -> Iterator[MLCache]:
-    engine = make_engine(cache_url)
+    engine = make_engine(cache_url, create=True)
     yield MLCache(engine)
     engine.dispose()
 
@@ -51,51 +54,91 @@ def test_store_then_read_back(cache: MLCache) -> None:
     assert cache.count() == 1
 
 
+def at(hour: int) -> datetime:
+    return datetime(2026, 12, 1, hour, tzinfo=UTC)
+
+
 def test_fix_is_applied_once_per_fix_id(cache: MLCache) -> None:
     key = "a" * 32
     cache.store([make_entry(key)], {})
-    applied, record = cache.apply_fix(key, ImageFix(image_type="Stock", fix_id=7))
-    assert applied and record.image_type == "Stock" and record.type_source == "manual"
+    applied, record = cache.apply_fix(
+        key, ImageFix(image_type="Stock", fix_id="f7", fixed_at=at(7))
+    )
+    assert applied and record.image_type == "Stock" and record.type_source == "fix"
     # A retry of the same push changes nothing, even if the value was changed since.
-    cache.apply_fix(key, ImageFix(image_type="Placeholder", fix_id=8))
-    applied, record = cache.apply_fix(key, ImageFix(image_type="Stock", fix_id=7))
+    cache.apply_fix(key, ImageFix(image_type="Dealer", fix_id="f8", fixed_at=at(8)))
+    applied, record = cache.apply_fix(
+        key, ImageFix(image_type="Stock", fix_id="f7", fixed_at=at(7))
+    )
     assert not applied
-    assert record.image_type == "Placeholder"
-    assert record.applied_fix_ids == [7, 8]
+    assert record.image_type == "Dealer"
+    assert record.applied_fix_ids == ["f7", "f8"]
 
 
 def test_an_older_fix_arriving_late_does_not_win(cache: MLCache) -> None:
     key = "c" * 32
     cache.store([make_entry(key)], {})
-    cache.apply_fix(key, ImageFix(color="Blue", fix_id=20))
-    applied, record = cache.apply_fix(key, ImageFix(color="Green", fix_id=19))
+    cache.apply_fix(key, ImageFix(color="Blue", fix_id="b", fixed_at=at(10)))
+    applied, record = cache.apply_fix(key, ImageFix(color="Green", fix_id="a", fixed_at=at(9)))
     assert not applied
     assert record.color == "Blue"
 
 
-def test_manual_values_survive_reclassification_of_the_same_key(cache: MLCache) -> None:
+def test_the_prediction_is_never_overwritten_and_fixes_survive_reclassification(
+    cache: MLCache,
+) -> None:
     key = "d" * 32
     cache.store([make_entry(key, "Dealer", "Red")], {})
-    cache.apply_fix(key, ImageFix(image_type="Stock", fix_id=1))
+    cache.apply_fix(key, ImageFix(image_type="Stock", fix_id="f1"))
     stored = cache.store([make_entry(key, "Dealer", "White")], {})
-    assert stored[0].image_type == "Stock"  # the fix
-    assert stored[0].color == "White"  # the model's, never fixed
+    assert (stored[0].image_type, stored[0].color) == ("Dealer", "White")  # the model's
     record = cache.record(key)
-    assert record is not None and (record.image_type, record.color) == ("Stock", "White")
+    assert record is not None
+    assert (record.image_type, record.color) == ("Stock", "White")  # the fix over the model
+    assert (record.ml_image_type, record.ml_color) == ("Dealer", "White")
 
 
-def test_fix_for_an_unseen_key_creates_a_row(cache: MLCache) -> None:
+def test_a_fix_for_an_unseen_key_waits_for_it(cache: MLCache) -> None:
     key = "e" * 32
-    applied, record = cache.apply_fix(key, ImageFix(image_type="Stock", fix_id=3, url="http://u"))
+    applied, record = cache.apply_fix(
+        key, ImageFix(image_type="Stock", fix_id="f3", url="http://u")
+    )
     assert applied
-    assert (record.image_type, record.url, record.type_source) == ("Stock", "http://u", "manual")
+    assert (record.image_type, record.ml_image_type, record.type_source) == ("Stock", None, "fix")
+    cache.store([make_entry(key, "Dealer", "Red")], {})
+    record = cache.record(key)
+    assert record is not None and (record.image_type, record.ml_image_type) == ("Stock", "Dealer")
 
 
 def test_clear_color(cache: MLCache) -> None:
     key = "f" * 32
     cache.store([make_entry(key, "Dealer", "Red")], {})
-    _, record = cache.apply_fix(key, ImageFix(image_type="Placeholder", clear_color=True, fix_id=4))
-    assert (record.image_type, record.color) == ("Placeholder", None)
+    _, record = cache.apply_fix(
+        key, ImageFix(image_type="Placeholder", clear_color=True, fix_id="f4")
+    )
+    assert (record.image_type, record.color, record.ml_color) == ("Placeholder", None, "Red")
+
+
+def test_overrides_are_per_advertiser(cache: MLCache) -> None:
+    key = "1" * 32
+    cache.store([make_entry(key, "Dealer", "Red")], {})
+    cache.apply_fix(key, ImageFix(color="Blue", fix_id="team"))
+    cache.apply_fix(key, ImageFix(color="Green", fix_id="mine", advertiser="Lakeside"))
+    lakeside, metro = cache.record(key, "Lakeside"), cache.record(key, "Metro")
+    assert lakeside is not None and (lakeside.color, lakeside.color_source) == ("Green", "override")
+    assert metro is not None and (metro.color, metro.color_source) == ("Blue", "fix")
+    assert (cache.record(key) or metro).color == "Blue"
+
+
+def test_an_old_store_is_emptied_under_a_new_generation(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = make_engine(url, create=True)
+    with engine.begin() as connection:  # a cache written by the previous version: no meta table
+        connection.execute(text("CREATE TABLE cached_images (image_key TEXT PRIMARY KEY)"))
+        connection.execute(text("INSERT INTO cached_images VALUES ('x')"))
+    cache = MLCache(engine)
+    assert cache.count() == 0 and len(cache.generation) == 32
+    assert MLCache(engine).generation == cache.generation
 
 
 def test_concurrent_pushes_of_the_same_fix_apply_once(cache: MLCache) -> None:
@@ -103,7 +146,9 @@ def test_concurrent_pushes_of_the_same_fix_apply_once(cache: MLCache) -> None:
     cache.store([make_entry(key)], {})
     with ThreadPoolExecutor(4) as pool:
         outcomes = list(
-            pool.map(lambda _: cache.apply_fix(key, ImageFix(color="Gold", fix_id=42))[0], range(8))
+            pool.map(
+                lambda _: cache.apply_fix(key, ImageFix(color="Gold", fix_id="f42"))[0], range(8)
+            )
         )
     assert outcomes.count(True) == 1
-    assert cache.record(key).applied_fix_ids == [42]  # type: ignore[union-attr]
+    assert cache.record(key).applied_fix_ids == ["f42"]  # type: ignore[union-attr]
