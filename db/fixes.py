@@ -115,7 +115,7 @@ def apply_fixes(
     """
     actor = require(actor, Permission.FIX)
     for change in changes:
-        _validate(change)
+        validate_change(change)
     outcome = FixOutcome()
     # Lock in a stable order so that two bulk fixes over the same items cannot deadlock.
     for change in _with_placeholder_rule(sorted(changes, key=lambda c: (c.item_id, c.field))):
@@ -205,7 +205,12 @@ def _with_placeholder_rule(changes: Sequence[FixChange]) -> list[FixChange]:
     return out
 
 
-def _validate(change: FixChange) -> None:
+def validate_change(change: FixChange) -> None:
+    """Check the field and the value of one change.
+
+    Raises:
+        InvalidInput: an unknown field, or a value that is not one of its labels.
+    """
     if change.implied:
         return
     allowed = FIELDS.get(change.field)

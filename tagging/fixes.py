@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.accounts import Actor, account_actor
 from db.advertisers import get_advertiser
 from db.fixes import (
-    FIELDS,
     FixChange,
     FixOutcome,
     PendingFix,
@@ -36,6 +35,7 @@ from db.fixes import (
     mark_synced,
     pending_fixes,
     read_sync_state,
+    validate_change,
     write_sync_state,
 )
 from db.models import FixSource
@@ -317,9 +317,6 @@ def _csv_change(session: Session, row: dict[str, str | None], scrapes: dict[str,
     item = find_item(session, scrapes[name], image_url=url or None, image_key=key or None)
     if item is None:
         raise NotFoundError(f"{name}'s latest scrape has no image {url or key}")
-    allowed = FIELDS.get(field)
-    if allowed is None:
-        raise InvalidInput(f"unknown field {field!r}: use image_type or color")
-    if value not in allowed:
-        raise InvalidInput(f"{value!r} is not a valid {field}: one of {', '.join(allowed)}")
-    return FixChange(item.id, field, value)
+    change = FixChange(item.id, field, value)
+    validate_change(change)
+    return change

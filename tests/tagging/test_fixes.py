@@ -437,3 +437,42 @@ def test_push_pending_only_the_fixes_asked_for(
         assert session.get_one(ManualFix, other).sync_status == SyncStatus.PENDING
     assert push_pending(sessions, ml, limit=1).synced == 1
     assert push_pending(sessions, ml).synced == 0
+
+
+def test_a_database_restored_from_a_backup_never_reuses_a_fix_id_the_cache_has_seen(
+    sessions: sessionmaker[Session], scrape_items: list[int], ml_server: object, ml: MLClient
+) -> None:
+    """After a restore the next fix may get the same row id as one the cache already applied;
+    the id the cache remembers is the fix's uid, so the new fix is applied, not dropped."""
+    first = save_fixes(sessions, ml, actor(), [FixChange(scrape_items[0], "color", "Gold")])
+    assert first.push_error is None
+    with sessions.begin() as session:  # the restore: that fix never happened here
+        gone = session.get_one(ManualFix, first.fix_ids[0])
+        old_uid, key = gone.uid, gone.image_key
+        session.delete(gone)
+        session.get_one(SitemapItem, scrape_items[0]).color = "Red"
+    second = save_fixes(sessions, ml, actor(), [FixChange(scrape_items[0], "color", "Purple")])
+    assert second.push_error is None
+    with sessions() as session:
+        new = session.get_one(ManualFix, second.fix_ids[0])
+        assert new.uid != old_uid and new.sync_status == SyncStatus.SYNCED
+    record = cached(ml_server, key)
+    assert record["color"] == "Purple"  # applied, not ignored as "seen"
+    assert record["applied_fix_ids"] == [old_uid, new.uid]
+
+
+def test_a_fix_to_placeholder_clears_the_color_and_raises_no_finding(
+    sessions: sessionmaker[Session], scrape_items: list[int]
+) -> None:
+    with sessions.begin() as session:
+        outcome = record_fixes(
+            session, actor(), [FixChange(scrape_items[0], "image_type", "Placeholder", "Dealer")]
+        )
+        assert placeholder_findings(session) == []  # not "fixed by the advertiser": it is not
+        item = session.get_one(SitemapItem, scrape_items[0])
+        assert (item.image_type, item.color) == ("Placeholder", None)
+        rows = [session.get_one(ManualFix, i) for i in outcome.fix_ids]
+    assert [(r.field, r.old_value, r.new_value, r.user) for r in rows] == [
+        ("image_type", "Dealer", "Placeholder", "analyst-user"),
+        ("color", "Red", None, "analyst-user"),
+    ]
