@@ -9,12 +9,29 @@ import streamlit as st
 
 from db.accounts import Permission
 from views.common import current_actor, sign_out
+from views.session_cookie import sync_session_cookie
+
+# Every page's URL path (its file's name). Before sign-in each one shows the sign-in page, so that
+# a link or a reload keeps its page and query parameters and opens them once signed in. (A comment,
+# not a docstring: Streamlit's magic would show a bare string on the page.)
+PAGE_URL_PATHS = ("home", "review", "history", "weird", "charts", "admin")
 
 st.set_page_config(page_title="Tagdesk", page_icon="🏷️", layout="wide")
 
-actor = current_actor()
+actor = current_actor()  # also signs in from the session cookie (a reload, a link, a new tab)
+sync_session_cookie()
 if actor is None:
-    st.navigation([st.Page("views/sign_in.py", title="Sign in", icon=":material/login:")]).run()
+    sign_in = "views/sign_in.py"
+    st.navigation(
+        [
+            st.Page(sign_in, title="Sign in", icon=":material/login:", default=True),
+            *(
+                st.Page(sign_in, title="Sign in", icon=":material/login:", url_path=path)
+                for path in PAGE_URL_PATHS
+            ),
+        ],
+        position="hidden",
+    ).run()
     st.stop()
 
 sections: dict[str, list[st.Page]] = {

@@ -352,6 +352,26 @@ class AdvertiserToken(Base):
     advertiser: Mapped[Advertiser] = relationship(back_populates="tokens")
 
 
+class UserSession(Base):
+    """A signed-in browser (:mod:`db.user_sessions`): its cookie holds a random token, this row
+    only the token's SHA-256, and the idle and absolute limits are checked against its times."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)
+    """The cookie's token, hashed; None until the browser has claimed the session's handoff."""
+    handoff_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)
+    """The one-time code with which the browser fetches its cookie, hashed; None once used."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """When it was signed out."""
+
+    user: Mapped[User] = relationship()
+
+
 class FindingState(enum.StrEnum):
     OPEN = "open"
     FIXED = "fixed"

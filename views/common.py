@@ -24,6 +24,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.accounts import Actor, Permission, SignInThrottle, account_actor
 from db.engine import make_engine, make_session_factory, migrate
 from db.models import utcnow
+from db.user_sessions import (
+    HANDOFF_TTL,
+    SessionCheck,
+    SessionState,
+    check_session,
+    open_session,
+    revoke_session,
+)
 from tagging.config import Settings
 from tagging.errors import TaggingError
 from tagging.server.client import MLClient
@@ -63,6 +71,18 @@ ACCOUNT_CLOSED = "account_closed"
 """Set when the signed-in account was disabled or deleted: the sign-in page says so."""
 CLIENT_KEY = "sign_in_client"
 """This browser session's throttle key when the connection has no address (localhost)."""
+USER_SESSION = "user_session"
+"""The id of the signed-in browser's ``user_sessions`` row (:mod:`db.user_sessions`)."""
+COOKIE_HANDOFF = "session_handoff"
+"""``(code, issued_at)``: the one-time code the page hands the browser for its session cookie
+(:mod:`views.session_cookie`), until the browser has claimed it."""
+FORGET_COOKIE = "session_cookie_forget"
+"""Set when the browser's session cookie is dead (signed out, expired): the page drops it."""
+COOKIE_TRIED = "session_cookie_tried"
+"""The session cookie sent with this browser session's connection has been tried (it cannot
+change while the connection lasts)."""
+SESSION_COOKIE = "tagdesk_session"
+"""The session cookie: a random token; HttpOnly, SameSite=Strict, set by the app's HTTP route."""
 
 
 @st.cache_resource
@@ -117,16 +137,75 @@ def shown_errors() -> Iterator[None]:
 
 
 def sign_in(actor: Actor) -> None:
+    """Sign this browser session in as ``actor`` (authenticated by the caller), and open the
+    server-side session that the browser's cookie will carry to reloads and other tabs."""
+    now = utcnow()
+    with session_factory().begin() as session:
+        opened = open_session(session, actor.username, now=now, purge_before=now - 2 * SESSION_MAX)
     st.session_state[ACTOR] = actor
-    st.session_state[SIGNED_IN_AT] = st.session_state[LAST_SEEN_AT] = utcnow()
+    st.session_state[SIGNED_IN_AT] = st.session_state[LAST_SEEN_AT] = now
+    st.session_state[USER_SESSION] = opened.session_id
+    st.session_state[COOKIE_HANDOFF] = (opened.handoff, now)
+    st.session_state.pop(FORGET_COOKIE, None)
 
 
 def sign_out() -> None:
-    for key in (ACTOR, SIGNED_IN_AT, LAST_SEEN_AT):
+    """Sign out: the server-side session is revoked (every tab of this browser is signed out at
+    its next click, a reload shows the sign-in page) and the page drops the cookie."""
+    session_id = st.session_state.pop(USER_SESSION, None)
+    if session_id is not None:
+        with session_factory().begin() as session:
+            revoke_session(session, session_id=session_id)
+        st.session_state[FORGET_COOKIE] = True
+    for key in (ACTOR, SIGNED_IN_AT, LAST_SEEN_AT, COOKIE_HANDOFF):
         st.session_state.pop(key, None)
     st.session_state[SIGNED_OUT] = True
     if _oidc_configured() and getattr(st.user, "is_logged_in", False):
         st.logout()
+
+
+def _cookie_token() -> str | None:
+    try:
+        value = st.context.cookies.get(SESSION_COOKIE)
+    except Exception:  # no connection (bare script runs)
+        return None
+    return value if isinstance(value, str) and value else None  # (AppTest hands a mock)
+
+
+def _restore_from_cookie() -> Actor | None:
+    """Sign in from the session cookie this connection brought (a reload, a link, another tab);
+    tried once per browser session. A dead cookie is dropped, with the reason shown."""
+    if st.session_state.get(COOKIE_TRIED):
+        return None
+    st.session_state[COOKIE_TRIED] = True
+    token = _cookie_token()
+    if token is None:
+        return None
+    with session_factory().begin() as session:
+        check = check_session(session, token=token, idle=SESSION_IDLE, max_age=SESSION_MAX)
+    if not check.active or check.actor is None:
+        st.session_state[FORGET_COOKIE] = True
+        if check.state is SessionState.EXPIRED:
+            st.session_state[SESSION_EXPIRED] = True
+        elif check.state is SessionState.CLOSED:
+            st.session_state[ACCOUNT_CLOSED] = True
+        return None
+    now = utcnow()
+    st.session_state[ACTOR] = check.actor
+    st.session_state[USER_SESSION] = check.session_id
+    st.session_state[SIGNED_IN_AT] = check.created_at or now
+    st.session_state[LAST_SEEN_AT] = now
+    st.session_state.pop(SIGNED_OUT, None)
+    return check.actor
+
+
+def _end_session(check: SessionCheck) -> None:
+    """Sign this browser session out after its server-side session ended elsewhere or expired."""
+    sign_out()
+    if check.state is SessionState.CLOSED:
+        st.session_state[ACCOUNT_CLOSED] = True
+    elif check.state is not SessionState.REVOKED:
+        st.session_state[SESSION_EXPIRED] = True
 
 
 def current_actor() -> Actor | None:
@@ -139,7 +218,14 @@ def current_actor() -> Actor | None:
     """
     actor: Actor | None = st.session_state.get(ACTOR)
     if actor is None:
-        return None
+        actor = _restore_from_cookie()
+        if actor is None:
+            return None
+    session_id = st.session_state.get(USER_SESSION)
+    if session_id is not None:
+        return _current_session_actor(actor, session_id)
+    # Signed in without a server-side session (tests set the session state directly): the
+    # limits are checked on this browser session's own clock.
     now = utcnow()
     last_seen: datetime = st.session_state.get(LAST_SEEN_AT) or now
     signed_in_at: datetime = st.session_state.setdefault(SIGNED_IN_AT, now)
@@ -157,6 +243,28 @@ def current_actor() -> Actor | None:
         st.session_state[ACTOR] = fresh
     st.session_state[LAST_SEEN_AT] = now
     return fresh
+
+
+def _current_session_actor(actor: Actor, session_id: int) -> Actor | None:
+    """The server-side session's user, checked (limits, sign-out elsewhere, account) and seen.
+
+    The session's row, not this browser session, holds the idle and absolute clocks: every tab
+    of the browser shares it, and signing out in one ends all of them.
+    """
+    with session_factory().begin() as session:
+        check = check_session(
+            session, session_id=session_id, idle=SESSION_IDLE, max_age=SESSION_MAX
+        )
+    if not check.active or check.actor is None:
+        _end_session(check)
+        return None
+    handoff = st.session_state.get(COOKIE_HANDOFF)
+    if handoff is not None and (check.cookie_set or utcnow() - handoff[1] > HANDOFF_TTL):
+        st.session_state.pop(COOKIE_HANDOFF, None)
+    if check.actor != actor:
+        st.session_state[ACTOR] = check.actor
+    st.session_state[LAST_SEEN_AT] = utcnow()
+    return check.actor
 
 
 def require_page(permission: Permission) -> Actor:

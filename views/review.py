@@ -49,6 +49,7 @@ from views.loaders import (
     load_thumbnails,
     missing_thumbnail,
 )
+from views.page_state import Field, PageState
 from views.weird_banner import findings_banner
 
 COLUMNS = 6
@@ -61,6 +62,27 @@ STATUS_LABELS = {
     PENDING_SYNC: "Pending sync",
 }
 FLASH = "flash"  # Session-state key of the messages shown after the next rerun.
+# What the page shows (pickers, filters, paging), in the widgets' keys and the URL; see
+# views/page_state.py. The scrape is in the URL only when it is not the advertiser's newest.
+STATE = PageState(
+    "review",
+    [
+        Field("advertiser", None),
+        Field("scrape", None, parse=int),
+        Field("type", (), many=True),
+        Field("color", (), many=True),
+        Field("status", (), many=True),
+        Field("q", ""),
+        Field("per", PAGE_SIZES[0], parse=int),
+        Field("page", 1, parse=int),
+    ],
+)
+NEWEST = "review-newest"  # The newest scrape when the page last ran: its pick follows a new one.
+
+
+def first_page() -> None:
+    """A new advertiser, scrape, filter or page size shows its first page."""
+    STATE.set("page", 1)
 
 
 # --- actions ------------------------------------------------------------------------------------
@@ -118,16 +140,14 @@ if not advertisers:
     st.info("No advertisers yet.")
     st.stop()
 
-params = st.query_params
+STATE.enter()
 names = [a.name for a in advertisers]
-wanted = params.get("advertiser")
+STATE.keep_within("advertiser", names, fallback=names[0])
 top = st.columns([3, 3, 2])
 advertiser_name = top[0].selectbox(
-    "Advertiser", names, index=names.index(wanted) if wanted in names else 0
+    "Advertiser", names, key=STATE.key("advertiser"), on_change=first_page
 )
 advertiser_id, _, color_from_feed, _ = next(a for a in advertisers if a.name == advertiser_name)
-if advertiser_name != wanted:
-    st.query_params["advertiser"] = advertiser_name
 
 scrapes = [s for s in load_scrapes(advertiser_id) if s["finished"]]
 running = load_running(advertiser_id)
@@ -177,16 +197,20 @@ if running is not None or (queued and queued[0] == advertiser_id):
 
 if not scrapes:
     st.info(f"{plain(advertiser_name)} has not been scraped yet.")
+    STATE.save(omit={"scrape"})
     st.stop()
 
 scrape_ids = [s["id"] for s in scrapes]
-wanted_scrape = params.get("scrape")
+# Another advertiser's scrape, or none: the newest. The newest when the page last ran: the new one.
+if STATE.value("scrape") == st.session_state.get(NEWEST):
+    STATE.set("scrape", scrape_ids[0])
+STATE.keep_within("scrape", scrape_ids, fallback=scrape_ids[0])
+st.session_state[NEWEST] = scrape_ids[0]
 scrape_id = top[1].selectbox(
     "Scrape",
     scrape_ids,
-    index=scrape_ids.index(int(wanted_scrape))
-    if wanted_scrape and wanted_scrape.isdigit() and int(wanted_scrape) in scrape_ids
-    else 0,
+    key=STATE.key("scrape"),
+    on_change=first_page,
     format_func=lambda i: next(
         f"#{s['id']} · {s['started_at']:%Y-%m-%d %H:%M} · {s['items']:,} images · {s['status']}"
         for s in scrapes
@@ -239,20 +263,26 @@ with st.expander("Colors in this scrape", expanded=False):
 
 # Filters (mirrored in the URL so that a view can be shared or linked from elsewhere).
 filters = st.columns([2, 2, 2, 3])
-type_filter = filters[0].multiselect(
-    "Image Type", IMAGE_TYPES, default=[t for t in params.get_all("type") if t in IMAGE_TYPES]
-)
 color_options = [*COLORS, NO_COLOR]
+STATE.keep_within("type", IMAGE_TYPES)
+STATE.keep_within("color", color_options)
+STATE.keep_within("status", STATUS_FILTERS)
+type_filter = filters[0].multiselect(
+    "Image Type", IMAGE_TYPES, key=STATE.key("type"), on_change=first_page
+)
 color_filter = filters[1].multiselect(
-    "Color", color_options, default=[c for c in params.get_all("color") if c in color_options]
+    "Color", color_options, key=STATE.key("color"), on_change=first_page
 )
 status_filter = filters[2].multiselect(
     "Status",
     STATUS_FILTERS,
-    default=[s for s in params.get_all("status") if s in STATUS_FILTERS],
+    key=STATE.key("status"),
+    on_change=first_page,
     format_func=lambda s: STATUS_LABELS[s],
 )
-text_filter = filters[3].text_input("Search URLs and titles", value=params.get("q", ""))
+text_filter = filters[3].text_input(
+    "Search URLs and titles", key=STATE.key("q"), on_change=first_page
+)
 review_filter = ReviewFilter(
     image_types=tuple(type_filter),
     colors=tuple(color_filter),
@@ -261,10 +291,17 @@ review_filter = ReviewFilter(
 )
 
 paging = st.columns([1, 1, 4])
-page_size = paging[0].selectbox("Per page", PAGE_SIZES, index=0)
+STATE.keep_within("per", PAGE_SIZES, fallback=PAGE_SIZES[0])
+page_size = paging[0].selectbox("Per page", PAGE_SIZES, key=STATE.key("per"), on_change=first_page)
 _, matching = load_review_page(scrape_id, review_filter, 0, 1)
 pages = max(1, -(-matching // page_size))
-page_number = paging[1].number_input("Page", min_value=1, max_value=pages, value=1, step=1)
+if not isinstance(STATE.value("page"), int) or not 1 <= STATE.value("page") <= pages:
+    first_page()
+page_number = paging[1].number_input(
+    "Page", min_value=1, max_value=pages, step=1, key=STATE.key("page")
+)
+# The view is known: remember it and show it in the URL (a view can be shared or linked).
+STATE.save(omit={"scrape"} if scrape_id == scrape_ids[0] else ())
 paging[2].caption(f"{matching:,} of {counts.total:,} images match · page {page_number} of {pages}")
 
 items, _ = load_review_page(scrape_id, review_filter, (page_number - 1) * page_size, page_size)
@@ -454,10 +491,3 @@ if pending_bulk and can_fix:
         if confirm[1].button("Cancel"):
             st.session_state.pop("bulk")
             st.rerun()
-
-# Keep the filters in the URL.
-for name, values in (("type", type_filter), ("color", color_filter), ("status", status_filter)):
-    if sorted(params.get_all(name)) != sorted(values):
-        st.query_params[name] = values
-if params.get("q", "") != text_filter:
-    st.query_params["q"] = text_filter

@@ -56,6 +56,7 @@ from views.common import (
     shown_errors,
 )
 from views.loaders import load_advertisers, load_findings, load_open_counts, load_thumbnails
+from views.page_state import Field, PageState
 
 # Findings shown per case; narrow by advertiser to see the rest. (Comments, not docstrings: a
 # page script's bare strings would be written on the page by Streamlit's magic.)
@@ -73,6 +74,16 @@ SEVERITY_BADGES = {
 ALL = "All advertisers"
 STATUS_NAMES = {"ml_failure": "ML failures", "fixed": "fixed", "error": "image errors"}
 FLASH = "weird-flash"  # Session-state key of the messages shown after the next rerun.
+# The pickers, in the widgets' keys and the URL (views/page_state.py); the banner of the review
+# page links here with ?advertiser=NAME.
+STATE = PageState(
+    "weird",
+    [
+        Field("advertiser", ALL),
+        Field("state", (FindingState.OPEN,), many=True, parse=FindingState),
+        Field("case", (), many=True),
+    ],
+)
 
 
 # --- actions ------------------------------------------------------------------------------------
@@ -316,7 +327,7 @@ for kind, text in st.session_state.pop(FLASH, []):
 
 advertisers = load_advertisers()
 names = {a.name: a.id for a in advertisers}
-params = st.query_params
+STATE.enter()
 
 counts = load_open_counts()
 metrics = st.columns(4)
@@ -332,26 +343,24 @@ if counts.get(Severity.CRITICAL):
 
 controls = st.columns([3, 3, 3, 2])
 options = [ALL, *names]
-wanted = params.get("advertiser")
-chosen = controls[0].selectbox(
-    "Advertiser", options, index=options.index(wanted) if wanted in options else 0
-)
-advertiser_id = names.get(chosen)
-if chosen != ALL and chosen != wanted:
-    st.query_params["advertiser"] = chosen
-elif chosen == ALL and wanted:
-    del st.query_params["advertiser"]
-states = controls[1].multiselect(
-    "State", list(STATES), default=[FindingState.OPEN], format_func=lambda s: STATES[s]
-)
 case_options = list(CASES)
+STATE.keep_within("advertiser", options, fallback=ALL)
+STATE.keep_within("state", list(STATES))
+STATE.keep_within("case", case_options)
+chosen = controls[0].selectbox("Advertiser", options, key=STATE.key("advertiser"))
+advertiser_id = names.get(chosen)
+states = controls[1].multiselect(
+    "State", list(STATES), key=STATE.key("state"), format_func=lambda s: STATES[s]
+)
 cases = controls[2].multiselect(
     "Case",
     case_options,
-    default=[c for c in params.get_all("case") if c in case_options],
+    key=STATE.key("case"),
     format_func=CASES.__getitem__,
     placeholder="All cases",
 )
+# The view is known: remember it and show it in the URL.
+STATE.save()
 with controls[3]:
     st.write("")
     refresh = can_fix and st.button(

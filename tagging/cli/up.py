@@ -141,9 +141,10 @@ def launch(settings: Settings, config: LaunchConfig) -> int:
 
 
 def app_command(host: str, port: int) -> list[str]:
-    """The command line that serves the Streamlit app (``make run`` and the browser tests)."""
+    """The command line that serves the Streamlit app (``make run`` and the browser tests):
+    ``serve.py`` serves ``app.py`` with the session cookie's HTTP routes beside it."""
     return [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+        sys.executable, "-m", "streamlit", "run", str(ROOT / "serve.py"),
         "--server.port", str(port),
         "--server.address", host,
         "--server.headless", "true",

@@ -219,3 +219,55 @@ def test_a_user_demoted_meanwhile_can_no_longer_fix(
     with app_db() as session:
         assert session.scalars(select(ManualFix)).all() == []
         assert session.get_one(SitemapItem, seeded[0]).image_type == "Dealer"
+
+
+def test_a_link_opens_its_view_and_the_url_follows_every_pick(
+    open_app: Callable[..., AppTest], seeded: list[int]
+) -> None:
+    at = open_app(Role.ANALYST)
+    # A followed link (e.g. from a weird-result finding): its view, unknown values dropped.
+    at.query_params = {"advertiser": "Sunrise Motors", "type": ["Placeholder"], "status": "bogus"}
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, at.exception
+    assert next(m for m in at.multiselect if m.label == "Image Type").value == ["Placeholder"]
+    assert len([s for s in at.selectbox if str(s.key).startswith("type-")]) == 10
+    assert at.query_params == {"advertiser": "Sunrise Motors", "type": "Placeholder"}
+
+    # The page's own reruns: the widgets are the state, the URL follows them.
+    next(m for m in at.multiselect if m.label == "Image Type").set_value(["Placeholder", "Stock"])
+    at.run()
+    assert at.query_params["type"] == ["Placeholder", "Stock"]
+    next(t for t in at.text_input if t.label == "Search URLs and titles").input("cdn").run()
+    assert at.query_params["q"] == "cdn"
+    next(t for t in at.text_input if t.label == "Search URLs and titles").input("").run()
+    next(m for m in at.multiselect if m.label == "Image Type").set_value([]).run()
+    assert at.query_params == {"advertiser": "Sunrise Motors"}
+
+    # A page number is kept, and a new filter goes back to the first page.
+    next(n for n in at.number_input if n.label == "Page").set_value(2).run()
+    assert at.query_params["page"] == "2"
+    assert len([s for s in at.selectbox if str(s.key).startswith("type-")]) == 6
+    next(m for m in at.multiselect if m.label == "Color").set_value(["Red"]).run()
+    assert not at.exception, at.exception
+    assert next(n for n in at.number_input if n.label == "Page").value == 1
+    assert at.query_params == {"advertiser": "Sunrise Motors", "color": "Red"}
+
+
+def test_the_view_survives_leaving_the_page_and_coming_back(
+    open_app: Callable[..., AppTest], seeded: list[int]
+) -> None:
+    at = open_app(Role.ANALYST, PAGE)
+    next(m for m in at.multiselect if m.label == "Image Type").set_value(["Stock"]).run()
+    next(t for t in at.text_input if t.label == "Search URLs and titles").input("cdn").run()
+    at.switch_page("views/history.py")
+    at.run()
+    assert not at.exception, at.exception
+    # The navigation's link to the page carries no query parameters.
+    at.query_params = {}
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, at.exception
+    assert next(m for m in at.multiselect if m.label == "Image Type").value == ["Stock"]
+    assert next(t for t in at.text_input if t.label == "Search URLs and titles").value == "cdn"
+    assert at.query_params == {"advertiser": "Sunrise Motors", "type": "Stock", "q": "cdn"}

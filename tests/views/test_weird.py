@@ -212,3 +212,24 @@ def test_analyst_relaunches_the_scrape_of_an_ml_outage(
         assert huey.pending_count() == 1
     finally:
         huey.flush()
+
+
+def test_the_pickers_follow_a_link_and_are_mirrored_in_the_url(
+    app_db: sessionmaker[Session], seeded: dict[str, int], request: pytest.FixtureRequest
+) -> None:
+    main = sys.modules["__main__"]
+    request.addfinalizer(lambda: sys.modules.__setitem__("__main__", main))
+    at = AppTest.from_file(str(PAGE), default_timeout=30)
+    ensure_account(app_db, actor(Role.ANALYST))
+    at.session_state["actor"] = actor(Role.ANALYST)
+    # The review page's banner links here with ?advertiser=NAME; an unknown case is dropped.
+    at.query_params = {"advertiser": "Metro Car Center", "case": ["nonsense", LEGACY_PLACEHOLDER]}
+    at.run()
+    assert not at.exception, at.exception
+    assert at.selectbox[0].value == "Metro Car Center"
+    assert at.multiselect[1].value == [LEGACY_PLACEHOLDER]
+    assert at.query_params == {"advertiser": "Metro Car Center", "case": LEGACY_PLACEHOLDER}
+    at.multiselect[0].set_value([FindingState.OPEN, FindingState.IGNORED]).run()
+    at.selectbox[0].set_value("All advertisers").run()
+    assert not at.exception, at.exception
+    assert at.query_params == {"state": ["open", "ignored"], "case": LEGACY_PLACEHOLDER}

@@ -16,8 +16,9 @@ def test_the_services_run_from_the_repository_root() -> None:
 
 def test_the_app_command_serves_the_frame_on_the_given_address() -> None:
     command = app_command("127.0.0.1", 8599)
-    app = Path(command[command.index("run") + 1])
-    assert app == REPO / "app.py" and app.is_file()
+    launcher = Path(command[command.index("run") + 1])
+    assert launcher == REPO / "serve.py" and launcher.is_file()
+    assert 'st.App("app.py"' in launcher.read_text()  # the launcher serves the frame
     assert command[command.index("--server.port") + 1] == "8599"
     assert command[command.index("--server.address") + 1] == "127.0.0.1"
 
