@@ -198,9 +198,15 @@ def matching_item_ids(session: Session, scrape_id: int, review_filter: ReviewFil
         session.scalars(
             _filtered(select(SitemapItem.id), scrape_id, review_filter)
             .where(SitemapItem.image_key.is_not(None))
-            .order_by(SitemapItem.position)
+            .order_by(SitemapItem.position, SitemapItem.id)
         )
     )
+
+
+def count_fixable(session: Session, scrape_id: int, review_filter: ReviewFilter) -> int:
+    """How many ids :func:`matching_item_ids` returns (the matching items with an image)."""
+    query = _filtered(select(func.count()).select_from(SitemapItem), scrape_id, review_filter)
+    return session.scalar(query.where(SitemapItem.image_key.is_not(None))) or 0
 
 
 def items_by_id(session: Session, item_ids: list[int]) -> list[SitemapItem]:

@@ -58,6 +58,7 @@ from db.review import (
     ReviewCounts,
     ReviewFilter,
     ReviewItem,
+    count_fixable,
     image_history,
     items_by_id,
     matching_item_ids,
@@ -246,15 +247,30 @@ def load_matching_ids(scrape_id: int, review_filter: ReviewFilter) -> list[int]:
         return matching_item_ids(session, scrape_id, review_filter)
 
 
+@st.cache_data(ttl=QUERY_TTL_SECONDS)
+def load_fixable_count(scrape_id: int, review_filter: ReviewFilter) -> int:
+    """How many items :func:`load_matching_ids` would return (those with an image to fix)."""
+    with session_factory()() as session:
+        return count_fixable(session, scrape_id, review_filter)
+
+
 def load_fix_targets(item_ids: list[int]) -> list[dict]:
-    """``id``, ``image_key``, ``image_type`` and ``color`` of these items, for a bulk fix preview.
+    """``id``, ``position``, ``image_key``, ``image_type`` and ``color`` of these items, in
+    sitemap order, for a bulk fix preview.
 
     Not cached: the preview must show the values the fix will be checked against.
     """
     with session_factory()() as session:
+        items = sorted(items_by_id(session, item_ids), key=lambda i: (i.position, i.id))
         return [
-            {"id": i.id, "image_key": i.image_key, "image_type": i.image_type, "color": i.color}
-            for i in items_by_id(session, item_ids)
+            {
+                "id": i.id,
+                "position": i.position,
+                "image_key": i.image_key,
+                "image_type": i.image_type,
+                "color": i.color,
+            }
+            for i in items
         ]
 
 

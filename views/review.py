@@ -8,6 +8,9 @@ with the fix (a lost race is reported, not hidden).
 
 from __future__ import annotations
 
+import time
+from html.parser import HTMLParser
+
 import altair as alt
 import pandas as pd
 import streamlit as st
@@ -41,6 +44,7 @@ from views.loaders import (
     load_advertisers,
     load_counts,
     load_fix_targets,
+    load_fixable_count,
     load_image_history,
     load_matching_ids,
     load_review_page,
@@ -62,6 +66,14 @@ STATUS_LABELS = {
     PENDING_SYNC: "Pending sync",
 }
 FLASH = "flash"  # Session-state key of the messages shown after the next rerun.
+TOAST = "review-toast"  # The toast (text, icon) shown after the next rerun: the fix's outcome.
+CLEAR_SELECTION = "review-clear-selection"  # Untick every tile at the next run (after a save).
+SELECT = "select-"  # Key prefix of the tiles' "Select" checkboxes.
+BULK = "bulk"  # The bulk fix being previewed: see preview_bulk().
+BULK_THUMBNAILS = 24  # The preview shows the thumbnails of up to this many images it changes.
+QUEUED = "review-queued"  # {advertiser id: (newest finished scrape id, time.time())} of the
+# scrapes this session queued that have not started yet: their Relaunch button stays disabled.
+QUEUE_TIMEOUT_SECONDS = 300.0  # A queued scrape not started after this long no longer blocks.
 # What the page shows (pickers, filters, paging), in the widgets' keys and the URL; see
 # views/page_state.py. The scrape is in the URL only when it is not the advertiser's newest.
 STATE = PageState(
@@ -88,11 +100,81 @@ def first_page() -> None:
 # --- actions ------------------------------------------------------------------------------------
 
 
-def save(actor: Actor, changes: list[FixChange]) -> None:
-    """Record the changes in one transaction, push them, and leave a message for the next run."""
+def save(actor: Actor, changes: list[FixChange]) -> FixOutcome:
+    """Record the changes in one transaction, push them, and leave the messages and a toast for
+    the next run, which also unticks the tiles' "Select" boxes."""
     saved = save_fixes(session_factory(), ml_client(), actor, changes)
     clear_query_cache()
-    st.session_state[FLASH] = describe(saved.outcome, saved.push_error)
+    outcome = saved.outcome or FixOutcome()
+    st.session_state[FLASH] = describe(outcome, saved.push_error)
+    st.session_state[TOAST] = toast_of(outcome, saved.push_error)
+    st.session_state[CLEAR_SELECTION] = True
+    return outcome
+
+
+def toast_of(outcome: FixOutcome, push_error: str | None) -> tuple[str, str]:
+    """The outcome in a few words (the messages above the grid say more): text and icon."""
+    saved = len(outcome.fix_ids)
+    parts = []
+    if saved and push_error is None:
+        parts.append(f"{saved} fix(es) saved")
+    elif saved:
+        parts.append(f"{saved} fix(es) saved, pending sync")
+    if outcome.races:
+        parts.append(f"{len(outcome.races)} race(s) with another fix: see the messages")
+    if outcome.unchanged:
+        parts.append(f"{outcome.unchanged} already had that value")
+    if not parts:
+        return "Nothing to update: no dropdown was changed.", ":material/info:"
+    if outcome.races or push_error is not None:
+        return " · ".join(parts), ":material/warning:"
+    return " · ".join(parts), ":material/check_circle:"
+
+
+def queued_here(advertiser_id: int) -> tuple[int | None, float] | None:
+    """The scrape of this advertiser this session queued and that has not started yet, if any:
+    (the newest finished scrape when it was queued, when). Forgotten after the timeout."""
+    queued: dict[int, tuple[int | None, float]] = st.session_state.get(QUEUED, {})
+    mark = queued.get(advertiser_id)
+    if mark is not None and time.time() - mark[1] > QUEUE_TIMEOUT_SECONDS:
+        forget_queued(advertiser_id)
+        return None
+    return mark
+
+
+def forget_queued(advertiser_id: int) -> None:
+    st.session_state.get(QUEUED, {}).pop(advertiser_id, None)
+
+
+class _TextOnly(HTMLParser):
+    """The text of an HTML fragment: tags dropped, entities decoded, scripts and styles left out."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style"):
+            self.hidden += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style") and self.hidden:
+            self.hidden -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self.hidden:
+            self.parts.append(data)
+
+
+def strip_tags(text: str) -> str:
+    """An advertiser's title as text: ``<b>Sale</b>`` reads "Sale". The result is still
+    advertiser text: show it with ``st.text`` (or :func:`plain`), never as Markdown or HTML.
+    A ``<`` that starts no tag (``a < b``, ``<$20k>``) is kept."""
+    parser = _TextOnly()
+    parser.feed(text)
+    parser.close()
+    return " ".join("".join(parser.parts).split())
 
 
 def describe(outcome: FixOutcome, push_error: str | None) -> list[tuple[str, str]]:
@@ -132,8 +214,16 @@ can_fix = actor.can(Permission.FIX)
 
 st.title("Sitemap review")
 
-for kind, text in st.session_state.pop(FLASH, []):
-    getattr(st, kind)(text)
+with st.container():  # (always drawn: messages or none, the widgets below keep their places)
+    for kind, text in st.session_state.pop(FLASH, []):
+        getattr(st, kind)(text)
+if TOAST in st.session_state:
+    toast_text, toast_icon = st.session_state.pop(TOAST)
+    st.toast(toast_text, icon=toast_icon, duration="long")
+if st.session_state.pop(CLEAR_SELECTION, False):
+    # Before the checkboxes run: a value set now is sent to the browser with them.
+    for key in [k for k in st.session_state if isinstance(k, str) and k.startswith(SELECT)]:
+        st.session_state[key] = False
 
 advertisers = load_advertisers()
 if not advertisers:
@@ -152,19 +242,26 @@ advertiser_id, _, color_from_feed, _ = next(a for a in advertisers if a.name == 
 scrapes = [s for s in load_scrapes(advertiser_id) if s["finished"]]
 running = load_running(advertiser_id)
 
+# This session's queued scrape: forgotten once it runs (the running scrape says the rest) or a
+# newer scrape finished (it ran between two looks); until then Relaunch stays disabled.
+waiting = queued_here(advertiser_id)
+if waiting is not None and (running is not None or latest_finished_id(advertiser_id) != waiting[0]):
+    forget_queued(advertiser_id)
+    waiting = None
 with top[2]:
     st.write("")
     relaunch = actor.can(Permission.RELAUNCH) and st.button(
         "Relaunch scrape",
         icon=":material/refresh:",
-        disabled=running is not None,
+        disabled=running is not None or waiting is not None,
         help="Scrape the sitemap again in the background; only new, changed or failed "
-        "images are classified.",
+        "images are classified. Disabled while a scrape of this advertiser is queued or running.",
     )
-if relaunch:
+if relaunch:  # (a click on a button drawn disabled is ignored: a second click queues nothing)
     with shown_errors():
         enqueue_scrape(settings(), actor, advertiser_name)
-        st.session_state["queued"] = (advertiser_id, latest_finished_id(advertiser_id))
+        queued = st.session_state.setdefault(QUEUED, {})
+        queued[advertiser_id] = (latest_finished_id(advertiser_id), time.time())
         st.rerun()
 
 
@@ -172,13 +269,13 @@ if relaunch:
 def scrape_progress(advertiser_id: int) -> None:
     """Polls the running scrape; leave the page and come back, it is read from the database."""
     current = load_running(advertiser_id)
-    queued = st.session_state.get("queued")
+    waiting = queued_here(advertiser_id)
     if current is None:
-        if queued and queued[0] == advertiser_id and latest_finished_id(advertiser_id) == queued[1]:
+        if waiting is not None and latest_finished_id(advertiser_id) == waiting[0]:
             st.info("Scrape queued: waiting for the worker…", icon=":material/schedule:")
             return
-        # It finished (or was never ours to wait for): redraw the page with the new scrape.
-        st.session_state.pop("queued", None)
+        # It finished (or was never ours to wait for, or waited too long): redraw the page.
+        forget_queued(advertiser_id)
         clear_query_cache()
         st.rerun()
     total = current["total"] or 0
@@ -191,8 +288,7 @@ def scrape_progress(advertiser_id: int) -> None:
     st.progress(min(done / total, 1.0) if total else 0.0, text=text)
 
 
-queued = st.session_state.get("queued")
-if running is not None or (queued and queued[0] == advertiser_id):
+if running is not None or waiting is not None:
     scrape_progress(advertiser_id)
 
 if not scrapes:
@@ -308,6 +404,31 @@ items, _ = load_review_page(scrape_id, review_filter, (page_number - 1) * page_s
 thumbs = load_thumbnails(tuple(sorted({i.image_key for i in items if i.image_key})))
 
 
+def active_filters() -> list[str]:
+    """The filters in force, in words (the search text is the analyst's, shown literally)."""
+    shown = []
+    if type_filter:
+        shown.append(f"Image Type: {', '.join(type_filter)}")
+    if color_filter:
+        shown.append(f"Color: {', '.join(color_filter)}")
+    if status_filter:
+        shown.append(f"Status: {', '.join(STATUS_LABELS[s] for s in status_filter)}")
+    if text_filter.strip():
+        shown.append(f"search “{text_filter.strip()}”")
+    return shown
+
+
+if not items:
+    if active_filters():
+        # The search text is the analyst's own, but escaped all the same (it is shown as typed).
+        st.info(
+            plain(f"No image matches these filters ({'; '.join(active_filters())})."),
+            icon=":material/search_off:",
+        )
+    else:
+        st.info("This scrape has no images.", icon=":material/image_not_supported:")
+
+
 def type_key(item: ReviewItem) -> str:
     return f"type-{item.id}-{item.image_type}"
 
@@ -329,8 +450,9 @@ def shown_color_index(item: ReviewItem) -> int | None:
 def tile(item: ReviewItem) -> None:
     with st.container(border=True):
         st.image(thumbs.get(item.image_key or "", missing_thumbnail()), output_format="JPEG")
-        # Advertiser-supplied text is shown as plain text, never as Markdown or HTML.
-        st.text(f"#{item.position} {item.title or ''}".strip()[:60])
+        # Advertiser-supplied text is shown as plain text, never as Markdown or HTML; a title's
+        # HTML tags are dropped (``<b>Sale</b>`` reads "Sale").
+        st.text(f"#{item.position} {strip_tags(item.title or '')}".strip()[:60])
         ml_color = item.ml_color or "None"
         st.caption(f"ML: {plain(item.ml_image_type)} · {plain(ml_color)}")
         if item.color is not None and item.color not in COLORS:
@@ -367,7 +489,7 @@ def tile(item: ReviewItem) -> None:
             help="Comes from the advertiser's feed" if color_from_feed else None,
         )
         inner = st.columns(2)
-        inner[0].checkbox("Select", key=f"select-{item.id}", disabled=not fixable)
+        inner[0].checkbox("Select", key=f"{SELECT}{item.id}", disabled=not fixable)
         inner[1].form_submit_button(
             "Details", key=f"details-{item.id}", icon=":material/zoom_in:", type="tertiary"
         )
@@ -384,18 +506,29 @@ with st.form("fixes", border=False):
         )
         st.markdown("**Bulk fix**")
         bulk = st.columns([2, 2, 2, 2])
-        bulk_field = bulk[0].selectbox(
-            "Field", ["image_type", "color"], format_func=lambda f: f.replace("_", " ").title()
+        # One list per field: a type's list offers only types, a color's only colors. (Inside
+        # the form, a field picker could not switch the list until a submit.)
+        bulk_type = bulk[0].selectbox(
+            "Set Image Type", IMAGE_TYPES, index=None, placeholder="Keep each image's type"
         )
-        bulk_value = bulk[1].selectbox("Value", [*IMAGE_TYPES, *COLORS])
+        bulk_color = bulk[1].selectbox(
+            "Set Color",
+            COLORS,
+            index=None,
+            placeholder="Keep each image's color",
+            disabled=color_from_feed,
+            help="Comes from the advertiser's feed" if color_from_feed else None,
+        )
         with bulk[2]:
             st.write("")
             bulk_selected = st.form_submit_button("Preview on selected tiles")
         with bulk[3]:
             st.write("")
-            bulk_all = st.form_submit_button(f"Preview on all {matching:,} matching")
+            fixable_matching = load_fixable_count(scrape_id, review_filter)
+            bulk_all = st.form_submit_button(f"Preview on all {fixable_matching:,} matching")
     else:
         update = bulk_selected = bulk_all = False
+        bulk_type = bulk_color = None
         st.caption("Your role can read this sitemap but not change it.")
 
 details = next((i for i in items if st.session_state.get(f"details-{i.id}")), None)
@@ -411,9 +544,9 @@ def show_details(item: ReviewItem) -> None:
         st.code(item.image_url, language=None, wrap_lines=True)
         st.markdown("**Vehicle page**")
         st.code(item.page_url, language=None, wrap_lines=True)
-        if item.title:
+        if item.title and strip_tags(item.title):
             st.markdown("**Title**")
-            st.text(item.title)
+            st.text(strip_tags(item.title))
         # Colors may be a feed's, kept raw when they name none of ours: shown literally.
         st.markdown(
             f"**ML:** {plain(item.ml_image_type)} · {plain(item.ml_color or 'None')}  \n"
@@ -456,38 +589,107 @@ if update:
         save(actor, changes)
         st.rerun()
 
-if bulk_selected or bulk_all:
-    if (bulk_field == "image_type") != (bulk_value in IMAGE_TYPES):
-        st.error(f"{bulk_value} is not a valid {bulk_field.replace('_', ' ')}.")
-    else:
-        if bulk_all:
-            target = load_matching_ids(scrape_id, review_filter)
-        else:
-            target = [i.id for i in items if st.session_state.get(f"select-{i.id}")]
-        st.session_state["bulk"] = {"ids": target, "field": bulk_field, "value": bulk_value}
+FIELD_NAMES = {"image_type": "Image Type", "color": "Color"}
 
-pending_bulk = st.session_state.get("bulk")
-if pending_bulk and can_fix:
-    rows = load_fix_targets(pending_bulk["ids"])
-    field, value = pending_bulk["field"], pending_bulk["value"]
+
+def plan_bulk(target: list[int], values: dict[str, str]) -> dict:
+    """What a bulk fix of these items will change, read now and kept until Apply or Cancel: the
+    preview shows it and Apply records exactly it (with the values seen now, so that a fix made
+    meanwhile by someone else is reported as a race, not silently counted)."""
+    rows = load_fix_targets(target)
     fixable = [r for r in rows if r["image_key"]]
-    changing = [r for r in fixable if r[field] != value]
-    with st.container(border=True):
-        st.markdown(f"**Bulk fix preview:** set {field.replace('_', ' ')} to **{value}**")
-        st.write(
-            f"{len(changing):,} of {len(rows):,} images change "
-            f"({len(fixable) - len(changing):,} already have it, "
-            f"{len(rows) - len(fixable):,} have no image to fix)."
+    changing = [r for r in fixable if any(r[f] != v for f, v in values.items())]
+    changes: list[tuple[int, str, str, str | None]] = []
+    planned: set[tuple[str, str]] = set()
+    for row in changing:
+        for field, value in values.items():
+            # One fix per image: it changes every tile showing that image.
+            if row[field] != value and (row["image_key"], field) not in planned:
+                planned.add((row["image_key"], field))
+                changes.append((row["id"], field, value, row[field]))
+    return {
+        "scrape": scrape_id,
+        "values": values,
+        "targets": len(rows),
+        "unfixable": len(rows) - len(fixable),
+        "changing": [r["id"] for r in changing],
+        "shown": [(r["image_key"], r["position"]) for r in changing[:BULK_THUMBNAILS]],
+        "changes": changes,
+    }
+
+
+def what_is_set(values: dict[str, str]) -> str:
+    return " and ".join(f"{FIELD_NAMES[f]} to **{v}**" for f, v in values.items())
+
+
+if bulk_selected or bulk_all:
+    chosen = {f: v for f, v in (("image_type", bulk_type), ("color", bulk_color)) if v}
+    if bulk_all:
+        target = load_matching_ids(scrape_id, review_filter)
+    else:
+        target = [i.id for i in items if st.session_state.get(f"{SELECT}{i.id}")]
+    if not chosen:
+        st.warning("Choose the Image Type or the Color to set first.", icon=":material/info:")
+    elif not target:
+        st.warning(
+            "No tile is selected: tick the “Select” box of the tiles to change first."
+            if bulk_selected
+            else "No image matches these filters.",
+            icon=":material/info:",
         )
+    else:
+        st.session_state[BULK] = plan_bulk(target, chosen)
+
+pending_bulk = st.session_state.get(BULK)
+if pending_bulk and (not can_fix or pending_bulk["scrape"] != scrape_id):
+    st.session_state.pop(BULK)  # another scrape is shown now (or the role changed)
+elif pending_bulk:
+    values = pending_bulk["values"]
+    changing = pending_bulk["changing"]
+    targets = pending_bulk["targets"]
+    with st.container(border=True, key="bulk-preview"):
+        st.markdown(f"**Bulk fix preview:** set {what_is_set(values)}")
+        st.write(
+            f"{len(changing):,} of {targets:,} images change "
+            f"({targets - pending_bulk['unfixable'] - len(changing):,} already have it, "
+            f"{pending_bulk['unfixable']:,} have no image to fix)."
+        )
+        if values.get("image_type") == PLACEHOLDER and "color" not in values:
+            st.caption("A placeholder has no color: the color of each one that changes is cleared.")
+        shown = pending_bulk["shown"]
+        if shown:
+            preview_thumbs = load_thumbnails(tuple(sorted({key for key, _ in shown})))
+            st.image(
+                [preview_thumbs.get(key, missing_thumbnail()) for key, _ in shown],
+                caption=[f"#{position}" for _, position in shown],
+                width=96,
+                output_format="JPEG",
+            )
+            if len(changing) > len(shown):
+                st.caption(f"… and {len(changing) - len(shown):,} more.")
         confirm = st.columns([1, 1, 4])
         if confirm[0].button("Apply", type="primary", disabled=not changing):
-            st.session_state.pop("bulk")
+            st.session_state.pop(BULK)
             with shown_errors():
                 save(
                     actor,
-                    [FixChange(r["id"], field, value, seen_value=r[field]) for r in changing],
+                    [
+                        FixChange(item_id, field, value, seen_value=seen)
+                        for item_id, field, value, seen in pending_bulk["changes"]
+                    ],
+                )
+                # What Apply changed, counted the way the preview counted it.
+                now = load_fix_targets(changing)
+                done = sum(all(r[f] == v for f, v in values.items()) for r in now)
+                st.session_state[FLASH].insert(
+                    0,
+                    (
+                        "success" if done == len(changing) else "warning",
+                        f"Bulk fix: {done:,} of the {len(changing):,} images previewed now have "
+                        f"{what_is_set(values)}.",
+                    ),
                 )
                 st.rerun()
         if confirm[1].button("Cancel"):
-            st.session_state.pop("bulk")
+            st.session_state.pop(BULK)
             st.rerun()

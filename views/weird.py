@@ -273,12 +273,22 @@ def remedies(finding: FindingView, actor: Actor) -> None:
     ):
         act("Marked as conflicting examples.", mark_conflicting, actor, finding.id)
 
-    with st.popover("Ignore or mark fixed", icon=":material/more_horiz:"):
+    # A form: a browser commits a text input when it loses focus, so a button enabled only once
+    # a reason was committed took two clicks (the first one only committed the reason). A form
+    # sends the reason with the click. Enter does not submit: it would pick a button for you.
+    with (
+        st.popover("Ignore or mark fixed", icon=":material/more_horiz:"),
+        st.form(f"dismiss-{finding.id}", border=False, enter_to_submit=False),
+    ):
         reason = st.text_input("Reason", key=f"reason-{finding.id}", max_chars=500)
         columns = st.columns(2)
-        if columns[0].button("Ignore", key=f"ignore-{finding.id}", disabled=not reason.strip()):
+        ignore = columns[0].form_submit_button("Ignore", key=f"ignore-{finding.id}")
+        fixed = columns[1].form_submit_button("Mark fixed", key=f"fixed-{finding.id}")
+        if ignore and not reason.strip():
+            st.error("Say why it is ignored: the reason is kept with the finding.")
+        elif ignore:
             act("Ignored until its evidence changes.", ignore_finding, actor, finding.id, reason)
-        if columns[1].button("Mark fixed", key=f"fixed-{finding.id}"):
+        elif fixed:
             act("Marked fixed.", mark_fixed, actor, finding.id, reason)
 
 
@@ -300,7 +310,13 @@ def finding_card(finding: FindingView, actor: Actor) -> None:
                 f"{state}{by}{when}" + (f": {finding.state_reason}" if finding.state_reason else "")
             )
         if finding.severity == Severity.CRITICAL:
-            st.error("Tell the dev team: the problem persists after a relaunch.", icon="🚨")
+            # The process notes: relaunch first; the dev team only when that fails too.
+            st.error(
+                "Tell the dev team: the problem persists after a relaunch."
+                if finding.evidence.get("failed_again_after")
+                else "Urgent: relaunch the scrape now. If it fails again, tell the dev team.",
+                icon="🚨",
+            )
         # The explanation names advertisers and users: plain text, never Markdown.
         st.text(finding.explanation)
         left, right = st.columns([5, 2])
@@ -337,7 +353,8 @@ metrics[2].metric("Warnings", f"{counts.get(Severity.WARNING, 0):,}")
 metrics[3].metric("Info", f"{counts.get(Severity.INFO, 0):,}")
 if counts.get(Severity.CRITICAL):
     st.error(
-        "Critical findings: the ML system keeps failing for some advertisers. Tell the dev team.",
+        "Critical findings: the ML system failed for most of a scrape, or again after a "
+        "relaunch. Relaunch first; tell the dev team when a relaunch fails too.",
         icon="🚨",
     )
 

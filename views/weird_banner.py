@@ -24,18 +24,29 @@ SHOWN = 3
 def findings_banner(scrape_id: int) -> None:
     """Show the open findings of ``scrape_id`` (nothing when there are none).
 
-    Critical findings make it an error box, others a warning box. Explanations are plain text;
+    Critical findings (e.g. an ML outage of most of the scrape) make it an error box that says
+    what to do now, others a warning box. Explanations are plain text;
     the link leads to the Weird results page filtered to the scrape's advertiser.
     """
     findings = load_scrape_findings(scrape_id)
     if not findings:
         return
     critical = any(f.severity == Severity.CRITICAL for f in findings)
+    # The process notes: relaunch first; the dev team only when a relaunch failed too.
+    again = any(
+        f.severity == Severity.CRITICAL and f.evidence.get("failed_again_after") for f in findings
+    )
+    advice = (
+        " Critical: tell the dev team, a relaunch failed too."
+        if again
+        else " Critical: relaunch the scrape now; if it fails again, tell the dev team."
+        if critical
+        else ""
+    )
     box = st.error if critical else st.warning
     cases = sorted({f.case for f in findings})
     box(
-        f"{len(findings)} weird result(s) in this scrape: {', '.join(cases)}."
-        + (" Tell the dev team." if critical else ""),
+        f"{len(findings)} weird result(s) in this scrape: {', '.join(cases)}." + advice,
         icon="🚨" if critical else ":material/report:",
     )
     with st.expander("What looks wrong", expanded=critical):

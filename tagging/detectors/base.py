@@ -27,6 +27,10 @@ class Thresholds:
     """Share of the scrape that must have got the defaults."""
     outage_excess_share: float = 0.15
     """For images the ML server did answer: Placeholder share over the advertiser's baseline."""
+    outage_critical_share: float = 0.5
+    """Share of the scrape left without an answer (the outage's suspects) that makes an outage
+    critical at once: most of the sitemap has the defaults, the relaunch is urgent. A smaller
+    outage is a warning, until a relaunch fails too (then critical, whatever its size)."""
     max_phash_distance: int = 6
     """Perceptual hashes this many bits apart or fewer are "the same picture"..."""
     max_thumbnail_difference: float = 8.0

@@ -78,6 +78,10 @@ def detect_ml_outage(facts: Facts, t: Thresholds = DEFAULT_THRESHOLDS) -> list[C
             explanation += (
                 f"Its earlier scrapes had {pct(baseline)} placeholders; this one has {pct(share)}. "
             )
+        # Most of the sitemap without answers is urgent at once; a relaunch that fails too is
+        # critical whatever its size. The process stays: relaunch, and only if it fails again
+        # tell the dev team.
+        most = share_of(len(suspects), n) >= t.outage_critical_share
         if again and previous is not None:  # ``again`` implies a previous scrape
             severity = Severity.CRITICAL
             explanation += (
@@ -85,9 +89,10 @@ def detect_ml_outage(facts: Facts, t: Thresholds = DEFAULT_THRESHOLDS) -> list[C
                 "tell the dev team (the ML server is down or answers nothing)."
             )
         else:
-            severity = Severity.WARNING
+            severity = Severity.CRITICAL if most else Severity.WARNING
             explanation += (
-                "Relaunch the scrape: only these images are classified again (the ML server "
+                ("Most of the sitemap has the defaults: relaunch the scrape now. " if most else "")
+                + "Relaunch the scrape: only these images are classified again (the ML server "
                 "caches what it classified). If it fails again, tell the dev team."
             )
         found.append(

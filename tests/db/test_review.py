@@ -12,6 +12,7 @@ from db.review import (
     NO_COLOR,
     PENDING_SYNC,
     ReviewFilter,
+    count_fixable,
     matching_item_ids,
     review_counts,
     review_page,
@@ -80,6 +81,19 @@ def test_filters_combine(sessions: sessionmaker[Session]) -> None:
             ids[1],
             ids[4],
         ]
+
+
+def test_the_fixable_count_is_the_number_of_matching_ids(sessions: sessionmaker[Session]) -> None:
+    scrape_id, ids = seed(sessions)
+    with sessions.begin() as session:
+        unfetched = session.get_one(SitemapItem, ids[1])  # a Dealer image that could not be fetched
+        unfetched.image_key, unfetched.status = None, ItemStatus.ERROR
+    with sessions() as session:
+        dealers = ReviewFilter(image_types=("Dealer",))
+        assert review_page(session, scrape_id, dealers)[1] == 3
+        assert matching_item_ids(session, scrape_id, dealers) == [ids[0], ids[4]]
+        assert count_fixable(session, scrape_id, dealers) == 2
+        assert count_fixable(session, scrape_id, ReviewFilter(text="nothing like it")) == 0
 
 
 def test_fixed_and_pending_filters_follow_the_history(sessions: sessionmaker[Session]) -> None:

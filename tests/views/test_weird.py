@@ -104,8 +104,14 @@ def test_analyst_ignores_a_finding_with_a_reason(
 ) -> None:
     finding_id = seeded[LEGACY_PLACEHOLDER]
     at = open_page(Role.ANALYST)
-    assert at.button(key=f"ignore-{finding_id}").disabled  # no reason yet
-    at.text_input(key=f"reason-{finding_id}").set_value("purged from the cache on Monday").run()
+    # No reason yet: told to give one, and nothing changes.
+    at.button(key=f"ignore-{finding_id}").click().run()
+    assert not at.exception, at.exception
+    assert any("Say why it is ignored" in e.value for e in at.error)
+    with app_db() as session:
+        assert get_finding(session, finding_id).state == FindingState.OPEN
+    # The reason and the click go together (a form): one click is enough.
+    at.text_input(key=f"reason-{finding_id}").set_value("purged from the cache on Monday")
     at.button(key=f"ignore-{finding_id}").click().run()
     assert not at.exception, at.exception
     assert any("Ignored until its evidence changes" in s.value for s in at.success)
@@ -120,6 +126,19 @@ def test_analyst_ignores_a_finding_with_a_reason(
     # The ignored one is still there for whoever looks for it.
     at.multiselect[0].set_value([FindingState.IGNORED]).run()
     assert [h.value for h in at.subheader] == [f"{CASES['legacy_placeholder']} (1)"]
+
+
+def test_analyst_marks_a_finding_fixed_without_a_reason(
+    open_page: Callable[..., AppTest], seeded: dict[str, int], app_db: sessionmaker[Session]
+) -> None:
+    finding_id = seeded[LEGACY_PLACEHOLDER]
+    at = open_page(Role.ANALYST)
+    at.button(key=f"fixed-{finding_id}").click().run()
+    assert not at.exception, at.exception
+    assert any("Marked fixed." in s.value for s in at.success)
+    with app_db() as session:
+        finding = get_finding(session, finding_id)
+        assert (finding.state, finding.state_reason) == (FindingState.FIXED, None)
 
 
 def test_analyst_carries_a_fix_over_and_is_told_the_push_waits(
@@ -212,6 +231,52 @@ def test_analyst_relaunches_the_scrape_of_an_ml_outage(
         assert huey.pending_count() == 1
     finally:
         huey.flush()
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["first", "again"])
+def test_an_ml_outage_of_most_of_a_scrape_shows_as_critical(
+    open_page: Callable[..., AppTest],
+    app_db: sessionmaker[Session],
+    request: pytest.FixtureRequest,
+    again: bool,
+) -> None:
+    with app_db.begin() as session:
+        world = World(session)
+        valley = world.advertiser("Valley Trucks")
+        world.scrape(valley, photos("v", 10))
+        if again:
+            world.scrape(valley, outage_rows("v", failed=10, ok=0))
+        scrape_id = world.scrape(valley, outage_rows("v", failed=10, ok=0)).id
+        refresh_findings(session)
+    dev_team = "Tell the dev team: the problem persists after a relaunch."
+    relaunch_now = "Urgent: relaunch the scrape now. If it fails again, tell the dev team."
+
+    at = open_page(Role.ANALYST)
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Critical"], metrics["Warnings"]) == ("1", "0")
+    errors = [e.value for e in at.error]
+    assert errors[0].startswith("Critical findings: the ML system failed for most of a scrape")
+    # The first time the remedy is a relaunch; the dev team only when a relaunch failed too.
+    assert (dev_team in errors, relaunch_now in errors) == (again, not again)
+
+    def page(scrape_id: int) -> None:
+        from views.weird_banner import findings_banner
+
+        findings_banner(scrape_id)
+
+    banner = AppTest.from_function(page, args=(scrape_id,), default_timeout=30)
+    banner.run()
+    assert not banner.exception, banner.exception
+    assert not banner.warning
+    (box,) = banner.error
+    assert box.value.startswith("1 weird result(s) in this scrape: ML system failed to respond.")
+    advice = (
+        "Critical: tell the dev team, a relaunch failed too."
+        if again
+        else "Critical: relaunch the scrape now; if it fails again, tell the dev team."
+    )
+    assert box.value.endswith(advice)
+    assert banner.expander[0].proto.expanded
 
 
 def test_the_pickers_follow_a_link_and_are_mirrored_in_the_url(

@@ -31,6 +31,50 @@ def test_ml_outage_is_flagged_against_the_baseline_and_relaunch_is_the_remedy(
     assert len(finding.evidence["images"]) == 6
 
 
+@pytest.mark.parametrize(
+    ("failed", "ok", "severity"),
+    [
+        (10, 10, Severity.CRITICAL),  # half the sitemap without answers
+        (20, 0, Severity.CRITICAL),  # all of it
+        (9, 11, Severity.WARNING),  # less than half: a partial outage
+    ],
+)
+def test_an_outage_of_most_of_a_scrape_is_critical_at_once(
+    sessions: sessionmaker[Session], failed: int, ok: int, severity: Severity
+) -> None:
+    with sessions.begin() as session:
+        world = World(session)
+        advertiser = world.advertiser("Sunrise Motors")
+        world.scrape(advertiser, photos("a", 20))
+        world.scrape(advertiser, outage_rows("a", failed=failed, ok=ok))
+    (finding,) = of(refresh(sessions), ML_OUTAGE)
+    assert finding.severity == severity
+    assert finding.evidence["failed_again_after"] is None
+    # The first time, the remedy is still a relaunch; the dev team only if that fails too.
+    assert "Relaunch the scrape" in finding.explanation
+    assert "If it fails again, tell the dev team." in finding.explanation
+    urgent = "Most of the sitemap has the defaults: relaunch the scrape now." in finding.explanation
+    assert urgent is (severity == Severity.CRITICAL)
+
+
+def test_photos_the_ml_server_answered_as_placeholders_count_toward_most(
+    sessions: sessionmaker[Session],
+) -> None:
+    """No ``ml_failure`` at all, but 12 of 20 known photos came back "Placeholder, no color"."""
+    rows_before = photos("a", 20)
+    lost = [
+        {**row, "type": "Placeholder", "color": None} if i < 12 else row
+        for i, row in enumerate(rows_before)
+    ]
+    with sessions.begin() as session:
+        world = World(session)
+        advertiser = world.advertiser("Sunrise Motors")
+        world.scrape(advertiser, rows_before)
+        world.scrape(advertiser, lost)
+    (finding,) = of(refresh(sessions), ML_OUTAGE)
+    assert (finding.evidence["lost"], finding.severity) == (12, Severity.CRITICAL)
+
+
 def test_a_relaunch_that_fails_again_is_critical_and_a_good_one_resolves_it(
     sessions: sessionmaker[Session],
 ) -> None:
