@@ -17,11 +17,10 @@ from db.accounts import (
     create_advertiser_token,
     create_user,
     revoke_advertiser_token,
-    set_disabled,
-    set_password,
     set_role,
 )
 from db.models import Role
+from tagging.accounts import change_disabled, reset_password
 from tagging.errors import TaggingError
 from views.common import clear_query_cache, plain, require_page, session_factory
 from views.loaders import (
@@ -192,7 +191,8 @@ with change_column, st.container(border=True):
             _write(
                 lambda session: (
                     f"New password set for "
-                    f"{plain(set_password(session, actor, target.username, reset).username)}."
+                    f"{plain(reset_password(session, actor, target.username, reset)[0].username)}"
+                    "; every browser of it is signed out."
                 )
             )
 
@@ -205,7 +205,7 @@ with change_column, st.container(border=True):
         _write(
             lambda session: (
                 f"{'Disabled' if disable else 'Enabled'} "
-                f"{plain(set_disabled(session, actor, target.username, disable).username)}."
+                f"{plain(change_disabled(session, actor, target.username, disable)[0].username)}."
             )
         )
 

@@ -162,7 +162,8 @@ def cmd_users(args: argparse.Namespace) -> int:
         Conflict: the username or email is taken, or the change would leave no enabled admin.
         NotFoundError: no such account.
     """
-    from db.accounts import create_user, set_disabled, set_password, set_role
+    from db.accounts import create_user, set_role
+    from tagging.accounts import change_disabled, reset_password
 
     with _sessions() as sessions:
         if args.action == "list":
@@ -186,11 +187,11 @@ def cmd_users(args: argparse.Namespace) -> int:
                 message = f"{user.username} is now {user.role}"
             elif args.action in ("disable", "enable"):
                 disable = args.action == "disable"
-                user = set_disabled(session, None, args.name, disable, system=True)
+                user, _ = change_disabled(session, None, args.name, disable, system=True)
                 message = f"{args.action}d {user.username}"
             elif args.action == "passwd":
                 assert password is not None
-                user = set_password(session, None, args.name, password, system=True)
+                user, _ = reset_password(session, None, args.name, password, system=True)
                 message = f"new password set for {user.username}"
             else:  # pragma: no cover - argparse allows only the actions above
                 raise InvalidInput(f"unknown users action {args.action!r}")

@@ -119,7 +119,9 @@ def test_an_admin_changes_disables_and_resets_a_user(
     at.text_input(key="reset_password").input("a fresh password")
     at.form_submit_button(key="FormSubmitter:reset_password-Reset password").click()
     at.run()
-    assert [success.value for success in at.success] == ["New password set for alice."]
+    assert [success.value for success in at.success] == [
+        "New password set for alice; every browser of it is signed out."
+    ]
 
 
 def test_the_last_admin_cannot_disable_themselves(
