@@ -17,7 +17,7 @@ import re
 import secrets
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -33,7 +33,7 @@ from db.errors import (
     NotFoundError,
     PermissionDenied,
 )
-from db.models import Advertiser, AdvertiserToken, Role, User, utcnow
+from db.models import Advertiser, AdvertiserToken, Role, User, as_utc, utcnow
 
 
 class Permission(enum.StrEnum):
@@ -152,15 +152,6 @@ def _validate_password(password: str) -> str:
 
 
 # --- signing in --------------------------------------------------------------------------------
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    """``moment`` as an aware UTC datetime (SQLite hands timestamps back without a zone)."""
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
 
 
 def _lock_delay(failures: int) -> timedelta:
@@ -304,7 +295,7 @@ def authenticate(
     Raises:
         AuthenticationError: wrong credentials, a locked account or client, or a disabled account.
     """
-    now = _utc(now) or utcnow()
+    now = as_utc(now) or utcnow()
     if throttle is not None and client is not None:
         # Before any lookup or hashing: a throttled client costs nothing and learns nothing.
         throttle.check_client(client, now)
@@ -328,7 +319,7 @@ def authenticate(
             lock = throttle.unknown_user_failed(name, now)
         raise fail(WRONG_CREDENTIALS if lock is None else _locked_message(lock, now))
 
-    locked_until = _utc(user.locked_until)
+    locked_until = as_utc(user.locked_until)
     if locked_until is not None and locked_until > now:
         _waste_a_verification(password[:MAX_PASSWORD_LENGTH])
         raise fail(_locked_message(locked_until, now))
@@ -386,7 +377,7 @@ def actor_for_email(session: Session, email: str, *, now: datetime | None = None
         raise AuthenticationError(f"no Tagdesk account for {normalized}; ask an admin")
     if user.disabled:
         raise AuthenticationError(DISABLED)
-    user.last_login_at = _utc(now) or utcnow()
+    user.last_login_at = as_utc(now) or utcnow()
     session.flush()
     return Actor(username=user.username, role=Role(user.role))
 
@@ -674,7 +665,7 @@ def revoke_advertiser_token(
     if token is None:
         raise NotFoundError(f"no advertiser token with id {token_id}")
     if token.revoked_at is None:
-        token.revoked_at = _utc(now) or utcnow()
+        token.revoked_at = as_utc(now) or utcnow()
         session.flush()
     return token
 
@@ -715,8 +706,8 @@ def advertiser_for_token(
         raise AuthenticationError("unknown advertiser token")
     if row.revoked_at is not None:
         raise AuthenticationError("this advertiser token was revoked")
-    now = _utc(now) or utcnow()
-    last_used = _utc(row.last_used_at)
+    now = as_utc(now) or utcnow()
+    last_used = as_utc(row.last_used_at)
     if last_used is None or now - last_used >= TOKEN_TOUCH_INTERVAL:
         row.last_used_at = now
         session.flush()

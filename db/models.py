@@ -42,9 +42,11 @@ def utcnow() -> datetime:
 
 def as_utc(moment: datetime | None) -> datetime | None:
     """``moment`` as an aware UTC datetime: SQLite hands back naive ones, written in UTC."""
-    if moment is not None and moment.tzinfo is None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
-    return moment
+    return moment.astimezone(UTC)
 
 
 class Base(DeclarativeBase):

@@ -127,31 +127,25 @@ def _set_counts(scrape: Scrape, counts: ScrapeCounts) -> None:
 # --- reading -------------------------------------------------------------------------------------
 
 
-def latest_scrape(session: Session, advertiser_id: int, *, finished: bool = True) -> Scrape | None:
-    """The advertiser's newest scrape (by default only one that has finished)."""
-    query = select(Scrape).where(Scrape.advertiser_id == advertiser_id)
-    if finished:
-        query = query.where(Scrape.finished_at.is_not(None))
-    return session.scalar(query.order_by(Scrape.started_at.desc(), Scrape.id.desc()).limit(1))
-
-
 SUCCESSFUL = (ScrapeStatus.SUCCEEDED, ScrapeStatus.COMPLETED_WITH_ERRORS)
 """The statuses of a scrape whose items can be trusted (failed and running ones are not)."""
 
 
-def latest_successful_scrape(session: Session, advertiser_id: int) -> Scrape | None:
-    """The advertiser's newest scrape that finished with its items: succeeded or completed with
-    errors, never a failed (no items) or running one."""
-    return session.scalar(
-        select(Scrape)
-        .where(
-            Scrape.advertiser_id == advertiser_id,
-            Scrape.finished_at.is_not(None),
-            Scrape.status.in_([str(s) for s in SUCCESSFUL]),
-        )
-        .order_by(Scrape.started_at.desc(), Scrape.id.desc())
-        .limit(1)
-    )
+def latest_scrape(
+    session: Session, advertiser_id: int, *, finished: bool = True, successful: bool = False
+) -> Scrape | None:
+    """The advertiser's newest scrape (by default only one that has finished).
+
+    Args:
+        successful: only one that finished with its items (succeeded or completed with errors),
+            never a failed (no items) or running one.
+    """
+    query = select(Scrape).where(Scrape.advertiser_id == advertiser_id)
+    if finished or successful:
+        query = query.where(Scrape.finished_at.is_not(None))
+    if successful:
+        query = query.where(Scrape.status.in_([str(s) for s in SUCCESSFUL]))
+    return session.scalar(query.order_by(Scrape.started_at.desc(), Scrape.id.desc()).limit(1))
 
 
 def scrape_items(session: Session, scrape_id: int) -> list[SitemapItem]:

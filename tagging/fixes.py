@@ -39,7 +39,7 @@ from db.fixes import (
     write_sync_state,
 )
 from db.models import FixSource
-from db.scrapes import find_item, latest_successful_scrape
+from db.scrapes import find_item, latest_scrape
 from tagging.detectors.refresh import refresh_findings
 from tagging.errors import (
     InvalidInput,
@@ -309,7 +309,7 @@ def _csv_change(session: Session, row: dict[str, str | None], scrapes: dict[str,
         raise InvalidInput("no advertiser")
     if name not in scrapes:
         advertiser = get_advertiser(session, name)
-        scrape = latest_successful_scrape(session, advertiser.id)
+        scrape = latest_scrape(session, advertiser.id, successful=True)
         if scrape is None:
             raise NotFoundError(f"{advertiser.name} has no successful scrape")
         scrapes[name] = scrape.id

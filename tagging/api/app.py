@@ -41,7 +41,7 @@ from db.engine import make_engine, make_session_factory, migrate
 from db.fixes import FIELDS, FixChange
 from db.history import HistoryFilter, history_rows
 from db.models import Advertiser, FixSource, ManualFix, Role, SitemapItem, SyncStatus
-from db.scrapes import latest_successful_scrape
+from db.scrapes import latest_scrape
 from db.vocab import COLORS, IMAGE_TYPES
 from tagging.config import Settings
 from tagging.errors import AuthenticationError, TaggingError
@@ -400,7 +400,7 @@ def _resolve(session: Session, advertiser_id: int, fixes: Sequence[FixIn]) -> li
                     "fixes": colors,
                 },
             )
-    scrape = latest_successful_scrape(session, advertiser_id)
+    scrape = latest_scrape(session, advertiser_id, successful=True)
     found: list[tuple[int, str | None, str | None]] = []
     if scrape is not None:
         urls = {f.image_url for f in fixes if f.image_url is not None}
