@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from tagging.cli.up import app_command
+from tests.utils.browser import ScrapedDemo, scraped_demo
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,3 +81,12 @@ def running_app(app_settings: object, tmp_path: Path) -> Iterator[dict]:
         process.terminate()
         process.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture
+def demo(
+    app_settings: object, demo_dir: Path, cdn: object, ml_server: object
+) -> Iterator[ScrapedDemo]:
+    """The demo registered and its default advertiser scraped, for the app in ``running_app``."""
+    with scraped_demo(app_settings, demo_dir, cdn) as scraped:
+        yield scraped

@@ -9,17 +9,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import select
 
-from db.accounts import ensure_demo_accounts
-from db.engine import make_engine, make_session_factory
 from db.models import ManualFix, SitemapItem, SyncStatus
-from tagging.demo.generate import DemoInventory
-from tagging.demo.setup import register_demo_advertisers
-from tagging.ingest.fetch import GuardedClient, client_from_settings
-from tagging.ingest.scrape import run_scrape
-from tagging.server.client import MLClient
+from tests.utils.browser import ScrapedDemo, choose
 
 pytestmark = pytest.mark.browser
 
@@ -28,38 +21,15 @@ HOSTILE_COLOR = f"![t](http://127.0.0.1:9{TRACKER_PATH})"
 HOSTILE_TITLE = f"**Deal** <img src='http://127.0.0.1:9{TRACKER_PATH}'> {HOSTILE_COLOR}"
 
 
-def choose(page: object, key: str, option: str) -> None:
-    """Pick ``option`` in the Streamlit selectbox whose widget key is ``key``."""
-    page.locator(f".st-key-{key}").get_by_role("combobox").click()  # type: ignore[attr-defined]
-    page.get_by_role("option", name=option, exact=True).click()  # type: ignore[attr-defined]
-
-
-def scraped_demo(
-    app_settings: object, demo_dir: Path, cdn: object
-) -> tuple[sessionmaker[Session], Engine, GuardedClient]:
-    """The demo's advertisers and accounts, and one real scrape of the page's default advertiser."""
-    inventory = DemoInventory.load(demo_dir)
-    register_demo_advertisers(app_settings, inventory, cdn.url)  # type: ignore[arg-type, attr-defined]
-    engine = make_engine(app_settings.database_url)  # type: ignore[attr-defined]
-    sessions = make_session_factory(engine)
-    with sessions.begin() as session:
-        ensure_demo_accounts(session)
-    name = sorted(a.name for a in inventory.advertisers)[0]  # the page's default advertiser
-    client = client_from_settings(app_settings)  # type: ignore[arg-type]
-    run_scrape(sessions, name, ml=MLClient.from_settings(app_settings), client=client)  # type: ignore[arg-type]
-    return sessions, engine, client
-
-
 def test_fix_in_the_browser_reaches_history_and_ml_cache(
     browser: object,
+    demo: ScrapedDemo,
     running_app: dict,
     app_settings: object,
-    demo_dir: Path,
-    cdn: object,
     ml_server: object,
     tmp_path: Path,
 ) -> None:
-    sessions, engine, client = scraped_demo(app_settings, demo_dir, cdn)
+    sessions = demo.sessions
     # The second tile gets a hostile feed color and title: they must show as written.
     with sessions.begin() as session:
         second = session.scalars(
@@ -123,16 +93,13 @@ def test_fix_in_the_browser_reaches_history_and_ml_cache(
     # st.dataframe draws on a canvas; its cells are in the DOM for assistive technology.
     page.locator("[role=gridcell]", has_text="Purple").first.wait_for(state="attached")
     page.screenshot(path=str(tmp_path / "history.png"), full_page=True)
-    client.close()
-    engine.dispose()
 
 
 def test_placeholder_clears_the_color_and_an_override_shows_in_the_browser(
     browser: object,
+    demo: ScrapedDemo,
     running_app: dict,
     app_settings: object,
-    demo_dir: Path,
-    cdn: object,
     ml_server: object,
     tmp_path: Path,
 ) -> None:
@@ -141,7 +108,7 @@ def test_placeholder_clears_the_color_and_an_override_shows_in_the_browser(
     from tagging.fixes import record_fixes
     from tests.utils.factories import actor
 
-    sessions, engine, client = scraped_demo(app_settings, demo_dir, cdn)
+    sessions = demo.sessions
     with sessions.begin() as session:
         items = session.scalars(
             select(SitemapItem)
@@ -189,5 +156,3 @@ def test_placeholder_clears_the_color_and_an_override_shows_in_the_browser(
             ("color", None),
             ("image_type", "Placeholder"),
         ]
-    client.close()
-    engine.dispose()

@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import select
 
 from db.models import ManualFix, SitemapItem
-from tests.e2e.test_browser import scraped_demo
 from tests.e2e.test_review_state import box, running, search, settle
+from tests.utils.browser import ScrapedDemo
 
 pytestmark = pytest.mark.browser
 
@@ -28,14 +28,13 @@ def ticked(page: object, item_id: int) -> bool:
 
 def test_bulk_fix_toast_selection_relaunch_titles_and_no_match(
     browser: object,
+    demo: ScrapedDemo,
     running_app: dict,
     app_settings: object,
-    demo_dir: Path,
-    cdn: object,
     ml_server: object,
     tmp_path: Path,
 ) -> None:
-    sessions, engine, client = scraped_demo(app_settings, demo_dir, cdn)
+    sessions = demo.sessions
     with sessions.begin() as session:
         first, second, third = session.scalars(
             select(SitemapItem)
@@ -127,5 +126,3 @@ def test_bulk_fix_toast_selection_relaunch_titles_and_no_match(
     assert page.get_by_text("no-such-vehicle-zzz", exact=False).count() >= 1
     assert not running(page)
     page.screenshot(path=str(tmp_path / "no-match.png"), full_page=True)
-    client.close()
-    engine.dispose()

@@ -20,7 +20,7 @@ from db.models import Advertiser, Scrape, SitemapItem
 from db.review import ReviewFilter, review_page
 from tagging.ingest.scrape import run_scrape
 from tagging.server.client import MLClient
-from tests.e2e.test_browser import scraped_demo
+from tests.utils.browser import ScrapedDemo
 
 pytestmark = pytest.mark.browser
 
@@ -99,14 +99,13 @@ def match_caption(page: object) -> str:
 
 def test_every_pick_sticks_the_first_time(
     browser: object,
+    demo: ScrapedDemo,
     running_app: dict,
     app_settings: object,
-    demo_dir: Path,
-    cdn: object,
     ml_server: object,
     tmp_path: Path,
 ) -> None:
-    sessions, engine, client = scraped_demo(app_settings, demo_dir, cdn)
+    sessions, client = demo.sessions, demo.client
     ml = MLClient.from_settings(app_settings)  # type: ignore[arg-type]
     for name in PICKED:
         run_scrape(sessions, name, ml=ml, client=client)
@@ -230,5 +229,3 @@ def test_every_pick_sticks_the_first_time(
         print(f"  {what:<32} {seconds * 1000:6.0f} ms")
     ordered = sorted(timings.values())
     print(f"  median {ordered[len(ordered) // 2] * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms")
-    client.close()
-    engine.dispose()

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from db.models import Advertiser, UserSession
-from tests.e2e.test_browser import scraped_demo
+from tests.utils.browser import ScrapedDemo
 
 pytestmark = pytest.mark.browser
 
@@ -56,14 +56,13 @@ def wait_for_cookie(page: object, context: object, present: bool = True) -> dict
 
 def test_reloads_and_links_keep_the_session_and_the_view(
     browser: object,
+    demo: ScrapedDemo,
     running_app: dict,
     app_settings: object,
-    demo_dir: Path,
-    cdn: object,
     ml_server: object,
     tmp_path: Path,
 ) -> None:
-    sessions, engine, client = scraped_demo(app_settings, demo_dir, cdn)
+    sessions = demo.sessions
     with sessions() as session:
         advertiser = session.scalars(select(Advertiser.name).order_by(Advertiser.name)).first()
     assert advertiser is not None
@@ -154,5 +153,3 @@ def test_reloads_and_links_keep_the_session_and_the_view(
     new_cookie = wait_for_cookie(page, context)
     assert new_cookie is not None and new_cookie["value"] != cookie["value"]
     context.close()
-    client.close()
-    engine.dispose()

@@ -18,8 +18,8 @@ from db.findings import get_finding, list_findings
 from db.models import FindingState
 from db.vocab import LEGACY_PLACEHOLDER
 from tagging.detectors.refresh import refresh_findings
-from tests.e2e.test_browser import choose, scraped_demo
 from tests.e2e.test_review_state import query, running, settle
+from tests.utils.browser import ScrapedDemo, choose
 from tests.utils.world import World, photos
 
 pytestmark = pytest.mark.browser
@@ -31,14 +31,13 @@ CARD = re.compile(f"^{ADVERTISER} · scrape #")  # the head of the finding's car
 
 def test_ignore_takes_one_click(
     browser: object,
+    demo: ScrapedDemo,
     running_app: dict,
     app_settings: object,
-    demo_dir: Path,
-    cdn: object,
     ml_server: object,
     tmp_path: Path,
 ) -> None:
-    sessions, engine, client = scraped_demo(app_settings, demo_dir, cdn)
+    sessions = demo.sessions
     with sessions.begin() as session:
         world = World(session)
         legacy = {"type": "Placeholder", "color": "N/A"}
@@ -90,5 +89,3 @@ def test_ignore_takes_one_click(
     page.get_by_text("Ignored until its evidence changes.").wait_for()
     with sessions() as session:
         assert get_finding(session, finding_id).state_reason == REASON
-    client.close()
-    engine.dispose()
