@@ -40,6 +40,8 @@ bench: install
 	$(PY) bench/decode_bench.py
 	$(PY) bench/inference_bench.py
 	$(PY) bench/review_bench.py
+	$(PY) bench/review_browser_bench.py
+	$(PY) bench/replicas_bench.py
 	$(PY) bench/charts_bench.py
 
 clean-data:

@@ -176,19 +176,20 @@ class Service:
         return f"{HOST}:{self.port}"
 
     def peak_rss_bytes(self) -> int | None:
-        """The process's peak resident set so far (``VmHWM``), or None once it has exited."""
-        try:
-            status = Path(f"/proc/{self.process.pid}/status").read_text()
-        except OSError:
+        """The process's peak resident set so far (``VmHWM``), or None once it has exited.
+
+        With child processes (``serve`` runs uvicorn's workers as its children), the sum of the
+        peaks of the process and its live children: an upper bound of the service's peak.
+        """
+        peaks = [_peak_rss(pid) for pid in [self.process.pid, *_children(self.process.pid)]]
+        if peaks[0] is None:
             return None
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return None
+        return sum(peak or 0 for peak in peaks)
 
     def cpu_seconds(self) -> float:
-        """User + system CPU seconds the process has used so far (0.0 once it has exited)."""
-        return process_cpu_seconds(self.process.pid)
+        """User + system CPU seconds the service has used so far (0.0 once it has exited): the
+        process, its waited-for children and its live descendants (uvicorn's workers)."""
+        return _tree_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -198,6 +199,17 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+
+
+def _peak_rss(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return None
 
 
 def process_cpu_seconds(pid: int) -> float:

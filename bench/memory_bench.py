@@ -1,7 +1,25 @@
-"""The ML server's memory under hostile and heavy requests, measured on a real server process.
+"""Memory of the scrape process at 100,000 and 500,000 items, and of the ML server under hostile
+and heavy requests, each measured on a real process.
 
-``python -m tagging serve`` runs as a subprocess (see :mod:`common`); its resident set is read
-from ``/proc/PID/status`` (``VmRSS`` now, ``VmHWM`` the peak so far) after each stage:
+**The scrape process** (``--scrape-items``, default 100,000 and 500,000): a sitemap index whose
+sub-sitemaps hold 50,000 items each (10,000 pages of 5 images: the protocol's 50,000 ``<url>`` per
+document are far from reached), served by a stdlib server in this process, is scraped by a child
+process into a fresh SQLite app database. The ML server is a stub in this process that answers
+every ``/classify`` at once with made-up results (and a 400-byte thumbnail each): the ML server's
+own memory is measured below, and a real one would need 20 minutes for 500,000 new images. The
+child runs :func:`tagging.ingest.scrape.run_scrape` as ``python -m tagging scrape`` does, and
+reports its peak RSS (``ru_maxrss``) twice: once its items are stored, and after the weird-result
+findings are refreshed (:func:`after_scrape`), which reads every item of every latest scrape. A
+second child then re-scrapes the unchanged sitemap (every document answers 304, every image is
+fresh: the items are copied in one ``INSERT ... SELECT``). Target: the scrape's peak under
+300 MiB at 500,000 items. The child is started by a small wrapper, as in ``scrape_bench.py``
+(Linux keeps a process's peak RSS across ``exec``).
+
+**The ML server** (skipped with ``--skip-server``):
+
+``python -m tagging serve`` runs as a subprocess (see :mod:`common`); its resident set, with its
+uvicorn workers' when it runs several, is read from ``/proc/PID/status`` (``VmRSS`` now, ``VmHWM``
+the peak so far, each summed over the processes) after each stage:
 
 1. **idle**: started, then one small warm-up ``/classify`` (torch, the pools, the cache loaded);
 2. **unauthenticated POSTs**: ``--posts`` (6) concurrent POSTs of ``--post-mib`` (60) MB bodies
@@ -13,21 +31,30 @@ from ``/proc/PID/status`` (``VmRSS`` now, ``VmHWM`` the peak so far) after each 
    every image is downloaded and decoded.
 
 Stages 1–3 run on one server, then 1 and 4 on a new one, so that each peak belongs to its own
-stage. Every figure comes from this one run (about a minute, plus the demo and model set-up the
-first time). Usage::
+stage. Every figure comes from this one run (the server part about a minute, plus the demo and
+model set-up the first time; the scrapes about 4 minutes per 500,000 items). Usage::
 
     .venv/bin/python bench/memory_bench.py [--quick] [--images N] [--image-mib M]
+        [--scrape-items 100000,500000] [--skip-scrape] [--skip-server]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import hashlib
 import io
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -89,13 +116,32 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def memory(pid: int) -> tuple[int, int]:
-    """``(VmRSS, VmHWM)`` of ``pid`` in bytes."""
-    values: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            values[name] = int(rest.split()[0]) * 1024
-    return values["VmRSS"], values["VmHWM"]
+    """``(VmRSS, VmHWM)`` in bytes of ``pid`` and its live children, summed.
+
+    ``serve`` may run uvicorn's workers as child processes: they hold the models and serve the
+    requests, so the supervisor alone says little. The sum of the peaks is an upper bound of the
+    whole server's peak.
+    """
+    total_rss = total_hwm = 0
+    for process in [pid, *_children(pid)]:
+        values: dict[str, int] = {}
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{process}/status").read_text().splitlines():
+                name, _, rest = line.partition(":")
+                if name in ("VmRSS", "VmHWM"):
+                    values[name] = int(rest.split()[0]) * 1024
+        total_rss += values.get("VmRSS", 0)
+        total_hwm += values.get("VmHWM", 0)
+    return total_rss, total_hwm
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found += [int(p) for p in (task / "children").read_text().split()]
+    return found
 
 
 def big_posts(url: str, count: int, size: int, headers: dict[str, str]) -> Counter[str]:
@@ -118,6 +164,260 @@ def big_posts(url: str, count: int, size: int, headers: dict[str, str]) -> Count
         return Counter(pool.map(one, range(count)))
 
 
+# --- the scrape process ------------------------------------------------------------------------
+
+SCRAPE_ITEMS = (100_000, 500_000)
+ITEMS_PER_DOCUMENT = 50_000
+IMAGES_PER_PAGE = 5
+TARGET_SCRAPE_RSS = 300 * MIB
+
+SCRAPE_CHILD = """
+import json, resource, sys, time
+from db.engine import make_engine, make_session_factory
+from tagging.config import Settings
+from tagging.ingest.fetch import client_from_settings
+from tagging.ingest.scrape import ScrapeConfig, after_scrape, run_scrape
+from tagging.server.client import MLClient
+
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+settings = Settings.from_env()
+sessions = make_session_factory(make_engine(settings.database_url))
+client, ml = client_from_settings(settings), MLClient.from_settings(settings)
+started = peak()
+summary = run_scrape(sessions, sys.argv[1], ml=ml, client=client,
+                     config=ScrapeConfig(refresh_findings=False))
+stored = peak()
+begun = time.perf_counter()
+after_scrape(sessions, summary.scrape_id, ml=ml)
+print(json.dumps({**summary.as_dict(), "peak_started": started, "peak_stored": stored,
+                  "peak_refreshed": peak(), "refresh_seconds": time.perf_counter() - begun}))
+"""
+"""What ``python -m tagging scrape NAME`` does, with the findings' refresh measured apart."""
+
+WRAPPER = """
+import json, resource, subprocess, sys
+child = subprocess.run(sys.argv[2:], stdout=subprocess.PIPE, check=False)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+with open(sys.argv[1], "w") as file:
+    out = child.stdout.decode(errors="replace")
+    json.dump({"maxrss_kib": usage.ru_maxrss, "exit": child.returncode, "out": out}, file)
+"""
+"""Runs the child and records its ``ru_maxrss`` (its only child, so RUSAGE_CHILDREN is the
+child's). A small interpreter: the child does not inherit a large process's peak."""
+
+
+def urlset_document(base: str, tag: str, first: int, count: int) -> bytes:
+    """``count`` image items, 5 per page, every image URL distinct."""
+    parts = [
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9" '
+        'xmlns:image="http://www.google.com/schemas/sitemap-image/1.1">\n'
+    ]
+    for page_start in range(first, first + count, IMAGES_PER_PAGE):
+        page = page_start // IMAGES_PER_PAGE
+        parts.append(f"<url><loc>{base}/vehicles/{tag}/{page}</loc>")
+        for n in range(page_start, min(page_start + IMAGES_PER_PAGE, first + count)):
+            parts.append(
+                f"<image:image><image:loc>{base}/img/{tag}/{n}.jpg</image:loc>"
+                f"<image:title>Vehicle {page}</image:title></image:image>"
+            )
+        parts.append("</url>\n")
+    parts.append("</urlset>\n")
+    return "".join(parts).encode()
+
+
+class DocumentServer(ThreadingHTTPServer):
+    """Fixed documents by path, with an ETag each (304 to ``If-None-Match``), and the stub ML
+    server's ``/classify``, which answers every URL at once with a made-up result."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__((common.HOST, 0), _DocumentHandler)
+        self.documents: dict[str, bytes] = {}
+        self.etags: dict[str, str] = {}
+        self.thumbnail = base64.b64encode(_tiny_jpeg()).decode()
+        self.classified = 0
+
+    @property
+    def base(self) -> str:
+        return f"http://{common.HOST}:{self.server_address[1]}"
+
+    @property
+    def host_entry(self) -> str:
+        return f"{common.HOST}:{self.server_address[1]}"
+
+    def add(self, path: str, body: bytes) -> None:
+        self.documents[path] = body
+        self.etags[path] = f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+
+
+def _tiny_jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (24, 18), (120, 30, 30)).save(out, format="JPEG", quality=80)
+    return out.getvalue()
+
+
+class _DocumentHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: DocumentServer
+
+    def do_GET(self) -> None:
+        body = self.server.documents.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        etag = self.server.etags[self.path]
+        if self.headers.get("If-None-Match") == etag:
+            self.send_response(304)
+            self.send_header("ETag", etag)
+            self.end_headers()
+            return
+        self._send(body, "application/xml", {"ETag": etag})
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        fresh_until = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        results = []
+        for url in request["urls"]:
+            digest = hashlib.sha256(url.encode()).hexdigest()
+            results.append(
+                {
+                    "url": url,
+                    "image_key": digest[:32],
+                    "image_type": "Dealer",
+                    "color": "Black",
+                    "ml_image_type": "Dealer",
+                    "ml_color": "Black",
+                    "confidence": 0.9,
+                    "probabilities": {"Dealer": 0.9, "Stock": 0.06, "Placeholder": 0.04},
+                    "model_version": "stub-1",
+                    "color_model_version": "stub-color-1",
+                    "type_source": "model",
+                    "color_source": "model",
+                    "etag": f'"{digest[:12]}"',
+                    "content_length": 20_000,
+                    "sha256": digest,
+                    "phash": digest[:16],
+                    "width": 480,
+                    "height": 360,
+                    "thumbnail_b64": self.server.thumbnail,
+                    "fresh_until": fresh_until,
+                }
+            )
+        self.server.classified += len(results)
+        body = json.dumps(
+            {"results": results, "model_version": "stub-1", "color_model_version": "stub-color-1"}
+        ).encode()
+        self._send(body, "application/json")
+
+    def _send(self, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def scrape_child(advertiser: str, env: dict[str, str], rusage_path: Path) -> dict[str, Any]:
+    """Run :data:`SCRAPE_CHILD` for ``advertiser`` under the wrapper; its summary and peaks."""
+    rusage_path.unlink(missing_ok=True)
+    command = [sys.executable, "-c", SCRAPE_CHILD, advertiser]
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", WRAPPER, str(rusage_path), *command],
+        env=env,
+        cwd=common.ROOT,
+        check=False,
+    )
+    wall = time.perf_counter() - started
+    usage = json.loads(rusage_path.read_text())
+    if usage["exit"] != 0 or not usage["out"].strip():
+        raise SystemExit(f"the scrape of {advertiser} failed (exit {usage['exit']})")
+    summary: dict[str, Any] = json.loads(usage["out"].strip().splitlines()[-1])
+    summary["peak_rss"] = usage["maxrss_kib"] * 1024
+    summary["wall_seconds"] = wall
+    return summary
+
+
+def scrape_memory(
+    data: common.BenchData, counts: Sequence[int], max_wait: float
+) -> list[list[object]]:
+    """Scrape a ``count``-item sitemap, then again unchanged, in child processes; table rows."""
+    from db.advertisers import add_advertiser
+    from db.engine import make_engine, make_session_factory
+
+    server = DocumentServer()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    rows: list[list[object]] = []
+    try:
+        for count in counts:
+            tag = f"m{count}"
+            children = []
+            for first in range(0, count, ITEMS_PER_DOCUMENT):
+                path = f"/{tag}/part-{first // ITEMS_PER_DOCUMENT}.xml"
+                size = min(ITEMS_PER_DOCUMENT, count - first)
+                server.add(path, urlset_document(server.base, tag, first, size))
+                children.append(server.base + path)
+            entries = "".join(f"<sitemap><loc>{url}</loc></sitemap>" for url in children)
+            server.add(
+                f"/{tag}/index.xml",
+                (
+                    '<?xml version="1.0" encoding="UTF-8"?><sitemapindex '
+                    f'xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{entries}</sitemapindex>'
+                ).encode(),
+            )
+            database = data.path("db", f"memory-scrape-{count}.sqlite")
+            db_url = common.fresh_app_db(database)
+            engine = make_engine(db_url)
+            name = f"Memory bench {count:,}"
+            with make_session_factory(engine).begin() as session:
+                add_advertiser(session, name, f"{server.base}/{tag}/index.xml")
+            engine.dispose()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TAGGING_")}
+            env.update(
+                {
+                    "TAGGING_DATA_DIR": str(data.work / "data"),
+                    "TAGGING_DATABASE_URL": db_url,
+                    "TAGGING_ML_URL": server.base,
+                    "TAGGING_ML_TOKEN": "stub-token-0123456789",
+                    "TAGGING_ALLOWED_HOSTS": server.host_entry,
+                }
+            )
+            size = sum(len(server.documents[u.removeprefix(server.base)]) for u in children)
+            for label in ("first scrape", "re-scrape, unchanged"):
+                common.wait_for_quiet(max_wait)
+                print(f"{label}: {count:,} items in a child process", file=sys.stderr, flush=True)
+                result = scrape_child(name, env, data.path("logs", "memory-scrape-rusage.json"))
+                stored, refreshed = result["peak_stored"], result["peak_refreshed"]
+                rows.append(
+                    [
+                        f"{count:,} items ({len(children)} documents, {size / 1e6:.0f} MB): "
+                        f"{label}",
+                        result["items"],
+                        result["copied"],
+                        f"{result['seconds']:.1f}",
+                        f"{result['refresh_seconds']:.1f}",
+                        common.mib(result["peak_started"]),
+                        common.mib(stored),
+                        common.mib(refreshed),
+                        common.mib(result["peak_rss"]),
+                        "ok" if stored < TARGET_SCRAPE_RSS else "MISSED",
+                    ]
+                )
+    finally:
+        server.shutdown()
+        server.server_close()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_arguments(parser)
@@ -126,12 +426,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-mib", type=float, default=14.0)
     parser.add_argument("--posts", type=int, default=6)
     parser.add_argument("--post-mib", type=float, default=60.0)
+    parser.add_argument(
+        "--scrape-items",
+        default=",".join(str(n) for n in SCRAPE_ITEMS),
+        help="items of the scraped sitemaps, comma-separated (default 100000,500000; "
+        "--quick 20000)",
+    )
+    parser.add_argument("--skip-scrape", action="store_true", help="only the ML server")
+    parser.add_argument("--skip-server", action="store_true", help="only the scrape process")
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.posts, args.post_mib = 12, 3, 20.0
+        args.scrape_items = "20000"
 
     data = common.prepare(args.work)
     print(f"machine: {common.machine()}", flush=True)
+    if not args.skip_scrape:
+        counts = [int(n) for n in args.scrape_items.split(",") if n.strip()]
+        common.print_table(
+            "Scrape process (child, fresh SQLite app DB, stub ML server): peak RSS "
+            "(ru_maxrss) at its start, once its items are stored, after the findings' refresh",
+            ["sitemap", "items", "copied", "scrape s", "refresh s", "peak at start",
+             "peak, items stored", "peak, after refresh", "child ru_maxrss",
+             "< 300 MiB (stored)"],
+            scrape_memory(data, counts, args.max_wait),
+        )  # fmt: skip
+    if args.skip_server:
+        return 0
     target = int(args.image_mib * MIB)
     jpeg, png = noise_image("JPEG", target, 1), noise_image("PNG", target, 2)
     image_server = ImageServer(jpeg, png)

@@ -3,8 +3,11 @@
 Measured side by side in one run, against real ``python -m tagging cdn`` / ``serve`` subprocesses:
 
 1. a cold scrape of every demo advertiser (the ML server starts on a fresh, empty cache file;
-   a new SQLite app database), then a re-scrape of the same unchanged sitemaps (all cache hits:
-   one HEAD per image). Images/s of each, their ratio, and where the scrape's wall time goes;
+   a new SQLite app database), then a re-scrape of the same unchanged sitemaps: each sitemap
+   answers 304 to its ETag, and the items of images still fresh by the CDN's ``Cache-Control:
+   max-age`` are copied in one ``INSERT ... SELECT`` (the failed ones are asked again).
+   Seconds and images/s of each, their ratio side by side, and where the wall time goes. Both
+   run as ``run_scrapes`` (one after another, one findings refresh at the end);
 2. a large scrape (50,000 items, ``--quick``: 5,000) of a synthetic sitemap served by a small
    stdlib server in this process, whose image URLs point at the demo CDN's images, each made
    distinct by a query string (``?n=12345``, which the demo CDN ignores when it looks an image
@@ -21,6 +24,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -57,6 +62,7 @@ class ScrapeRun:
     cached: int
     failed: int
     ml_failures: int
+    copied: int
     seconds: float
     phases: dict[str, float]
     ml_calls: int = 0
@@ -101,15 +107,18 @@ def scrape_advertisers(
     max_wait: float,
     config: ScrapeConfig,
 ) -> ScrapeRun:
-    """Scrape ``names`` one after another in this process, as ``scrape --all`` does.
+    """Scrape ``names`` one after another in this process (``run_scrapes``: one findings
+    refresh for them all at the end).
 
-    The main thread's time is split into reading the sitemap, writing batches to the app
-    database, and the rest, which is waiting for the ML server (two calls stay in flight).
+    The main thread's time is split into checking or reading the sitemaps, copying the items
+    of an unchanged one, writing batches to the app database, refreshing the findings, and the
+    rest, which is mostly waiting for the ML server (two calls stay in flight). Sub-sitemaps
+    are parsed as their items are taken, so that part of "sitemap" counts as waiting.
     """
     import tagging.ingest.scrape as scrape_module
     from db.engine import make_engine, make_session_factory
     from tagging.ingest.fetch import client_from_settings
-    from tagging.ingest.scrape import run_scrape
+    from tagging.ingest.scrape import run_scrapes
     from tagging.server.client import MLClient
 
     watch = common.Stopwatch()
@@ -117,11 +126,18 @@ def scrape_advertisers(
     sessions = make_session_factory(engine)
     client = client_from_settings(settings)
     ml = MLClient.from_settings(settings)
-    ml.classify = watch.wrap("ml_call", ml.classify)  # type: ignore[method-assign]
-    originals = {
-        name: getattr(scrape_module, name) for name in ("read_sitemap", "_store_batch", "_finish")
-    }
-    totals = dict.fromkeys(("items", "classified", "cached", "failed", "ml_failures"), 0)
+    # functools.wraps keeps the signature: the scrape looks for a known_keys parameter there.
+    ml.classify = functools.wraps(ml.classify)(watch.wrap("ml_call", ml.classify))  # type: ignore[method-assign]
+    wrapped = (
+        "read_sitemap",
+        "unchanged_documents",
+        "copy_fresh_items",
+        "_store_batch",
+        "after_scrapes",
+        "_finish",
+    )
+    originals = {name: getattr(scrape_module, name) for name in wrapped}
+    totals = dict.fromkeys(("items", "classified", "cached", "failed", "ml_failures", "copied"), 0)
     try:
         for name, function in originals.items():
             setattr(scrape_module, name, watch.wrap(name, function))
@@ -130,17 +146,25 @@ def scrape_advertisers(
         cpu_before = {name: service.cpu_seconds() for name, service in services.items()}
         cpu_before["scrape (this process)"] = time.process_time()
         started = time.perf_counter()
-        with load:
-            for name in names:
-                with common.progress_bar(f"{label}: {name}") as progress:
-                    summary = run_scrape(
-                        sessions, name, ml=ml, client=client, config=config, progress=progress
-                    )
-                for key in totals:
-                    totals[key] += getattr(summary, key)
-                if summary.status == "failed":
-                    raise SystemExit(f"the scrape of {name} failed: {summary.problems}")
+        with load, common.progress_bar(f"{label}: {len(names)} advertisers") as bar:
+            done: dict[str, tuple[int, int]] = {}
+
+            def progress(name: str) -> Callable[[int, int], None]:
+                def update(items: int, total: int) -> None:
+                    done[name] = (items, total)
+                    bar(sum(d for d, _ in done.values()), sum(t for _, t in done.values()))
+
+                return update
+
+            summaries = run_scrapes(
+                sessions, names, ml=ml, client=client, config=config, progress=progress
+            )
         seconds = time.perf_counter() - started
+        for summary in summaries:
+            for key in totals:
+                totals[key] += getattr(summary, key)
+            if summary.status == "failed":
+                raise SystemExit(f"the scrape of {summary.advertiser} failed: {summary.problems}")
         cpu = {name: service.cpu_seconds() for name, service in services.items()}
         cpu["scrape (this process)"] = time.process_time()
         cpu = {name: cpu[name] - cpu_before[name] for name in cpu}
@@ -152,9 +176,12 @@ def scrape_advertisers(
         engine.dispose()
     main_thread = sum(watch.seconds.get(k, 0.0) for k in originals)
     phases = {
-        "sitemap fetch + parse": watch.seconds.get("read_sitemap", 0.0),
-        "waiting for the ML server": max(0.0, seconds - main_thread),
-        "app DB writes": watch.seconds.get("_store_batch", 0.0),
+        "sitemap: read, or checked unchanged (304)": watch.seconds.get("read_sitemap", 0.0)
+        + watch.seconds.get("unchanged_documents", 0.0),
+        "copy of fresh items (INSERT ... SELECT)": watch.seconds.get("copy_fresh_items", 0.0),
+        "waiting for the ML server, and the rest": max(0.0, seconds - main_thread),
+        "app DB writes (batches)": watch.seconds.get("_store_batch", 0.0),
+        "findings refresh (once)": watch.seconds.get("after_scrapes", 0.0),
         "scrape bookkeeping": watch.seconds.get("_finish", 0.0),
     }
     return ScrapeRun(
@@ -615,6 +642,7 @@ def report_demo(demo: DemoRuns) -> list[list[object]]:
                 run.items,
                 run.classified,
                 run.cached,
+                run.copied,
                 run.failed,
                 run.seconds,
                 run.rate,
@@ -626,9 +654,17 @@ def report_demo(demo: DemoRuns) -> list[list[object]]:
     common.print_table(
         f"Demo scrape, {len(demo.names)} advertisers ({', '.join(demo.names)}); "
         f"batch {config.batch_size}, {config.in_flight} in flight",
-        ["run", "items", "classified", "cached", "failed", "seconds", "images/s", "ML calls",
-         "s/call", "other load"],
+        ["run", "items", "classified", "cached", "copied", "failed", "seconds", "images/s",
+         "ML calls", "s/call", "other load"],
         rows,
+    )  # fmt: skip
+    common.print_table(
+        "Cold vs cached, side by side (each round: a new ML server, the same run)",
+        ["round", "cold s", "cold img/s", "cached s", "cached img/s", "cached / cold",
+         "other load cold/cached"],
+        [[f"#{number}", c.seconds, c.rate, r.seconds, r.rate,
+          f"{r.rate / c.rate:.1f}x" if c.rate else "-", f"{c.background:.2f}/{r.background:.2f}"]
+         for number, (c, r) in enumerate(demo.rounds, 1)],
     )  # fmt: skip
     common.print_table(
         f"Where the scrape's wall time goes (main thread; {cold.label} and {cached.label})",
@@ -660,14 +696,17 @@ def report_demo(demo: DemoRuns) -> list[list[object]]:
         )  # fmt: skip
     median_cold = statistics.median(pair[0].rate for pair in demo.rounds)
     median_cached = statistics.median(pair[1].rate for pair in demo.rounds)
+    median_ratio = statistics.median(
+        pair[1].rate / pair[0].rate for pair in demo.rounds if pair[0].rate
+    )
     return [
         ["cold scrape images/s (best round)", cold.rate, f">= {TARGET_COLD:.0f}",
          _ok(cold.rate >= TARGET_COLD)],
         ["cached re-scrape images/s (same round)", cached.rate, "", ""],
-        ["cached / cold", f"{ratio:.1f}x", f">= {TARGET_CACHED_RATIO:.0f}x",
+        ["cached / cold", f"{ratio:.1f}x", f">= {TARGET_CACHED_RATIO:.0f}x (goal 50x)",
          _ok(ratio >= TARGET_CACHED_RATIO)],
-        [f"median of {len(demo.rounds)} rounds: cold / cached images/s",
-         f"{median_cold:,.0f} / {median_cached:,.0f}", "", ""],
+        [f"median of {len(demo.rounds)} rounds: cold / cached images/s, ratio",
+         f"{median_cold:,.0f} / {median_cached:,.0f}, {median_ratio:.1f}x", "", ""],
         ["ML server peak RSS (demo)", common.mib(demo.ml_peak_rss), "", ""],
         ["other processes' load, cold/cached (cores)",
          f"{cold.background:.2f}/{cached.background:.2f}", "", ""],

@@ -231,6 +231,17 @@ def _latest_fix(session: Session, image_key: str, field_name: str) -> ManualFix 
     )
 
 
+def fixes_by_id(session: Session, fix_ids: Sequence[int]) -> list[ManualFix]:
+    """These history rows, newest first (unknown ids are left out)."""
+    if not fix_ids:
+        return []
+    return list(
+        session.scalars(
+            select(ManualFix).where(ManualFix.id.in_(list(fix_ids))).order_by(ManualFix.id.desc())
+        )
+    )
+
+
 def overwritten_fixes(
     session: Session, username: str, since: datetime
 ) -> list[tuple[ManualFix, ManualFix]]:

@@ -160,6 +160,10 @@ class Scrape(Base):
     seconds: Mapped[float | None]
     error: Mapped[str | None] = mapped_column(Text)
     """Why the whole scrape failed, or the sitemap problems that did not stop it."""
+    sitemap_state: Mapped[dict | None] = mapped_column(JSON(none_as_null=True))
+    """What the next scrape needs to tell that the sitemap did not change (migration 0009):
+    ``documents`` (each one's URL, ETag, Last-Modified, SHA-256), the sitemap ``problems``,
+    ``color_from_feed``; None when the sitemap could not be read whole."""
 
     advertiser: Mapped[Advertiser] = relationship(back_populates="scrapes")
 
@@ -182,6 +186,12 @@ class SitemapItem(Base):
     ml_image_type: Mapped[str] = mapped_column(String(32))
     """What the ML system said, or "Placeholder" when it said nothing."""
     ml_color: Mapped[str | None] = mapped_column(String(32))
+    ml_confidence: Mapped[float | None]
+    """The model's probability of ``ml_image_type``: the review page sorts by it, lowest first,
+    to show the model's likeliest mistakes first. None when the ML system said nothing."""
+    ml_probabilities: Mapped[dict[str, float] | None] = mapped_column(JSON(none_as_null=True))
+    """The model's probability of every Image Type class (migration 0008); None when the ML
+    system said nothing, or answered from a cache entry older than these."""
     feed_color: Mapped[str | None] = mapped_column(String(64))
     image_type: Mapped[str] = mapped_column(String(32))
     """The current value: the ML value until a manual fix changes it."""
@@ -199,6 +209,8 @@ class SitemapItem(Base):
     __table_args__ = (
         Index("ix_sitemap_items_scrape_position", "scrape_id", "position"),
         Index("ix_sitemap_items_scrape_type", "scrape_id", "image_type"),
+        # The review page sorted by confidence: a page is read off the index, not sorted.
+        Index("ix_sitemap_items_scrape_confidence", "scrape_id", "ml_confidence", "position"),
         Index("ix_sitemap_items_image_url", "image_url"),
         # Covers "the ML values and model versions of the fixed items" (db.charts): an index-only
         # lookup per fix, where PostgreSQL would otherwise hash the whole table.
@@ -253,6 +265,14 @@ class Image(Base):
     height: Mapped[int | None]
     first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    fresh_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """Until when the CDN's caching headers (``Cache-Control: max-age``, ``Expires``) say the
+    image at ``url`` stays this version, as the ML server last saw it (migration 0009): a
+    re-scrape of an unchanged sitemap copies the items of fresh images without asking anyone.
+    None: check it on every scrape."""
+
+    # The keys the app has for an image URL (and so its thumbnails): see db.scrapes.
+    __table_args__ = (Index("ix_images_url", "url"),)
 
 
 class Thumbnail(Base):

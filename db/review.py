@@ -7,10 +7,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, Exists, Select, case, exists, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Exists,
+    Select,
+    UnaryExpression,
+    case,
+    exists,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from db.errors import InvalidInput
 from db.models import ItemStatus, ManualFix, SitemapItem, SyncStatus, Thumbnail
 
 NO_COLOR = "None"
@@ -26,6 +38,13 @@ STATUS_FILTERS: tuple[str, ...] = (
     PENDING_SYNC,
 )
 
+BY_POSITION = "position"
+"""Sitemap order."""
+BY_CONFIDENCE = "confidence"
+"""The model's least confident Image Types first, where its mistakes are; items it gave none
+(ML failures, image errors, items scraped before it was kept) last; ties in sitemap order."""
+SORTS: tuple[str, ...] = (BY_POSITION, BY_CONFIDENCE)
+
 
 @dataclass(frozen=True)
 class ReviewFilter:
@@ -38,6 +57,17 @@ class ReviewFilter:
     """Item statuses, plus ``fixed`` (has a manual fix) and ``pending_sync``."""
     text: str = ""
     """Case-insensitive substring of the image URL, the vehicle page URL or the title."""
+    sort: str = BY_POSITION
+    """The order of the items, one of :data:`SORTS`."""
+
+    def __post_init__(self) -> None:
+        """Refuse an unknown sort at once, before any query (it may come from a shared URL).
+
+        Raises:
+            InvalidInput: ``sort`` is not one of :data:`SORTS`.
+        """
+        if self.sort not in SORTS:
+            raise InvalidInput(f"unknown sort {self.sort!r}: use one of {', '.join(SORTS)}")
 
 
 @dataclass(frozen=True)
@@ -50,6 +80,10 @@ class ReviewItem:
     image_key: str | None
     ml_image_type: str
     ml_color: str | None
+    ml_confidence: float | None
+    """The model's probability of ``ml_image_type``; None when it gave none."""
+    ml_probabilities: dict[str, float] | None
+    """Every class's probability, by the model that answered; None when it gave none."""
     image_type: str
     color: str | None
     image_type_source: str
@@ -116,6 +150,15 @@ def _filtered(query: Select, scrape_id: int, review_filter: ReviewFilter) -> Sel
     return query
 
 
+def _order(review_filter: ReviewFilter) -> list[UnaryExpression[Any]]:
+    """The ORDER BY of ``review_filter.sort``, ending with the id so that pages never overlap."""
+    in_sitemap_order = [SitemapItem.position.asc(), SitemapItem.id.asc()]
+    if review_filter.sort == BY_CONFIDENCE:
+        # PostgreSQL puts NULLs last in ascending order already; SQLite puts them first.
+        return [SitemapItem.ml_confidence.asc().nulls_last(), *in_sitemap_order]
+    return in_sitemap_order
+
+
 def review_counts(session: Session, scrape_id: int) -> ReviewCounts:
     """Counts of the whole scrape by current type, color and status (four small queries)."""
     base = select(func.count()).select_from(SitemapItem).where(SitemapItem.scrape_id == scrape_id)
@@ -147,14 +190,14 @@ def review_page(
     offset: int = 0,
     limit: int = 48,
 ) -> tuple[list[ReviewItem], int]:
-    """One page of the filtered items in sitemap order, and how many match in all."""
+    """One page of the filtered items in ``review_filter.sort`` order, and how many match."""
     total = session.scalar(
         _filtered(select(func.count()).select_from(SitemapItem), scrape_id, review_filter)
     )
     items = list(
         session.scalars(
             _filtered(select(SitemapItem), scrape_id, review_filter)
-            .order_by(SitemapItem.position, SitemapItem.id)
+            .order_by(*_order(review_filter))
             .offset(offset)
             .limit(limit)
         )
@@ -179,6 +222,8 @@ def review_page(
             image_key=i.image_key,
             ml_image_type=i.ml_image_type,
             ml_color=i.ml_color,
+            ml_confidence=i.ml_confidence,
+            ml_probabilities=i.ml_probabilities,
             image_type=i.image_type,
             color=i.color,
             image_type_source=i.image_type_source,
@@ -221,6 +266,15 @@ def thumbnails(session: Session, image_keys: list[str]) -> dict[str, bytes]:
         select(Thumbnail.image_key, Thumbnail.jpeg).where(Thumbnail.image_key.in_(image_keys))
     )
     return {key: jpeg for key, jpeg in rows}
+
+
+def thumbnail_keys(session: Session, image_keys: list[str]) -> set[str]:
+    """Which of these keys have a stored thumbnail (without reading the JPEGs)."""
+    if not image_keys:
+        return set()
+    return set(
+        session.scalars(select(Thumbnail.image_key).where(Thumbnail.image_key.in_(image_keys)))
+    )
 
 
 @dataclass(frozen=True)

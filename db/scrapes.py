@@ -6,12 +6,12 @@ makes goes through these functions. Each takes a Session and leaves the transact
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, literal, or_, select, true, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
@@ -19,6 +19,8 @@ from db.engine import upsert
 from db.models import (
     Advertiser,
     Image,
+    ItemStatus,
+    ManualFix,
     Scrape,
     ScrapeStatus,
     SitemapItem,
@@ -82,7 +84,8 @@ def store_batch(
 
     Args:
         items: ``SitemapItem`` rows (column → value).
-        images: ``Image`` rows; an image seen before only gets its ``last_seen`` updated.
+        images: ``Image`` rows; an image seen before only gets its ``last_seen`` (and, when the
+            rows give it, ``fresh_until``) updated.
         thumbnails: ``Thumbnail`` rows; one that is stored already is left as it is.
     """
     scrape = session.get_one(Scrape, scrape_id)
@@ -90,7 +93,11 @@ def store_batch(
     scrape.heartbeat_at = utcnow()
     if items:
         session.execute(insert(SitemapItem), list(items))
-    upsert(session, Image.__table__, list(images), key=["image_key"], update=["last_seen"])
+    # Rows that give no freshness (older callers) leave the stored one alone.
+    renewed = ["last_seen", "fresh_until"] if any("fresh_until" in i for i in images) else []
+    upsert(
+        session, Image.__table__, list(images), key=["image_key"], update=renewed or ["last_seen"]
+    )
     if thumbnails:
         wanted = [row["image_key"] for row in thumbnails]
         known = set(
@@ -98,6 +105,17 @@ def store_batch(
         )
         fresh = [row for row in thumbnails if row["image_key"] not in known]
         upsert(session, Thumbnail.__table__, fresh, key=["image_key"], update=[])
+
+
+def set_counts(
+    session: Session, scrape_id: int, counts: ScrapeCounts, *, expected: int | None = None
+) -> None:
+    """Write the running counts (and, if given, the expected total); also a heartbeat."""
+    scrape = session.get_one(Scrape, scrape_id)
+    _set_counts(scrape, counts)
+    if expected is not None:
+        scrape.expected_items = expected
+    scrape.heartbeat_at = utcnow()
 
 
 def finish_scrape(
@@ -108,14 +126,187 @@ def finish_scrape(
     counts: ScrapeCounts,
     seconds: float,
     error: str | None,
+    sitemap_state: dict[str, Any] | None = None,
 ) -> None:
-    """Mark the scrape finished with its final counts and problems."""
+    """Mark the scrape finished with its final counts and problems.
+
+    Args:
+        sitemap_state: what the next scrape needs to tell that the sitemap did not change (see
+            ``Scrape.sitemap_state``); None when it could not be read whole.
+    """
     scrape = session.get_one(Scrape, scrape_id)
     scrape.finished_at = utcnow()
     scrape.status = status
     _set_counts(scrape, counts)
+    scrape.expected_items = counts.items
     scrape.seconds = seconds
     scrape.error = error
+    scrape.sitemap_state = sitemap_state
+
+
+# --- re-scraping an unchanged sitemap -----------------------------------------------------------
+
+
+def _fresh(now: datetime) -> ColumnElement[bool]:
+    """An item whose image the ML server called fresh until after ``now`` (and that was ok)."""
+    return and_(
+        SitemapItem.status == ItemStatus.OK,
+        Image.fresh_until.is_not(None),
+        Image.fresh_until > now,
+    )
+
+
+def _stale(now: datetime) -> ColumnElement[bool]:
+    """Every other item: failed, never checked for freshness, or gone stale (NULLs included)."""
+    return or_(
+        SitemapItem.status != ItemStatus.OK,
+        Image.fresh_until.is_(None),
+        Image.fresh_until <= now,
+    )
+
+
+_COPY_EXCLUDED = ("id", "scrape_id", "cached")
+
+
+def copy_fresh_items(
+    session: Session, from_scrape_id: int, to_scrape_id: int, now: datetime
+) -> int:
+    """Copy into ``to_scrape_id`` (a new scrape, without items yet) every item of
+    ``from_scrape_id`` whose image is fresh at ``now``, in one ``INSERT ... SELECT``; returns how
+    many.
+
+    Everything is copied as it was, the resolved labels and their sources included, marked
+    ``cached``; the other items (see :func:`stale_items`) are for the scrape to check again.
+    """
+    columns = [c for c in SitemapItem.__table__.columns if c.name not in _COPY_EXCLUDED]
+    source = (
+        select(
+            literal(to_scrape_id).label("scrape_id"),
+            true().label("cached"),
+            *(SitemapItem.__table__.c[c.name] for c in columns),
+        )
+        .select_from(SitemapItem)
+        .join(Image, Image.image_key == SitemapItem.image_key)
+        .where(SitemapItem.scrape_id == from_scrape_id, _fresh(now))
+    )
+    names = ["scrape_id", "cached", *(c.name for c in columns)]
+    session.execute(insert(SitemapItem).from_select(names, source))
+    # Counted (off the scrape's index), not the cursor's rowcount: psycopg reports -1 for an
+    # INSERT ... SELECT.
+    count = select(func.count()).select_from(SitemapItem)
+    return int(session.scalar(count.where(SitemapItem.scrape_id == to_scrape_id)) or 0)
+
+
+@dataclass(frozen=True)
+class StaleItem:
+    """An item of the previous scrape to check again: what the sitemap said, and its last key."""
+
+    position: int
+    page_url: str
+    image_url: str
+    title: str | None
+    feed_color: str | None
+    image_key: str | None
+
+
+def stale_items(
+    session: Session, scrape_id: int, now: datetime, *, after: int = -1, limit: int = 1000
+) -> list[StaleItem]:
+    """The items of ``scrape_id`` that :func:`copy_fresh_items` leaves out, in sitemap order,
+    from position ``after`` on (exclusive): a page of at most ``limit``."""
+    rows = session.execute(
+        select(
+            SitemapItem.position,
+            SitemapItem.page_url,
+            SitemapItem.image_url,
+            SitemapItem.title,
+            SitemapItem.feed_color,
+            SitemapItem.image_key,
+        )
+        .outerjoin(Image, Image.image_key == SitemapItem.image_key)
+        .where(SitemapItem.scrape_id == scrape_id, SitemapItem.position > after, _stale(now))
+        .order_by(SitemapItem.position)
+        .limit(limit)
+    )
+    return [StaleItem(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class ItemLabels:
+    """An item's values and what they are resolved from (to resolve them again)."""
+
+    id: int
+    image_key: str
+    image_url: str
+    sha256: str | None
+    ml_image_type: str
+    ml_color: str | None
+    status: str
+    feed_color: str | None
+    image_type: str
+    image_type_source: str
+    color: str | None
+    color_source: str
+
+
+def items_fixed_since(session: Session, scrape_id: int, since: datetime) -> list[ItemLabels]:
+    """The items of ``scrape_id`` whose image (by image_key, or by content under another key)
+    got a manual fix recorded at or after ``since``: those whose labels may have changed."""
+    # Usually there is none: one probe of the index on created_at settles it.
+    if session.scalar(select(ManualFix.id).where(ManualFix.created_at >= since).limit(1)) is None:
+        return []
+    recent = select(ManualFix.image_key).where(ManualFix.created_at >= since)
+    recent_shas = (
+        select(Image.sha256)
+        .join(ManualFix, ManualFix.image_key == Image.image_key)
+        .where(ManualFix.created_at >= since, Image.sha256.is_not(None))
+    )
+    rows = session.execute(
+        select(
+            SitemapItem.id,
+            SitemapItem.image_key,
+            SitemapItem.image_url,
+            Image.sha256,
+            SitemapItem.ml_image_type,
+            SitemapItem.ml_color,
+            SitemapItem.status,
+            SitemapItem.feed_color,
+            SitemapItem.image_type,
+            SitemapItem.image_type_source,
+            SitemapItem.color,
+            SitemapItem.color_source,
+        )
+        .outerjoin(Image, Image.image_key == SitemapItem.image_key)
+        .where(
+            SitemapItem.scrape_id == scrape_id,
+            SitemapItem.image_key.is_not(None),
+            or_(SitemapItem.image_key.in_(recent), Image.sha256.in_(recent_shas)),
+        )
+        .order_by(SitemapItem.position)
+    )
+    return [ItemLabels(**row._asdict()) for row in rows]
+
+
+def set_item_labels(session: Session, labels: Sequence[dict[str, Any]]) -> None:
+    """Write items' resolved labels: rows of ``id``, ``image_type``, ``image_type_source``,
+    ``color``, ``color_source``."""
+    if labels:
+        session.execute(update(SitemapItem), list(labels))
+
+
+def thumbnail_keys(session: Session, image_urls: Collection[str]) -> set[str]:
+    """The image_keys of these URLs (any version seen) whose thumbnail the app already has."""
+    urls = sorted(set(image_urls))
+    keys: set[str] = set()
+    for start in range(0, len(urls), 500):
+        keys.update(
+            session.scalars(
+                select(Image.image_key)
+                .join(Thumbnail, Thumbnail.image_key == Image.image_key)
+                .where(Image.url.in_(urls[start : start + 500]))
+            )
+        )
+    return keys
 
 
 def _set_counts(scrape: Scrape, counts: ScrapeCounts) -> None:

@@ -4,7 +4,9 @@
 | --- | --- | --- |
 | ``TAGGING_DATA_DIR`` | where databases, models, demo files and the ML cache live | ``./data`` |
 | ``TAGGING_DATABASE_URL`` | the app database (SQLAlchemy URL) | SQLite in the data dir |
-| ``TAGGING_ML_URL`` | the ML server's base URL | ``http://127.0.0.1:8800`` |
+| ``TAGGING_ML_URL`` | the ML server (or a load balancer) | ``http://127.0.0.1:8800`` |
+| ``TAGGING_ML_URLS`` | ML server replicas, comma-separated | ``TAGGING_ML_URL`` alone |
+| ``TAGGING_ML_WORKERS`` | worker processes of one ML server | the number of cores |
 | ``TAGGING_ML_TOKEN`` | the ML server's bearer token | ``<data dir>/ml_token`` if present |
 | ``TAGGING_ML_CACHE_URL`` | the ML server's own cache store | SQLite in the data dir |
 | ``TAGGING_ALLOWED_HOSTS`` | ``host`` or ``host:port`` entries allowed to be private | none |
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,6 +30,14 @@ from tagging.errors import ConfigError
 DEFAULT_ML_URL = "http://127.0.0.1:8800"
 DEFAULT_SESSION_IDLE_MINUTES = 480
 DEFAULT_SESSION_MAX_HOURS = 12
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,11 @@ class Settings:
     redis_url: str | None = None
     session_idle_minutes: int = DEFAULT_SESSION_IDLE_MINUTES
     session_max_hours: int = DEFAULT_SESSION_MAX_HOURS
+    ml_urls: tuple[str, ...] = ()
+    """The ML server replicas (``TAGGING_ML_URLS``); empty: ``ml_url`` alone. See
+    :attr:`ml_replicas`."""
+    ml_workers: int = field(default_factory=available_cores)
+    """Worker processes of ``python -m tagging serve`` (``TAGGING_ML_WORKERS``)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -54,9 +69,15 @@ class Settings:
         """
         env = os.environ if env is None else env
         data_dir = Path(env.get("TAGGING_DATA_DIR") or "data").resolve()
-        ml_url = (env.get("TAGGING_ML_URL") or DEFAULT_ML_URL).rstrip("/")
-        if urlsplit(ml_url).scheme not in ("http", "https"):
-            raise ConfigError(f"TAGGING_ML_URL must be an http(s) URL, got {ml_url!r}")
+        ml_url = _http_url("TAGGING_ML_URL", env.get("TAGGING_ML_URL") or DEFAULT_ML_URL)
+        ml_urls = _ml_urls(env)
+        if ml_urls:
+            if env.get("TAGGING_ML_URL") and ml_url not in ml_urls:
+                raise ConfigError(
+                    f"TAGGING_ML_URL ({ml_url}) is not one of TAGGING_ML_URLS: set only "
+                    "TAGGING_ML_URLS to name several ML servers"
+                )
+            ml_url = ml_urls[0]
         token = env.get("TAGGING_ML_TOKEN") or _read_token_file(data_dir / "ml_token")
         hosts = tuple(
             h.strip().lower()
@@ -78,6 +99,8 @@ class Settings:
             or DEFAULT_SESSION_IDLE_MINUTES,
             session_max_hours=_positive_int(env, "TAGGING_SESSION_MAX_HOURS")
             or DEFAULT_SESSION_MAX_HOURS,
+            ml_urls=ml_urls,
+            ml_workers=_positive_int(env, "TAGGING_ML_WORKERS") or available_cores(),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -95,7 +118,10 @@ class Settings:
             "TAGGING_ALLOWED_HOSTS": ",".join(self.allowed_hosts),
             "TAGGING_SESSION_IDLE_MINUTES": str(self.session_idle_minutes),
             "TAGGING_SESSION_MAX_HOURS": str(self.session_max_hours),
+            "TAGGING_ML_WORKERS": str(self.ml_workers),
         }
+        if self.ml_urls:
+            env["TAGGING_ML_URLS"] = ",".join(self.ml_urls)
         if self.ml_token:
             env["TAGGING_ML_TOKEN"] = self.ml_token
         if self.color_vendor_url:
@@ -129,11 +155,47 @@ class Settings:
         """Where the generated demo inventory lives."""
         return self.data_dir / "demo"
 
+    @property
+    def ml_replicas(self) -> tuple[str, ...]:
+        """Every ML server the clients use: ``TAGGING_ML_URLS``, else ``TAGGING_ML_URL`` alone."""
+        return self.ml_urls or (self.ml_url,)
+
     def ml_host_entry(self) -> str:
         """The ``host:port`` of the ML server, trusted because the operator configured it."""
-        parts = urlsplit(self.ml_url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        return f"{parts.hostname}:{port}"
+        return _host_entry(self.ml_url)
+
+    def ml_host_entries(self) -> list[str]:
+        """The ``host:port`` of every ML server replica (:attr:`ml_replicas`)."""
+        return list(dict.fromkeys(_host_entry(url) for url in self.ml_replicas))
+
+
+def _host_entry(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.hostname}:{port}"
+
+
+def _http_url(name: str, raw: str) -> str:
+    """``raw`` without trailing slashes, checked to be an http(s) URL with a host.
+
+    Raises:
+        ConfigError: it is not.
+    """
+    url = raw.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an http(s) URL, got {raw!r}")
+    return url
+
+
+def _ml_urls(env: Mapping[str, str]) -> tuple[str, ...]:
+    """``TAGGING_ML_URLS``: comma-separated http(s) URLs, duplicates dropped, in order.
+
+    Raises:
+        ConfigError: an entry is not an http(s) URL.
+    """
+    entries = [e for e in (env.get("TAGGING_ML_URLS") or "").split(",") if e.strip()]
+    return tuple(dict.fromkeys(_http_url("TAGGING_ML_URLS", entry) for entry in entries))
 
 
 def _positive_int(env: Mapping[str, str], name: str) -> int | None:

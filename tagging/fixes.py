@@ -25,11 +25,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.accounts import Actor, account_actor
 from db.advertisers import get_advertiser
 from db.fixes import (
+    FIELDS,
     FixChange,
     FixOutcome,
     PendingFix,
     apply_fixes,
     count_pending,
+    fixes_by_id,
     mark_current_fixes_pending,
     mark_push_failed,
     mark_synced,
@@ -107,13 +109,16 @@ def record_fixes(
     *,
     source: FixSource = FixSource.ANALYST,
     advertiser_id: int | None = None,
+    refresh: bool = True,
 ) -> FixOutcome:
-    """Record ``changes`` and refresh the findings they touch, in the caller's transaction.
+    """Record ``changes`` and refresh the findings they touch, in the caller's transaction
+    (unless ``refresh`` is False: the caller refreshes them later, off the user's path, with
+    :class:`tagging.detectors.refresh.BackgroundRefresh`).
 
     See :func:`db.fixes.apply_fixes` for the rules and the errors.
     """
     outcome = apply_fixes(session, actor, changes, source=source, advertiser_id=advertiser_id)
-    if outcome.fix_ids:
+    if outcome.fix_ids and refresh:
         touched = outcome.advertiser_ids
         refresh_findings(session, advertiser_id=next(iter(touched)) if len(touched) == 1 else None)
     return outcome
@@ -148,10 +153,70 @@ def save_fixes(
     *,
     source: FixSource = FixSource.ANALYST,
     advertiser_id: int | None = None,
+    refresh: bool = True,
 ) -> SavedFixes:
     """Record ``changes`` in one transaction (:func:`record_fixes`), then push them."""
     with sessions.begin() as session:
-        outcome = record_fixes(session, actor, changes, source=source, advertiser_id=advertiser_id)
+        outcome = record_fixes(
+            session, actor, changes, source=source, advertiser_id=advertiser_id, refresh=refresh
+        )
+    push = push_pending(sessions, ml, fix_ids=outcome.fix_ids) if outcome.fix_ids else None
+    return SavedFixes(outcome, push)
+
+
+def undo_fixes(
+    sessions: sessionmaker[Session],
+    ml: FixPushTarget,
+    actor: Actor | None,
+    fix_ids: Sequence[int],
+    *,
+    refresh: bool = True,
+) -> SavedFixes:
+    """Undo an update: record the fixes that put back what ``fix_ids`` replaced, in one
+    transaction, then push them. The history keeps both, the fixes and their undoing.
+
+    Each reverting fix expects the value its fix set: when someone else has changed the image
+    since, the undo still wins but is reported as a race (:class:`db.fixes.RaceNotice`). A
+    color that was none (a placeholder's) goes back to none.
+
+    Raises:
+        AuthenticationError, PermissionDenied: no signed-in user may fix, or a fix is not the
+            user's own.
+        NotFoundError: a fix is not in the history.
+        InvalidInput: a fix is not of an item shown in the review (an import or the API's), or
+            it replaced a value no fix can set (a feed's own color): nothing is undone.
+    """
+    wanted = set(fix_ids)
+    if actor is None:
+        raise PermissionDenied("sign in to undo fixes")
+    with sessions.begin() as session:
+        fixes = fixes_by_id(session, sorted(wanted))
+        if {f.id for f in fixes} != wanted:
+            raise NotFoundError("a fix to undo is no longer in the history")
+        changes: list[FixChange] = []
+        for fix in fixes:
+            if fix.user != actor.username:
+                raise PermissionDenied(f"fix {fix.id} is {fix.user}'s: undo only your own fixes")
+            if fix.sitemap_item_id is None:
+                raise InvalidInput(f"fix {fix.id} is of no sitemap item: it cannot be undone here")
+            restorable = FIELDS.get(fix.field, ())
+            if fix.old_value is not None and fix.old_value not in restorable:
+                # A feed's own color ("Bordeaux") or a legacy value: no fix can set it, nor can
+                # the ML cache carry it. Refused whole, so nothing is half undone.
+                raise InvalidInput(
+                    f"the undo would have to put back {fix.field} {fix.old_value!r}, which no "
+                    "fix can set: change the image by hand instead"
+                )
+            changes.append(
+                FixChange(
+                    fix.sitemap_item_id,
+                    fix.field,
+                    fix.old_value,
+                    seen_value=fix.new_value,
+                    implied=fix.field == "color" and fix.old_value is None,
+                )
+            )
+        outcome = record_fixes(session, actor, changes, refresh=refresh)
     push = push_pending(sessions, ml, fix_ids=outcome.fix_ids) if outcome.fix_ids else None
     return SavedFixes(outcome, push)
 

@@ -33,6 +33,7 @@ from db.user_sessions import (
     revoke_session,
 )
 from tagging.config import Settings
+from tagging.detectors.refresh import BackgroundRefresh
 from tagging.errors import TaggingError
 from tagging.server.client import MLClient
 
@@ -102,6 +103,12 @@ def session_factory() -> sessionmaker[Session]:
 def ml_client() -> MLClient:
     """The ML server's client (its token stays on the server side, never in the page)."""
     return MLClient.from_settings(settings())
+
+
+@st.cache_resource
+def findings_refresher() -> BackgroundRefresh:
+    """Refreshes the findings after a fix in a thread, then clears the query caches."""
+    return BackgroundRefresh(session_factory(), clear_query_cache)
 
 
 @st.cache_resource

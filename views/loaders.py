@@ -64,6 +64,7 @@ from db.review import (
     matching_item_ids,
     review_counts,
     review_page,
+    thumbnail_keys,
     thumbnails,
 )
 from db.scrapes import latest_scrape, recent_scrapes, running_scrape, scrapes_of
@@ -278,6 +279,21 @@ def load_image_history(image_key: str) -> list[HistoryEntry]:
     """Every manual fix of one image. Not cached: read when the details dialog opens."""
     with session_factory()() as session:
         return image_history(session, image_key)
+
+
+@st.cache_data(ttl=QUERY_TTL_SECONDS)
+def load_histories(image_keys: tuple[str, ...]) -> dict[str, list[HistoryEntry]]:
+    """Every manual fix of these images (a page's fixed ones), for the grid's large view."""
+    with session_factory()() as session:
+        return {key: image_history(session, key) for key in image_keys}
+
+
+@st.cache_data(ttl=QUERY_TTL_SECONDS)
+def load_thumbnail_keys(image_keys: tuple[str, ...]) -> set[str]:
+    """Which of a page's keys have a thumbnail: a tile without one shows "no image" at once
+    instead of asking for a picture that is not there."""
+    with session_factory()() as session:
+        return thumbnail_keys(session, list(image_keys))
 
 
 @st.cache_data(ttl=3600, max_entries=64)

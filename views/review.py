@@ -1,9 +1,11 @@
 """Sitemap review: every image of a scrape with its ML Image Type and Color, and manual fixes.
 
-The grid is one form: dropdown changes cost nothing until "Update" applies all of them in one
-transaction. Each dropdown's key carries the value it was drawn with, so a value changed by someone
-else resets the dropdown instead of being silently reverted, and the value the analyst saw travels
-with the fix (a lost race is reported, not hidden).
+The tiles are one component (:mod:`views.review_grid`): picks, the selection, the keyboard and the
+large view stay in the browser, and "Update" sends every change at once; its callback records them
+in one transaction before the next run (:func:`on_grid_update`). Each change carries the value the
+tile showed, so a fix made meanwhile by someone else is reported as a race, not silently reverted.
+The pickers, filters and paging above the grid are the page's state (:mod:`views.page_state`),
+mirrored in the URL.
 """
 
 from __future__ import annotations
@@ -17,20 +19,25 @@ import streamlit as st
 
 from db.accounts import Actor, Permission
 from db.fixes import FixChange, FixOutcome
-from db.models import ItemStatus, LabelSource
+from db.models import ItemStatus
 from db.review import (
+    BY_CONFIDENCE,
+    BY_POSITION,
     FIXED,
     NO_COLOR,
     PENDING_SYNC,
+    SORTS,
     STATUS_FILTERS,
     ReviewFilter,
-    ReviewItem,
 )
-from db.vocab import COLORS, DEFAULT_FIX_COLOR, IMAGE_TYPES, PLACEHOLDER
-from tagging.fixes import save_fixes
+from db.vocab import COLORS, IMAGE_TYPES, PLACEHOLDER
+from tagging.errors import PermissionDenied, TaggingError
+from tagging.fixes import save_fixes, undo_fixes
 from tagging.jobs.tasks import enqueue_scrape
 from views.common import (
     clear_query_cache,
+    current_actor,
+    findings_refresher,
     ml_client,
     plain,
     require_page,
@@ -39,24 +46,24 @@ from views.common import (
     shown_errors,
 )
 from views.loaders import (
-    large_image,
     latest_finished_id,
     load_advertisers,
     load_counts,
     load_fix_targets,
     load_fixable_count,
-    load_image_history,
+    load_histories,
     load_matching_ids,
     load_review_page,
     load_running,
     load_scrapes,
+    load_thumbnail_keys,
     load_thumbnails,
     missing_thumbnail,
 )
 from views.page_state import Field, PageState
+from views.review_grid import changes_of, review_grid, tile_data, trigger
 from views.weird_banner import findings_banner
 
-COLUMNS = 6
 PAGE_SIZES = (24, 48, 96)
 STATUS_LABELS = {
     ItemStatus.OK: "OK",
@@ -65,10 +72,13 @@ STATUS_LABELS = {
     FIXED: "Fixed",
     PENDING_SYNC: "Pending sync",
 }
+SORT_LABELS = {BY_POSITION: "Sitemap order", BY_CONFIDENCE: "ML confidence, lowest first"}
+ERROR_ICON = ":material/error:"
 FLASH = "flash"  # Session-state key of the messages shown after the next rerun.
 TOAST = "review-toast"  # The toast (text, icon) shown after the next rerun: the fix's outcome.
-CLEAR_SELECTION = "review-clear-selection"  # Untick every tile at the next run (after a save).
-SELECT = "select-"  # Key prefix of the tiles' "Select" checkboxes.
+GRID_ACK = "review-grid-ack"  # The last grid action's outcome, sent back to the grid.
+LAST_UPDATE = "review-last-update"  # The fix ids of this session's last Update, for "Undo".
+OPEN_AT = "review-open-at"  # The large view opens on the first or last tile of the new page.
 BULK = "bulk"  # The bulk fix being previewed: see preview_bulk().
 BULK_THUMBNAILS = 24  # The preview shows the thumbnails of up to this many images it changes.
 QUEUED = "review-queued"  # {advertiser id: (newest finished scrape id, time.time())} of the
@@ -85,6 +95,7 @@ STATE = PageState(
         Field("color", (), many=True),
         Field("status", (), many=True),
         Field("q", ""),
+        Field("sort", BY_POSITION),
         Field("per", PAGE_SIZES[0], parse=int),
         Field("page", 1, parse=int),
     ],
@@ -102,13 +113,14 @@ def first_page() -> None:
 
 def save(actor: Actor, changes: list[FixChange]) -> FixOutcome:
     """Record the changes in one transaction, push them, and leave the messages and a toast for
-    the next run, which also unticks the tiles' "Select" boxes."""
-    saved = save_fixes(session_factory(), ml_client(), actor, changes)
+    the next run; the findings are refreshed in the background."""
+    saved = save_fixes(session_factory(), ml_client(), actor, changes, refresh=False)
     clear_query_cache()
+    if saved.fix_ids:
+        findings_refresher().request(saved.outcome.advertiser_ids if saved.outcome else ())
     outcome = saved.outcome or FixOutcome()
     st.session_state[FLASH] = describe(outcome, saved.push_error)
     st.session_state[TOAST] = toast_of(outcome, saved.push_error)
-    st.session_state[CLEAR_SELECTION] = True
     return outcome
 
 
@@ -219,11 +231,9 @@ with st.container():  # (always drawn: messages or none, the widgets below keep 
         getattr(st, kind)(text)
 if TOAST in st.session_state:
     toast_text, toast_icon = st.session_state.pop(TOAST)
-    st.toast(toast_text, icon=toast_icon, duration="long")
-if st.session_state.pop(CLEAR_SELECTION, False):
-    # Before the checkboxes run: a value set now is sent to the browser with them.
-    for key in [k for k in st.session_state if isinstance(k, str) and k.startswith(SELECT)]:
-        st.session_state[key] = False
+    # The time makes each toast new: Streamlit shows no second toast of the same text while
+    # the first is on screen (two Updates with the same outcome within seconds).
+    st.toast(f"{toast_text} · {time.strftime('%H:%M:%S')}", icon=toast_icon, duration="long")
 
 advertisers = load_advertisers()
 if not advertisers:
@@ -341,7 +351,9 @@ if scrape["error"]:
     with st.expander("Problems found while reading the sitemap"):
         st.text(scrape["error"])
 
-with st.expander("Colors in this scrape", expanded=False):
+# Drawn only when asked: a chart, even in a closed expander, makes the browser load the charting
+# library (775 KB) on the page's first render.
+if st.toggle("Colors in this scrape", key="review-colors"):
     color_counts = pd.DataFrame(
         [{"color": k, "images": v} for k, v in counts.by_color.items()]
     ).sort_values("images", ascending=False)
@@ -379,29 +391,38 @@ status_filter = filters[2].multiselect(
 text_filter = filters[3].text_input(
     "Search URLs and titles", key=STATE.key("q"), on_change=first_page
 )
+paging = st.columns([2, 1, 1, 4])
+STATE.keep_within("sort", SORTS, fallback=BY_POSITION)
+sort_order = paging[0].selectbox(
+    "Order",
+    SORTS,
+    key=STATE.key("sort"),
+    on_change=first_page,
+    format_func=lambda s: SORT_LABELS[s],
+    help="Lowest ML confidence first: where the model's mistakes are found fastest.",
+)
 review_filter = ReviewFilter(
     image_types=tuple(type_filter),
     colors=tuple(color_filter),
     statuses=tuple(status_filter),
     text=text_filter,
+    sort=sort_order,
 )
 
-paging = st.columns([1, 1, 4])
 STATE.keep_within("per", PAGE_SIZES, fallback=PAGE_SIZES[0])
-page_size = paging[0].selectbox("Per page", PAGE_SIZES, key=STATE.key("per"), on_change=first_page)
+page_size = paging[1].selectbox("Per page", PAGE_SIZES, key=STATE.key("per"), on_change=first_page)
 _, matching = load_review_page(scrape_id, review_filter, 0, 1)
 pages = max(1, -(-matching // page_size))
 if not isinstance(STATE.value("page"), int) or not 1 <= STATE.value("page") <= pages:
     first_page()
-page_number = paging[1].number_input(
+page_number = paging[2].number_input(
     "Page", min_value=1, max_value=pages, step=1, key=STATE.key("page")
 )
 # The view is known: remember it and show it in the URL (a view can be shared or linked).
 STATE.save(omit={"scrape"} if scrape_id == scrape_ids[0] else ())
-paging[2].caption(f"{matching:,} of {counts.total:,} images match · page {page_number} of {pages}")
+paging[3].caption(f"{matching:,} of {counts.total:,} images match · page {page_number} of {pages}")
 
 items, _ = load_review_page(scrape_id, review_filter, (page_number - 1) * page_size, page_size)
-thumbs = load_thumbnails(tuple(sorted({i.image_key for i in items if i.image_key})))
 
 
 def active_filters() -> list[str]:
@@ -429,85 +450,110 @@ if not items:
         st.info("This scrape has no images.", icon=":material/image_not_supported:")
 
 
-def type_key(item: ReviewItem) -> str:
-    return f"type-{item.id}-{item.image_type}"
+def fixes_of(payload: object) -> list[FixChange]:
+    """The grid's ``update`` as fixes, checked against the items it names."""
+    raw = payload.get("changes") if isinstance(payload, dict) else None
+    ids = {c.get("id") for c in raw or [] if isinstance(c, dict)}
+    shown = {row["id"]: row for row in load_fix_targets(sorted(i for i in ids if type(i) is int))}
+    return changes_of(payload, shown)
 
 
-def color_key(item: ReviewItem) -> str:
-    return f"color-{item.id}-{item.color}"
+def on_grid_update() -> None:
+    """The grid's Update: every unsaved change in one transaction, before the next run."""
+    payload = trigger("update")
+    nonce = payload.get("nonce") if isinstance(payload, dict) else None
+    ok = False
+    sent: list[str] = []
+    try:
+        actor = current_actor()
+        if actor is None:
+            raise PermissionDenied("sign in again to save fixes")
+        changes = fixes_of(payload)
+        sent = [f"{c.item_id}:{c.field}" for c in changes]
+        outcome = save(actor, changes)
+        st.session_state[LAST_UPDATE] = list(outcome.fix_ids)
+        ok = True
+    except TaggingError as error:
+        st.session_state[FLASH] = [("error", plain(error))]
+        st.session_state[TOAST] = ("Nothing was saved: see the message above.", ERROR_ICON)
+    st.session_state[GRID_ACK] = {"nonce": nonce, "ok": ok, "sent": sent}
 
 
-def shown_color_index(item: ReviewItem) -> int | None:
-    """The color dropdown's pick: the current color, none for a colorless Placeholder (the seed:
-    a placeholder has no color), else the seed's default."""
-    if item.color in COLORS:
-        return COLORS.index(item.color)
-    if item.color is None and item.image_type == PLACEHOLDER:
-        return None
-    return COLORS.index(DEFAULT_FIX_COLOR)
+def on_grid_undo() -> None:
+    """Undo the last Update: the reverting fixes are recorded, the history keeps both."""
+    payload = trigger("undo")
+    nonce = payload.get("nonce") if isinstance(payload, dict) else None
+    fix_ids = st.session_state.get(LAST_UPDATE, [])
+    ok = False
+    try:
+        actor = current_actor()
+        saved = undo_fixes(session_factory(), ml_client(), actor, fix_ids, refresh=False)
+        st.session_state.pop(LAST_UPDATE, None)
+        clear_query_cache()
+        if saved.fix_ids:
+            findings_refresher().request(saved.outcome.advertiser_ids if saved.outcome else ())
+        outcome = saved.outcome or FixOutcome()
+        st.session_state[FLASH] = [
+            (kind, f"Undo: {text}") for kind, text in describe(outcome, saved.push_error)
+        ]
+        text, icon = toast_of(outcome, saved.push_error)
+        if outcome.fix_ids:
+            st.session_state[TOAST] = (f"Undone: {text}", icon)
+        else:
+            st.session_state[TOAST] = ("Nothing to undo: the images have those values.", icon)
+        ok = True
+    except TaggingError as error:  # (it will not work better a second time: no Undo button)
+        st.session_state.pop(LAST_UPDATE, None)
+        st.session_state[FLASH] = [("error", plain(error))]
+        st.session_state[TOAST] = ("Nothing was undone: see the message above.", ERROR_ICON)
+    st.session_state[GRID_ACK] = {"nonce": nonce, "ok": ok, "sent": []}
 
 
-def tile(item: ReviewItem) -> None:
-    with st.container(border=True):
-        st.image(thumbs.get(item.image_key or "", missing_thumbnail()), output_format="JPEG")
-        # Advertiser-supplied text is shown as plain text, never as Markdown or HTML; a title's
-        # HTML tags are dropped (``<b>Sale</b>`` reads "Sale").
-        st.text(f"#{item.position} {strip_tags(item.title or '')}".strip()[:60])
-        ml_color = item.ml_color or "None"
-        st.caption(f"ML: {plain(item.ml_image_type)} · {plain(ml_color)}")
-        if item.color is not None and item.color not in COLORS:
-            # A feed color that names none of ours is kept as the feed gave it.
-            st.text(f"Feed color: {item.color}"[:60])
-        badges = []
-        if item.status == ItemStatus.ML_FAILURE:
-            badges.append(("ML failure", "red"))
-        elif item.status == ItemStatus.ERROR:
-            badges.append(("Image error", "orange"))
-        if item.fixes:
-            badges.append((f"Fixed ×{item.fixes}", "blue"))
-        if LabelSource.OVERRIDE in (item.image_type_source, item.color_source):
-            badges.append(("Advertiser's override", "violet"))
-        if item.pending:
-            badges.append(("Pending sync", "yellow"))
-        if badges:
-            st.markdown(" ".join(f":{color}-badge[{label}]" for label, color in badges))
-        fixable = can_fix and item.image_key is not None
-        st.selectbox(
-            "Image Type",
-            IMAGE_TYPES,
-            index=IMAGE_TYPES.index(item.image_type) if item.image_type in IMAGE_TYPES else 2,
-            key=type_key(item),
-            disabled=not fixable,
+def on_grid_page() -> None:
+    """The large view went past the page's first or last image: the page before or after."""
+    payload = trigger("page")
+    if not isinstance(payload, dict) or not isinstance(payload.get("to"), int):
+        return
+    STATE.set("page", payload["to"])
+    st.session_state[OPEN_AT] = {"where": payload.get("open"), "nonce": str(payload.get("nonce"))}
+
+
+histories = load_histories(tuple(sorted({i.image_key for i in items if i.image_key and i.fixes})))
+with_thumbnail = load_thumbnail_keys(tuple(sorted({i.image_key for i in items if i.image_key})))
+review_grid(
+    scrape_id=scrape_id,
+    tiles=[
+        tile_data(
+            item,
+            title=strip_tags(item.title or ""),
+            fixable=can_fix,
+            history=histories.get(item.image_key or "", ()),
+            has_thumbnail=item.image_key in with_thumbnail,
         )
-        st.selectbox(
-            "Color",
-            COLORS,
-            index=shown_color_index(item),
-            placeholder="No color (a placeholder)",
-            key=color_key(item),
-            disabled=not fixable or color_from_feed,
-            help="Comes from the advertiser's feed" if color_from_feed else None,
-        )
-        inner = st.columns(2)
-        inner[0].checkbox("Select", key=f"{SELECT}{item.id}", disabled=not fixable)
-        inner[1].form_submit_button(
-            "Details", key=f"details-{item.id}", icon=":material/zoom_in:", type="tertiary"
-        )
+        for item in items
+    ],
+    can_fix=can_fix,
+    color_locked=color_from_feed,
+    page=page_number,
+    pages=pages,
+    empty="",
+    ack=st.session_state.get(GRID_ACK),
+    undo_count=len(st.session_state.get(LAST_UPDATE, [])),
+    open_at=st.session_state.pop(OPEN_AT, None),
+    on_update=on_grid_update,
+    on_undo=on_grid_undo,
+    on_page=on_grid_page,
+)
 
-
-with st.form("fixes", border=False):
-    for start in range(0, len(items), COLUMNS):
-        for column, item in zip(st.columns(COLUMNS), items[start : start + COLUMNS], strict=False):
-            with column:
-                tile(item)
-    if can_fix:
-        update = st.form_submit_button(
-            "Update", type="primary", icon=":material/save:", width="stretch"
+if can_fix:
+    with st.form("bulk-form", border=False):
+        st.markdown("**Bulk fix of every image matching the filters**")
+        st.caption(
+            "To change some tiles, select them (space, shift-click, a) and pick a value or press "
+            "a key: every selected tile changes, and Update saves them."
         )
-        st.markdown("**Bulk fix**")
-        bulk = st.columns([2, 2, 2, 2])
-        # One list per field: a type's list offers only types, a color's only colors. (Inside
-        # the form, a field picker could not switch the list until a submit.)
+        bulk = st.columns([2, 2, 3])
+        # One list per field: a type's list offers only types, a color's only colors.
         bulk_type = bulk[0].selectbox(
             "Set Image Type", IMAGE_TYPES, index=None, placeholder="Keep each image's type"
         )
@@ -521,73 +567,12 @@ with st.form("fixes", border=False):
         )
         with bulk[2]:
             st.write("")
-            bulk_selected = st.form_submit_button("Preview on selected tiles")
-        with bulk[3]:
-            st.write("")
             fixable_matching = load_fixable_count(scrape_id, review_filter)
             bulk_all = st.form_submit_button(f"Preview on all {fixable_matching:,} matching")
-    else:
-        update = bulk_selected = bulk_all = False
-        bulk_type = bulk_color = None
-        st.caption("Your role can read this sitemap but not change it.")
-
-details = next((i for i in items if st.session_state.get(f"details-{i.id}")), None)
-
-
-@st.dialog("Image details", width="large")
-def show_details(item: ReviewItem) -> None:
-    left, right = st.columns([3, 2])
-    with left:
-        st.image(large_image(item.image_url, item.image_key), output_format="JPEG")
-    with right:
-        st.markdown("**Image URL**")
-        st.code(item.image_url, language=None, wrap_lines=True)
-        st.markdown("**Vehicle page**")
-        st.code(item.page_url, language=None, wrap_lines=True)
-        if item.title and strip_tags(item.title):
-            st.markdown("**Title**")
-            st.text(strip_tags(item.title))
-        # Colors may be a feed's, kept raw when they name none of ours: shown literally.
-        st.markdown(
-            f"**ML:** {plain(item.ml_image_type)} · {plain(item.ml_color or 'None')}  \n"
-            f"**Now:** {plain(item.image_type)} · {plain(item.color or 'None')}  \n"
-            f"**Status:** {plain(STATUS_LABELS.get(item.status, item.status))}"
-        )
-        if item.error:
-            st.text(item.error)
-        st.caption(f"image_key {item.image_key or '—'}")
-    st.markdown("**History**")
-    if item.image_key:
-        history = load_image_history(item.image_key)
-        if history:
-            st.dataframe(
-                pd.DataFrame([h.__dict__ for h in history]).drop(columns=["id"]),
-                hide_index=True,
-                width="stretch",
-            )
-        else:
-            st.caption("No manual fix yet.")
-
-
-if details is not None:
-    show_details(details)
-
-if update:
-    changes: list[FixChange] = []
-    for item in items:
-        if item.image_key is None:
-            continue
-        new_type = st.session_state.get(type_key(item), item.image_type)
-        if new_type != item.image_type:
-            changes.append(FixChange(item.id, "image_type", new_type, seen_value=item.image_type))
-        new_color = st.session_state.get(color_key(item))
-        shown = shown_color_index(item)
-        shown_color = COLORS[shown] if shown is not None else None
-        if not color_from_feed and new_color is not None and new_color != shown_color:
-            changes.append(FixChange(item.id, "color", new_color, seen_value=item.color))
-    with shown_errors():
-        save(actor, changes)
-        st.rerun()
+else:
+    bulk_all = False
+    bulk_type = bulk_color = None
+    st.caption("Your role can read this sitemap but not change it.")
 
 FIELD_NAMES = {"image_type": "Image Type", "color": "Color"}
 
@@ -622,21 +607,13 @@ def what_is_set(values: dict[str, str]) -> str:
     return " and ".join(f"{FIELD_NAMES[f]} to **{v}**" for f, v in values.items())
 
 
-if bulk_selected or bulk_all:
+if bulk_all:
     chosen = {f: v for f, v in (("image_type", bulk_type), ("color", bulk_color)) if v}
-    if bulk_all:
-        target = load_matching_ids(scrape_id, review_filter)
-    else:
-        target = [i.id for i in items if st.session_state.get(f"{SELECT}{i.id}")]
+    target = load_matching_ids(scrape_id, review_filter)
     if not chosen:
         st.warning("Choose the Image Type or the Color to set first.", icon=":material/info:")
     elif not target:
-        st.warning(
-            "No tile is selected: tick the “Select” box of the tiles to change first."
-            if bulk_selected
-            else "No image matches these filters.",
-            icon=":material/info:",
-        )
+        st.warning("No image matches these filters.", icon=":material/info:")
     else:
         st.session_state[BULK] = plan_bulk(target, chosen)
 

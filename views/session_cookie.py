@@ -33,7 +33,7 @@ _HIDDEN = "session_cookie"
 """The key of the hidden container that holds the page's cookie script."""
 
 
-def _base_path() -> str:
+def base_path() -> str:
     """``/`` or ``/<server.baseUrlPath>/``."""
     base = str(st.get_option("server.baseUrlPath") or "").strip("/")
     return f"/{base}/" if base else "/"
@@ -83,7 +83,7 @@ async def _claim(request: Request) -> Response:
         SESSION_COOKIE,
         token,
         max_age=int(SESSION_MAX.total_seconds()),
-        path=_base_path(),
+        path=base_path(),
         secure=request.url.scheme == "https",
         httponly=True,
         samesite="strict",
@@ -108,7 +108,7 @@ async def _forget(request: Request) -> Response:
     if not await run_in_threadpool(alive):
         response.delete_cookie(
             SESSION_COOKIE,
-            path=_base_path(),
+            path=base_path(),
             secure=request.url.scheme == "https",
             httponly=True,
             samesite="strict",
@@ -118,7 +118,7 @@ async def _forget(request: Request) -> Response:
 
 def routes() -> list[Route]:
     """The HTTP routes of the session cookie, for ``st.App(routes=...)``."""
-    path = _base_path() + API_PATH
+    path = base_path() + API_PATH
     return [
         Route(path, _claim, methods=["POST"]),
         Route(path, _forget, methods=["DELETE"]),
@@ -136,7 +136,7 @@ def sync_session_cookie() -> None:
     forget = st.session_state.pop(FORGET_COOKIE, False)
     if handoff is None and not forget:
         return
-    url = json.dumps(_base_path() + API_PATH)
+    url = json.dumps(base_path() + API_PATH)
     if handoff is not None:
         body = json.dumps(json.dumps({"handoff": handoff[0]}))
         call = (

@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the ML server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8800)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes (default: TAGGING_ML_WORKERS, else the number of cores)",
+    )
 
     scrape = sub.add_parser("scrape", help="scrape an advertiser's sitemap (or all of them)")
     target = scrape.add_mutually_exclusive_group(required=True)
@@ -154,12 +159,13 @@ def cmd_cdn(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from tagging.server.app import create_app
+    from tagging.cli.serve import run_ml_server
 
     settings = Settings.from_env()
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    if args.workers is not None and args.workers < 1:
+        raise InvalidInput(f"--workers must be at least 1, got {args.workers}")
+    workers = args.workers or settings.ml_workers
+    run_ml_server(settings, host=args.host, port=args.port, workers=workers)
     return 0
 
 

@@ -60,10 +60,12 @@ def launch(settings: Settings, config: LaunchConfig) -> int:
     settings = replace(
         settings,
         ml_url=ml_url,
+        ml_urls=(),  # the one ML server started here (its workers use every core)
         ml_token=ensure_token(settings),
         allowed_hosts=(*settings.allowed_hosts, f"{config.host}:{config.cdn_port}".lower()),
     )
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    env.pop("TAGGING_ML_URLS", None)
     os.environ.update(env)
 
     step("database and demo data")
@@ -92,7 +94,7 @@ def launch(settings: Settings, config: LaunchConfig) -> int:
     try:
         step("starting the demo CDN and the ML server")
         processes.append(start_module(["cdn", "--port", str(config.cdn_port)], env))
-        processes.append(start_module(["serve", "--port", str(config.ml_port)], env))
+        processes.append(start_module(ml_server_args(settings, config), env))
         wait_for(f"{cdn_url}/sitemap_index.xml", config.startup_timeout, processes)
         wait_for(f"{ml_url}/health", config.startup_timeout, processes)
         processes.append(start_module(["worker"], env))
@@ -114,7 +116,8 @@ def launch(settings: Settings, config: LaunchConfig) -> int:
         print(
             "\nTagdesk is running:\n"
             f"  app        http://{config.host}:{config.app_port}\n"
-            f"  ML server  {ml_url}/docs   (token in {settings.data_dir / 'ml_token'})\n"
+            f"  ML server  {ml_url}/docs   ({settings.ml_workers} worker processes; token in "
+            f"{settings.data_dir / 'ml_token'})\n"
             f"  fix API    {api_url}/docs\n"
             f"  demo CDN   {cdn_url}/sitemap_index.xml\n"
             + (
@@ -138,6 +141,11 @@ def launch(settings: Settings, config: LaunchConfig) -> int:
         return 0
     finally:
         stop_all()
+
+
+def ml_server_args(settings: Settings, config: LaunchConfig) -> list[str]:
+    """``python -m tagging`` arguments of the ML server: ``TAGGING_ML_WORKERS`` processes."""
+    return ["serve", "--port", str(config.ml_port), "--workers", str(settings.ml_workers)]
 
 
 def app_command(host: str, port: int) -> list[str]:

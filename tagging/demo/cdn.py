@@ -11,6 +11,14 @@ Routes (``GET`` and ``HEAD``):
   ``color_from_feed``.
 * ``/sitemap_index.xml`` (all sitemaps) and ``/robots.txt``.
 
+Images are sent with ``Cache-Control: public, max-age=3600`` (``image_max_age``), as image CDNs
+do; sitemaps with ``Cache-Control: no-cache`` (they change whenever the inventory does), an
+``ETag`` (a digest of the document) and a ``Last-Modified`` (the newest image publication in it).
+Both answer ``If-None-Match`` / ``If-Modified-Since`` with ``304 Not Modified``.
+
+``latency_ms`` delays every response, like a CDN far away (for benchmarks); ``requests`` counts
+what was asked and answered, per (method, kind of path, status), for tests.
+
 ``POST /_admin/republish?share=0.1&seed=1`` (loopback clients with the admin token as
 ``Authorization: Bearer …``; 401 without it) moves a share of the images to new URLs with new
 ETag and Last-Modified: the CDN "changed the URL and headers". Old URLs then answer 404 and the
@@ -38,6 +46,7 @@ import secrets
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -62,6 +71,8 @@ NS_TAGDESK = "urn:tagdesk:vehicle:1"
 DEFAULT_PORT = 8765
 ADMIN_TOKEN_FILE = "cdn_admin_token"  # noqa: S105 - a file name, not a secret
 """The admin token's file in the data dir."""
+IMAGE_MAX_AGE = 3600
+"""Seconds an image response may be reused without asking again (``Cache-Control: max-age``)."""
 REPUBLISH_STEP = timedelta(days=45)
 """How much later each republication's Last-Modified is than the previous publication's."""
 
@@ -142,6 +153,7 @@ class CdnState:
         self._current = {e.original: e.path for e in entries.values()}  # original -> current path
         self._aliases = {p: p for p in entries}  # every path ever published -> original
         self._documents: dict[str, bytes] = {}
+        self._newest: tuple[dict[str, _Entry], datetime] | None = None
 
     # -- URLs ---------------------------------------------------------------------------------
 
@@ -283,6 +295,20 @@ class CdnState:
             docs[key] = body  # a racing request may build it twice; both copies are equal
         return body
 
+    def document_validators(self, body: bytes) -> tuple[str, datetime]:
+        """``(ETag, Last-Modified)`` of a sitemap document: a digest of its bytes, and the newest
+        publication of any image (a republication makes every document newer)."""
+        return f'"{hashlib.sha256(body).hexdigest()[:24]}"', self.last_published()
+
+    def last_published(self) -> datetime:
+        """When the newest image currently published was published."""
+        by_path = self._by_path
+        cached = self._newest
+        if cached is None or cached[0] is not by_path:
+            cached = (by_path, max(e.modified for e in by_path.values()))
+            self._newest = cached
+        return cached[1]
+
     def _render_sitemap(self, slug: str) -> bytes:
         adv = self.inventory.advertiser(slug)
         nsmap: dict[str | None, str] = {None: NS_SITEMAP, "image": NS_IMAGE}
@@ -359,12 +385,15 @@ class _Handler(BaseHTTPRequestHandler):
     # -- verbs --------------------------------------------------------------------------------
 
     def do_GET(self) -> None:
+        self._delay()
         self._serve(head=False)
 
     def do_HEAD(self) -> None:
+        self._delay()
         self._serve(head=True)
 
     def do_POST(self) -> None:
+        self._delay()
         self._drain_body()
         parts = urlsplit(self.path)
         if parts.path != "/_admin/republish":
@@ -410,13 +439,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             if path == "/sitemap_index.xml":
-                self._send(HTTPStatus.OK, state.sitemap_index(), "application/xml", head)
+                self._send_document(state.sitemap_index(), "application/xml", head)
             elif path.startswith("/sitemaps/") and path.endswith(".xml"):
                 slug = path.removeprefix("/sitemaps/").removesuffix(".xml")
-                self._send(HTTPStatus.OK, state.sitemap(slug), "application/xml", head)
+                self._send_document(state.sitemap(slug), "application/xml", head)
             elif path.startswith("/sitemaps/") and path.endswith(".xml.gz"):
                 slug = path.removeprefix("/sitemaps/").removesuffix(".xml.gz")
-                self._send(HTTPStatus.OK, state.sitemap_gz(slug), "application/gzip", head)
+                self._send_document(state.sitemap_gz(slug), "application/gzip", head)
             elif path == "/robots.txt":
                 text = f"User-agent: *\nAllow: /\nSitemap: {state.public_url}/sitemap_index.xml\n"
                 self._send_text(HTTPStatus.OK, text, head)
@@ -426,27 +455,52 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_text(HTTPStatus.NOT_FOUND, "not found\n", head)
 
     def _send_image(self, entry: _Entry, head: bool) -> None:
+        common = {
+            "ETag": entry.etag,
+            "Last-Modified": entry.last_modified,
+            "Cache-Control": f"public, max-age={self.server.image_max_age}",
+        }
+        if self._not_modified(entry.etag, entry.modified):
+            self._send_not_modified(common)
+            return
+        self._send(HTTPStatus.OK, entry.body, entry.content_type, head, common)
+
+    def _send_document(self, body: bytes, content_type: str, head: bool) -> None:
+        etag, modified = self.server.state.document_validators(body)
+        common = {
+            "ETag": etag,
+            "Last-Modified": format_datetime(modified, usegmt=True),
+            "Cache-Control": "no-cache",
+        }
+        if self._not_modified(etag, modified):
+            self._send_not_modified(common)
+            return
+        self._send(HTTPStatus.OK, body, content_type, head, common)
+
+    def _not_modified(self, etag: str, modified: datetime) -> bool:
+        """Whether the request's conditions say the client's copy is current."""
         inm = self.headers.get("If-None-Match")
         ims = self.headers.get("If-Modified-Since")
         # If-None-Match wins over If-Modified-Since when both are sent (RFC 9110 13.2.2).
         if inm is not None:
-            fresh = _etag_matches(inm, entry.etag)
-        else:
-            fresh = ims is not None and _not_modified_since(ims, entry.modified)
-        common = {
-            "ETag": entry.etag,
-            "Last-Modified": entry.last_modified,
-            "Cache-Control": "public, max-age=3600",
-        }
-        if fresh:
-            self.send_response(HTTPStatus.NOT_MODIFIED)
-            for k, v in common.items():
-                self.send_header(k, v)
-            self.end_headers()
-            return
-        self._send(HTTPStatus.OK, entry.body, entry.content_type, head, common)
+            return _etag_matches(inm, etag)
+        return ims is not None and _not_modified_since(ims, modified)
+
+    def _send_not_modified(self, headers: dict[str, str]) -> None:
+        self.send_response(HTTPStatus.NOT_MODIFIED)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
 
     # -- plumbing -----------------------------------------------------------------------------
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self.server.count(self.command, self.path, int(code))
+        super().send_response(code, message)
+
+    def _delay(self) -> None:
+        if self.server.latency_ms > 0:
+            time.sleep(self.server.latency_ms / 1000)
 
     def _send(
         self,
@@ -496,19 +550,52 @@ class DemoCdnServer(ThreadingHTTPServer):
     request_queue_size = 256  # load tests open many connections at once
 
     def __init__(
-        self, state: CdnState, host: str, port: int, admin_token: str | None = None
+        self,
+        state: CdnState,
+        host: str,
+        port: int,
+        admin_token: str | None = None,
+        *,
+        latency_ms: float = 0.0,
+        image_max_age: int = IMAGE_MAX_AGE,
     ) -> None:
         """Bind to ``host:port`` (port 0 picks a free one); call :meth:`serve_in_thread` next.
 
-        ``admin_token``: what the admin endpoints require as a bearer token; default a random
-        one (read it from ``.admin_token``).
+        Args:
+            admin_token: what the admin endpoints require as a bearer token; default a random
+                one (read it from ``.admin_token``).
+            latency_ms: added before every response (a CDN far away, for benchmarks).
+            image_max_age: the images' ``Cache-Control: max-age``, in seconds.
         """
         if ":" in host:
             self.address_family = socket.AF_INET6
         self.state = state
         self.admin_token = admin_token or secrets.token_urlsafe(32)
+        self.latency_ms = latency_ms
+        self.image_max_age = image_max_age
+        self.requests: Counter[tuple[str, str, int]] = Counter()
+        """Responses sent, per (method, ``image`` / ``sitemap`` / ``other``, status)."""
+        self._count_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         super().__init__((host, port), _Handler)
+
+    def count(self, method: str, path: str, status: int) -> None:
+        """Count one response (see :attr:`requests`)."""
+        route = urlsplit(path).path
+        kind = (
+            "image"
+            if route.startswith("/cdn/")
+            else "sitemap"
+            if route.startswith("/sitemap")
+            else "other"
+        )
+        with self._count_lock:
+            self.requests[(method, kind, status)] += 1
+
+    def requests_for(self, kind: str) -> int:
+        """How many requests for ``kind`` (``image``, ``sitemap``) were answered so far."""
+        with self._count_lock:
+            return sum(n for (_, k, _), n in self.requests.items() if k == kind)
 
     @property
     def url(self) -> str:
@@ -547,6 +634,8 @@ def make_server(
     port: int = DEFAULT_PORT,
     public_url: str | None = None,
     admin_token: str | None = None,
+    *,
+    latency_ms: float = 0.0,
 ) -> DemoCdnServer:
     """Load the demo in ``demo_dir`` and bind a CDN server to it (not serving yet).
 
@@ -556,6 +645,7 @@ def make_server(
         port: The port to bind; 0 picks a free one.
         public_url: The base URL sitemaps use; default: the bound ``http://host:port``.
         admin_token: The admin endpoints' bearer token; default: a random one.
+        latency_ms: Milliseconds added before every response.
 
     Returns:
         The bound server; ``.url`` is its base URL, ``.state`` its :class:`CdnState`.
@@ -566,7 +656,7 @@ def make_server(
     """
     inventory = DemoInventory.load(Path(demo_dir))
     state = CdnState(inventory, public_url or "http://placeholder.invalid")
-    server = DemoCdnServer(state, host, port, admin_token)
+    server = DemoCdnServer(state, host, port, admin_token, latency_ms=latency_ms)
     if public_url is None:
         state.public_url = server.url
     return server
@@ -578,14 +668,20 @@ def run(
     port: int = DEFAULT_PORT,
     public_url: str | None = None,
     admin_token: str | None = None,
+    *,
+    latency_ms: float = 0.0,
 ) -> None:
-    """Serve the demo CDN until interrupted (``python -m tagging cdn``)."""
-    server = make_server(demo_dir, host, port, public_url, admin_token)
+    """Serve the demo CDN until interrupted (``python -m tagging cdn``).
+
+    ``latency_ms`` adds that many milliseconds before every response (a CDN far away).
+    """
+    server = make_server(demo_dir, host, port, public_url, admin_token, latency_ms=latency_ms)
     state = server.state
+    delay = f", {latency_ms:g} ms added to every response" if latency_ms else ""
     print(
         f"Demo CDN: {len(state.inventory.images)} images of "
         f"{len(state.inventory.advertisers)} advertisers at {server.url} "
-        f"(sitemap index {state.public_url}/sitemap_index.xml)",
+        f"(sitemap index {state.public_url}/sitemap_index.xml){delay}",
         flush=True,
     )
     try:

@@ -17,6 +17,7 @@ One :class:`GuardedClient` is safe to share between threads: requests goes throu
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import ipaddress
@@ -26,6 +27,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from http.cookiejar import DefaultCookiePolicy
 from types import TracebackType
 from typing import Any
@@ -58,10 +61,12 @@ __all__ = [
     "MAX_URL_LENGTH",
     "FetchPolicy",
     "FetchResult",
+    "Freshness",
     "GuardedClient",
     "HTTPStatusError",
     "client_from_settings",
     "is_allowed_host",
+    "response_freshness",
 ]
 
 MAX_URL_LENGTH = 2048
@@ -94,7 +99,7 @@ class FetchPolicy:
 
 @dataclass(frozen=True)
 class FetchResult:
-    """A successful (2xx) response, body fully read."""
+    """A successful (2xx) response, body fully read; or a 304 (``get(..., not_modified=True)``)."""
 
     url: str
     """The final URL, after redirects."""
@@ -446,6 +451,7 @@ class GuardedClient:
         max_bytes: int | None = None,
         headers: Mapping[str, str] | None = None,
         before_body: Callable[[Mapping[str, str]], None] | None = None,
+        not_modified: bool = False,
     ) -> FetchResult:
         """GET ``url`` and read its whole body.
 
@@ -453,14 +459,18 @@ class GuardedClient:
             url: an absolute http(s) URL.
             accept: allowed Content-Type prefixes (e.g. ``["image/"]``); None accepts any.
             max_bytes: body cap; default the policy's ``max_bytes``.
-            headers: extra request headers.
+            headers: extra request headers (``If-None-Match`` / ``If-Modified-Since`` make it a
+                conditional GET).
             before_body: called with the final response's headers once its status, Content-Type
                 and declared length have passed, just before the body is read (the ML server
                 waits there for room in its memory budget); what it raises ends the request.
                 Its wait counts against the request's total timeout.
+            not_modified: a ``304 Not Modified`` answer (to a conditional GET) is a result, with
+                status 304 and an empty body, instead of an :class:`HTTPStatusError`; its
+                connection goes back to the pool.
 
         Returns:
-            The 2xx response, after redirects.
+            The 2xx response (or the 304, see ``not_modified``), after redirects.
 
         Raises:
             BlockedURLError: bad scheme, or a hop reaches a non-public address not allow-listed.
@@ -477,6 +487,7 @@ class GuardedClient:
             accept=accept,
             max_bytes=max_bytes,
             before_body=before_body,
+            not_modified=not_modified,
         )
 
     def head(self, url: str, *, headers: Mapping[str, str] | None = None) -> FetchResult:
@@ -554,6 +565,7 @@ class GuardedClient:
         total_timeout: float | None = None,
         error_body: bool = False,
         before_body: Callable[[Mapping[str, str]], None] | None = None,
+        not_modified: bool = False,
     ) -> FetchResult:
         policy = self.policy
         cap = policy.max_bytes if max_bytes is None else max_bytes
@@ -592,6 +604,16 @@ class GuardedClient:
                 current = next_url
             try:
                 status = response.status_code
+                if status == 304 and not_modified:
+                    # No body follows a 304 either: the connection goes back to the pool.
+                    response.raw.release_conn()
+                    return FetchResult(
+                        url=current,
+                        status=status,
+                        headers=CaseInsensitiveDict(response.headers),
+                        body=b"",
+                        elapsed=time.monotonic() - start,
+                    )
                 if not 200 <= status < 300:
                     body = b""
                     if error_body:
@@ -676,6 +698,100 @@ class GuardedClient:
             raise FetchError(f"could not fetch {_named(url, original)}: {_cause(exc)}") from exc
         finally:
             _request_deadline.value = None
+
+
+# --- HTTP caching (RFC 9111): how long a response may be reused without asking again ---------
+
+MAX_FRESHNESS = 365 * 24 * 3600
+"""The longest lifetime believed, in seconds (RFC 9111 suggests a year for "never expires")."""
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """What one response says about reusing it (RFC 9111, as a cache of results derived from it
+    needs it: the ML server keeps an image's classification, not the response).
+
+    * ``Cache-Control: max-age`` (``s-maxage`` first: the ML cache is shared by every advertiser),
+      else ``Expires`` (against the response's ``Date``), minus ``Age``, gives the lifetime;
+    * ``no-cache`` (or ``Pragma: no-cache`` without Cache-Control), and a response that states no
+      lifetime, are stale at once: every reuse asks the server first (a conditional GET);
+    * ``no-store`` and ``private`` keep nothing: no lifetime and no validators, so the next check
+      is a HEAD, whose headers give the key;
+    * ``must-revalidate`` / ``proxy-revalidate`` change nothing here: a stale image is always
+      revalidated before its result is reused, never served stale.
+    """
+
+    max_age: int | None
+    """Seconds the response stays fresh from when it was received; None: stale at once."""
+    etag: str | None
+    """The validator for ``If-None-Match`` (None under ``no-store``)."""
+    last_modified: str | None
+    """The validator for ``If-Modified-Since`` (None under ``no-store``)."""
+    stated: bool
+    """Whether the response said anything about caching (Cache-Control, Expires, Pragma): a 304
+    that says nothing keeps the lifetime the stored response had (RFC 9111 4.3.4)."""
+
+    def fresh_until(self, received: datetime) -> datetime | None:
+        """When a response received at ``received`` goes stale (None: it is stale already)."""
+        if self.max_age is None or self.max_age <= 0:
+            return None
+        return received + timedelta(seconds=self.max_age)
+
+
+def response_freshness(headers: Mapping[str, str]) -> Freshness:
+    """The caching information of a response's ``headers`` (lookups case-insensitive)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    directives = _cache_control(lowered.get("cache-control", ""))
+    pragma_no_cache = "no-cache" in lowered.get("pragma", "").lower()
+    stated = bool(directives) or "expires" in lowered or pragma_no_cache
+    etag = (lowered.get("etag") or "").strip() or None
+    last_modified = (lowered.get("last-modified") or "").strip() or None
+    if "no-store" in directives or "private" in directives:
+        return Freshness(None, None, None, stated=True)
+    if "no-cache" in directives or (pragma_no_cache and not directives):
+        return Freshness(None, etag, last_modified, stated=True)
+    lifetime: int | None = None
+    for name in ("s-maxage", "max-age"):
+        if name in directives:
+            value = directives[name]
+            # An invalid lifetime means stale (RFC 9111 4.2.1), not "use the next rule".
+            lifetime = int(value) if value is not None and value.isdigit() else 0
+            break
+    else:
+        if "expires" in lowered:
+            lifetime = _expires_lifetime(lowered["expires"], lowered.get("date"))
+    if lifetime is not None:
+        age = (lowered.get("age") or "").strip()
+        lifetime = min(lifetime, MAX_FRESHNESS) - (int(age) if age.isdigit() else 0)
+    return Freshness(lifetime, etag, last_modified, stated=stated)
+
+
+def _cache_control(value: str) -> dict[str, str | None]:
+    """``Cache-Control`` directives, names lower-cased, quotes taken off values."""
+    directives: dict[str, str | None] = {}
+    for part in value.split(","):
+        name, sep, argument = part.strip().partition("=")
+        name = name.strip().lower()
+        if name:
+            directives.setdefault(name, argument.strip().strip('"') if sep else None)
+    return directives
+
+
+def _expires_lifetime(expires: str, date: str | None) -> int:
+    """Seconds from ``Date`` (else now) to ``Expires``; 0 for an invalid date ("already stale")."""
+    try:
+        until = parsedate_to_datetime(expires)
+    except (TypeError, ValueError, IndexError):
+        return 0
+    origin = datetime.now(UTC)
+    if date:
+        with contextlib.suppress(TypeError, ValueError, IndexError):
+            origin = parsedate_to_datetime(date)
+    if until.tzinfo is None:
+        until = until.replace(tzinfo=UTC)
+    if origin.tzinfo is None:
+        origin = origin.replace(tzinfo=UTC)
+    return max(0, int((until - origin).total_seconds()))
 
 
 def client_from_settings(settings: Settings, *, extra_allowed: Sequence[str] = ()) -> GuardedClient:

@@ -4,17 +4,32 @@ A scrape never aborts because of one bad image or an ML outage: a failing image 
 defaults (Image Type "Placeholder", Color None) with an ``error`` status, and items the ML server
 could not classify get them with an ``ml_failure`` status. The next scrape retries exactly those,
 because the ML server caches only what it classified.
+
+Memory stays flat whatever the sitemap's size: its items stream from :func:`read_sitemap` in
+batches, and only ``in_flight`` batches are held at once.
+
+**A sitemap that did not change** (every document answers ``304 Not Modified`` to its ETag or
+Last-Modified, or has the same SHA-256) is not read again: the previous scrape's items whose images
+are still fresh by the CDN's caching headers (``images.fresh_until``, from the ML server) are
+copied in one ``INSERT ... SELECT``, and only the others (stale, failed, never checked) go to the
+ML server, which revalidates them with conditional GETs. Copied items keep their resolved labels;
+every item whose image got a fix since the previous scrape started is resolved again before the
+scrape finishes, so a fix made meanwhile shows (:func:`db.labels.resolve`, as for new items).
 """
 
 from __future__ import annotations
 
 import base64
+import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,15 +37,21 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.advertisers import get_advertiser
 from db.findings import RefreshReport
 from db.labels import carry_over, load_fix_index, resolve
-from db.models import Advertiser, ItemStatus, Scrape, ScrapeStatus, utcnow
+from db.models import Advertiser, ItemStatus, Scrape, ScrapeStatus, as_utc, utcnow
 from db.scrapes import (
     LEASE,
     ScrapeCounts,
     beat,
+    copy_fresh_items,
     finish_scrape,
-    set_expected_items,
+    items_fixed_since,
+    latest_scrape,
+    set_counts,
+    set_item_labels,
+    stale_items,
     start_scrape,
     store_batch,
+    thumbnail_keys,
 )
 from db.vocab import COLORS, DEFAULT_IMAGE_TYPE
 from tagging.detectors.refresh import refresh_findings
@@ -38,15 +59,23 @@ from tagging.detectors.remedies import AUTO_CARRY_ACTOR, carry_over_fixes
 from tagging.errors import MLServerError, TaggingError
 from tagging.fixes import FixPushTarget, push_pending
 from tagging.ingest.fetch import GuardedClient
+from tagging.ingest.sitemap import SitemapDocument, SitemapLimits, read_sitemap, unchanged_documents
 from tagging.ingest.sitemap import SitemapItem as ParsedItem
-from tagging.ingest.sitemap import read_sitemap
 from tagging.server.client import MLClient
-from tagging.server.schemas import ClassifyResponse, ImageResult
+from tagging.server.schemas import MAX_KNOWN_KEYS, ClassifyResponse, ImageResult
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 """Called with (items done, items in all) after each batch."""
+
+STATE_VERSION = 1
+"""Of ``Scrape.sitemap_state``: a state of another version is not trusted (a normal scrape)."""
+FIX_MARGIN = timedelta(minutes=10)
+"""Fixes recorded this long before a scrape started may still have been committed after it
+resolved its items (a transaction in flight): they are resolved again too, to be safe."""
+STALE_PAGE = 1_000
+"""Items of the previous scrape read per query when re-checking an unchanged sitemap."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +89,11 @@ class ScrapeConfig:
     trigger: str = "cli"
     requested_by: str | None = None
     """Who asked for it (the app's relaunch button); None for the CLI and schedules."""
+    refresh_findings: bool = True
+    """Carry fixes over and refresh the findings once the items are stored (:func:`after_scrape`).
+    :func:`run_scrapes` turns it off and does it once for all its scrapes."""
+    limits: SitemapLimits = field(default_factory=SitemapLimits)
+    """The sitemap's caps (a change of them means the sitemap is read again in full)."""
 
 
 @dataclass
@@ -71,11 +105,16 @@ class ScrapeSummary:
     status: str
     items: int = 0
     cached: int = 0
+    """Items answered from a cache: the ML server's, or copied (see ``copied``)."""
     classified: int = 0
     failed: int = 0
     ml_failures: int = 0
     carried: int = 0
     """Fixes carried over to images re-published under a new image_key (same bytes)."""
+    copied: int = 0
+    """Items copied from the previous scrape without asking anyone: the sitemap did not change
+    and their images were fresh (they count as ``cached`` too)."""
+    sitemap_unchanged: bool = False
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -90,6 +129,55 @@ class ScrapeSummary:
             failed=self.failed,
             ml_failures=self.ml_failures,
         )
+
+
+@dataclass(frozen=True)
+class _Prior:
+    """The advertiser's previous successful scrape, when it says what its sitemap was."""
+
+    scrape_id: int
+    started_at: datetime
+    items: int
+    documents: list[SitemapDocument]
+    problems: list[str]
+
+    @classmethod
+    def of(
+        cls, scrape: Scrape | None, color_from_feed: bool, limits: SitemapLimits
+    ) -> _Prior | None:
+        state = scrape.sitemap_state if scrape is not None else None
+        if scrape is None or not isinstance(state, dict):
+            return None
+        if state.get("version") != STATE_VERSION or state.get("limits") != repr(limits):
+            return None
+        # The items' colors depend on it: a change of the setting needs every item again.
+        if state.get("color_from_feed") != color_from_feed:
+            return None
+        started = as_utc(scrape.started_at)
+        assert started is not None
+        return cls(
+            scrape_id=scrape.id,
+            started_at=started,
+            items=scrape.item_count,
+            documents=[SitemapDocument.from_dict(d) for d in state.get("documents", [])],
+            problems=[str(p) for p in state.get("problems", [])],
+        )
+
+
+def _sitemap_state(
+    documents: Sequence[SitemapDocument],
+    problems: Sequence[str],
+    config: ScrapeConfig,
+    *,
+    color_from_feed: bool,
+) -> dict[str, Any]:
+    return {
+        "version": STATE_VERSION,
+        "documents": [d.as_dict() for d in documents],
+        "problems": list(problems),
+        "color_from_feed": color_from_feed,
+        "limits": repr(config.limits),
+    }
 
 
 def run_scrape(
@@ -110,68 +198,102 @@ def run_scrape(
     started = time.perf_counter()
     with sessions.begin() as session:
         advertiser = get_advertiser(session, advertiser_name)
+        prior = _Prior.of(
+            latest_scrape(session, advertiser.id, successful=True),
+            advertiser.color_from_feed,
+            config.limits,
+        )
         scrape = start_scrape(
             session, advertiser.id, trigger=config.trigger, requested_by=config.requested_by
         )
         summary = ScrapeSummary(
             scrape_id=scrape.id, advertiser=advertiser.name, status=ScrapeStatus.RUNNING
         )
-        advertiser_id, sitemap_url = advertiser.id, advertiser.sitemap_url
-        color_from_feed = advertiser.color_from_feed
+        job = _Job(sessions, summary, advertiser.id, advertiser.color_from_feed, ml, config)
+        job.progress = progress
+        sitemap_url = advertiser.sitemap_url
+        scrape_started = as_utc(scrape.started_at) or utcnow()
 
     # The scrape's lease (db.scrapes.LEASE): a thread beats while this process works, so a
     # scrape whose process died stops blocking relaunches soon after.
     with Heartbeat(sessions, summary.scrape_id):
-        try:
-            sitemap = read_sitemap(sitemap_url, client)
-        except TaggingError as exc:
-            summary.problems.append(f"the sitemap could not be read: {exc}")
-            return _finish(sessions, summary, started, failed=True)
-        summary.problems.extend(f"{p.url}: {p.message}" for p in sitemap.problems)
-
-        items = sitemap.items
-        total = len(items)
+        documents = unchanged_documents(prior.documents, client, config.limits) if prior else None
+        if prior is not None and documents is not None:
+            summary.sitemap_unchanged = True
+            summary.problems.extend(prior.problems)
+            job.copy_then_recheck(prior)
+            since = prior.started_at - FIX_MARGIN
+            state = _sitemap_state(
+                documents, prior.problems, config, color_from_feed=job.color_from_feed
+            )
+        else:
+            try:
+                sitemap = read_sitemap(sitemap_url, client, config.limits)
+            except TaggingError as exc:
+                summary.problems.append(f"the sitemap could not be read: {exc}")
+                return _finish(sessions, summary, started, failed=True)
+            try:
+                job.classify_and_store(sitemap.items, lambda: max(sitemap.expected, summary.items))
+            except TaggingError as exc:  # every document was checked whole: not expected
+                summary.problems.append(f"the sitemap could not be read to its end: {exc}")
+                return _finish(sessions, summary, started, failed=True)
+            problems = [f"{p.url}: {p.message}" for p in sitemap.problems]
+            summary.problems.extend(problems)
+            since = scrape_started - FIX_MARGIN
+            state = _sitemap_state(
+                sitemap.documents, problems, config, color_from_feed=job.color_from_feed
+            )
+        # Fixes recorded while this scrape (or the one it copied) ran: their items again.
         with sessions.begin() as session:
-            set_expected_items(session, summary.scrape_id, total)
-        if progress:
-            progress(0, total)
-        consecutive_failures = 0
-        carried: list[int] = []
-        batches = _classified_batches(
-            items, ml, config, color=not color_from_feed, advertiser=summary.advertiser
-        )
-        for batch, outcome in batches:
-            if isinstance(outcome, MLServerError):
-                consecutive_failures += 1
-            else:
-                consecutive_failures = 0
-            with sessions.begin() as session:
-                carried += _store_batch(
-                    session, summary, advertiser_id, batch, outcome, color_from_feed
-                )
-            if progress:
-                progress(min(summary.items, total), total)
-            if consecutive_failures >= config.max_consecutive_ml_failures:
-                rest = items[summary.items :]
-                if rest:
-                    reason = MLServerError(
-                        f"not sent: the ML server failed {consecutive_failures} batches in a row "
-                        f"({outcome})"
-                    )
-                    with sessions.begin() as session:
-                        _store_batch(session, summary, advertiser_id, rest, reason, color_from_feed)
-                    if progress:
-                        progress(total, total)
-                break
+            job.carried += job.resolve_again(session, since)
         if summary.ml_failures:
             summary.problems.append(
                 f"{summary.ml_failures} items got no answer from the ML server: relaunch the scrape"
             )
-        if carried:  # fixes carried to re-published images: the ML cache learns them at once
-            summary.carried = len(carried)
-            push_pending(sessions, ml, fix_ids=carried)
-        after_scrape(sessions, summary.scrape_id, ml=ml)  # carry fixes over, refresh weird results
-        return _finish(sessions, summary, started, failed=False)
+        if job.carried:  # fixes carried to re-published images: the ML cache learns them at once
+            summary.carried = len(job.carried)
+            push_pending(sessions, ml, fix_ids=job.carried)
+        if config.refresh_findings:
+            after_scrape(sessions, summary.scrape_id, ml=ml)  # carry fixes, refresh weird results
+        return _finish(sessions, summary, started, failed=False, sitemap_state=state)
+
+
+def run_scrapes(
+    sessions: sessionmaker[Session],
+    advertiser_names: Sequence[str],
+    *,
+    ml: MLClient,
+    client: GuardedClient,
+    config: ScrapeConfig | None = None,
+    progress: Callable[[str], Progress | None] | None = None,
+) -> list[ScrapeSummary]:
+    """Scrape several advertisers one after another, then refresh the findings once.
+
+    The findings' detectors compare every advertiser's latest scrape, so refreshing them once
+    after the last scrape gives what one refresh per scrape would, at the cost of one. Fixes are
+    carried over for each advertiser that asks for it (:func:`after_scrapes`).
+
+    Args:
+        progress: given an advertiser's name, the progress callback of its scrape.
+    """
+    config = config or ScrapeConfig()
+    summaries = []
+    quiet = replace(config, refresh_findings=False)
+    for name in advertiser_names:
+        summaries.append(
+            run_scrape(
+                sessions,
+                name,
+                ml=ml,
+                client=client,
+                config=quiet,
+                progress=progress(name) if progress else None,
+            )
+        )
+    if config.refresh_findings:
+        done = [s.scrape_id for s in summaries if s.status != ScrapeStatus.FAILED]
+        after_scrapes(sessions, done, ml=ml)
+    return summaries
 
 
 class Heartbeat:
@@ -209,42 +331,231 @@ class Heartbeat:
 Outcome = ClassifyResponse | MLServerError
 
 
+class _Job:
+    """One scrape's items on their way: batches to the ML server, then to the database."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        summary: ScrapeSummary,
+        advertiser_id: int,
+        color_from_feed: bool,
+        ml: MLClient,
+        config: ScrapeConfig,
+    ) -> None:
+        self.sessions = sessions
+        self.summary = summary
+        self.advertiser_id = advertiser_id
+        self.color_from_feed = color_from_feed
+        self.ml = ml
+        self.config = config
+        self.progress: Progress | None = None
+        self.carried: list[int] = []
+        """Fixes carried over to images whose content was fixed under another key (to push)."""
+        self._expected = 0
+
+    def copy_then_recheck(self, prior: _Prior) -> None:
+        """The sitemap did not change: copy the fresh items, send only the others."""
+        summary = self.summary
+        now = utcnow()
+        with self.sessions.begin() as session:
+            copied = copy_fresh_items(session, prior.scrape_id, summary.scrape_id, now)
+            summary.items += copied
+            summary.cached += copied
+            summary.copied = copied
+            set_counts(session, summary.scrape_id, summary.counts(), expected=prior.items)
+        self._expected = prior.items
+        if self.progress:
+            self.progress(copied, prior.items)
+        if copied < prior.items:
+            self.classify_and_store(
+                self._stale(prior.scrape_id, now), lambda: max(prior.items, summary.items)
+            )
+
+    def _stale(self, scrape_id: int, now: datetime) -> Iterator[ParsedItem]:
+        """The previous scrape's items that were not copied, a page at a time."""
+        after = -1
+        while True:
+            with self.sessions() as session:
+                page = stale_items(session, scrape_id, now, after=after, limit=STALE_PAGE)
+            for item in page:
+                yield ParsedItem(
+                    page_url=item.page_url,
+                    image_url=item.image_url,
+                    position=item.position,
+                    title=item.title,
+                    feed_color=item.feed_color,
+                )
+            if len(page) < STALE_PAGE:
+                return
+            after = page[-1].position
+
+    def classify_and_store(self, items: Iterable[ParsedItem], total: Callable[[], int]) -> None:
+        """Send ``items`` in batches (``in_flight`` at once) and store each batch's answers.
+
+        After ``max_consecutive_ml_failures`` failed batches in a row, the rest are not sent
+        (the server is down): they are stored as ML failures, still in batches.
+        """
+        summary, config = self.summary, self.config
+        gate = _Gate()
+        consecutive_failures = 0
+        batches = _classified_batches(
+            items,
+            self.ml,
+            config,
+            color=not self.color_from_feed,
+            advertiser=summary.advertiser,
+            known_keys=self._known_keys,
+            gate=gate,
+        )
+        for batch, outcome in batches:
+            if isinstance(outcome, MLServerError):
+                consecutive_failures += 1
+            else:
+                consecutive_failures = 0
+            expected = total()
+            with self.sessions.begin() as session:
+                self.carried += _store_batch(
+                    session, summary, self.advertiser_id, batch, outcome, self.color_from_feed
+                )
+                if expected != self._expected:
+                    set_counts(session, summary.scrape_id, summary.counts(), expected=expected)
+                    self._expected = expected
+            if self.progress:
+                self.progress(min(summary.items, expected), expected)
+            if consecutive_failures >= config.max_consecutive_ml_failures and gate.closed is None:
+                gate.closed = MLServerError(
+                    f"not sent: the ML server failed {consecutive_failures} batches in a row "
+                    f"({outcome})"
+                )
+
+    def _known_keys(self, urls: Collection[str]) -> set[str]:
+        with self.sessions() as session:
+            return thumbnail_keys(session, urls)
+
+    def resolve_again(self, session: Session, since: datetime) -> list[int]:
+        """Resolve again the items whose image got a fix at or after ``since``.
+
+        Returns the ids of fixes carried over (as :func:`_store_batch` does).
+        """
+        rows = items_fixed_since(session, self.summary.scrape_id, since)
+        if not rows:
+            return []
+        index = load_fix_index(
+            session,
+            image_keys=[r.image_key for r in rows],
+            sha256s=[r.sha256 for r in rows if r.sha256],
+        )
+        changed: list[dict[str, Any]] = []
+        to_carry = []
+        for row in rows:
+            resolution = resolve(
+                index,
+                advertiser_id=self.advertiser_id,
+                image_key=row.image_key,
+                sha256=row.sha256,
+                ml_image_type=row.ml_image_type,
+                ml_color=row.ml_color,
+                ml_answered=row.status == ItemStatus.OK,
+                feed_color=_normalize_color(row.feed_color),
+                color_from_feed=self.color_from_feed,
+            )
+            labels = {
+                "image_type": resolution.image_type,
+                "image_type_source": resolution.image_type_source,
+                "color": resolution.color,
+                "color_source": resolution.color_source,
+            }
+            current = (row.image_type, row.image_type_source, row.color, row.color_source)
+            if tuple(labels.values()) != current:
+                changed.append({"id": row.id, **labels})
+            to_carry += [
+                (f, row.image_key, row.image_url, self.advertiser_id) for f in resolution.carried
+            ]
+        set_item_labels(session, changed)
+        return carry_over(session, to_carry) if to_carry else []
+
+
+@dataclass
+class _Gate:
+    """Closed (with the reason) once the ML server is taken for down: no more batches go out."""
+
+    closed: MLServerError | None = None
+
+
+def _batches(items: Iterable[ParsedItem], size: int) -> Iterator[list[ParsedItem]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
 def _classified_batches(
-    items: list[ParsedItem],
+    items: Iterable[ParsedItem],
     ml: MLClient,
     config: ScrapeConfig,
     *,
     color: bool,
     advertiser: str | None = None,
+    known_keys: Callable[[Collection[str]], Collection[str]] | None = None,
+    gate: _Gate | None = None,
 ) -> Iterator[tuple[list[ParsedItem], Outcome]]:
     """Yield each batch with the ML server's answer, keeping ``in_flight`` calls running ahead.
 
-    Stops sending new calls as soon as the consumer stops iterating.
+    Items are taken from ``items`` only as batches are sent, so no more than ``in_flight + 1``
+    batches are held. Stops sending new calls as soon as the consumer stops iterating, and sends
+    none once ``gate`` is closed (each batch then gets the gate's reason).
     """
-    batches = [items[i : i + config.batch_size] for i in range(0, len(items), config.batch_size)]
+    gate = gate or _Gate()
+    send_known = known_keys is not None and _takes_known_keys(ml)
 
-    def call(batch: list[ParsedItem]) -> Outcome:
+    def call(batch: list[ParsedItem], known: Collection[str]) -> Outcome:
+        if gate.closed is not None:
+            return gate.closed
         urls = list(dict.fromkeys(item.image_url for item in batch))
         try:
+            if known:
+                # MLClient.classify(known_keys=...): see _takes_known_keys.
+                classify: Callable[..., ClassifyResponse] = ml.classify
+                return classify(urls, color=color, advertiser=advertiser, known_keys=known)
             return ml.classify(urls, color=color, advertiser=advertiser)
         except MLServerError as exc:
             return exc
 
     with ThreadPoolExecutor(max_workers=config.in_flight, thread_name_prefix="scrape") as pool:
-        pending: list[tuple[list[ParsedItem], Future[Outcome]]] = []
-        queue = iter(batches)
+        pending: deque[tuple[list[ParsedItem], Future[Outcome]]] = deque()
         try:
-            for batch in queue:
-                pending.append((batch, pool.submit(call, batch)))
+            for batch in _batches(items, config.batch_size):
+                known: Collection[str] = ()
+                if send_known and known_keys is not None and gate.closed is None:
+                    # Past the cap (many versions of the same URLs) thumbnails just come again.
+                    known = sorted(known_keys({item.image_url for item in batch}))
+                    known = known[:MAX_KNOWN_KEYS]
+                pending.append((batch, pool.submit(call, batch, known)))
                 if len(pending) >= config.in_flight:
-                    done_batch, future = pending.pop(0)
+                    done_batch, future = pending.popleft()
                     yield done_batch, future.result()
             while pending:
-                done_batch, future = pending.pop(0)
+                done_batch, future = pending.popleft()
                 yield done_batch, future.result()
         finally:
             for _, future in pending:
                 future.cancel()
+
+
+def _takes_known_keys(ml: object) -> bool:
+    """Whether the ML client's ``classify`` takes ``known_keys`` (the image_keys the app has a
+    thumbnail for, so that the server sends none for them).
+
+    ``ClassifyRequest.known_keys`` is the server's side; a client without the parameter still
+    works, and gets every thumbnail as before.
+    """
+    classify = getattr(ml, "classify", None)
+    if classify is None:
+        return False
+    try:
+        return "known_keys" in inspect.signature(classify).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _store_batch(
@@ -270,6 +581,9 @@ def _store_batch(
     for item in batch:
         result = results.get(item.image_url)
         feed_color = _normalize_color(item.feed_color)
+        # The defaults' confidence is None: no model chose them (they sort last by confidence).
+        confidence: float | None = None
+        probabilities: dict[str, float] | None = None
         if result is None:
             status, error = ItemStatus.ML_FAILURE, str(outcome)
             ml_type, ml_color = DEFAULT_IMAGE_TYPE, None
@@ -283,6 +597,7 @@ def _store_batch(
             # fixes, which this database resolves itself below (it is the system of record).
             ml_type = result.ml_image_type or result.image_type or DEFAULT_IMAGE_TYPE
             ml_color = result.ml_color if result.ml_image_type is not None else result.color
+            confidence, probabilities = result.confidence, result.probabilities
         if status != ItemStatus.OK:
             summary.failed += 1
         elif result is not None and result.cached:
@@ -300,6 +615,8 @@ def _store_batch(
                 "image_key": result.image_key if result else None,
                 "ml_image_type": ml_type,
                 "ml_color": ml_color,
+                "ml_confidence": confidence,
+                "ml_probabilities": probabilities,
                 "feed_color": item.feed_color,
                 "image_type": ml_type,
                 "color": feed_color if color_from_feed else ml_color,
@@ -323,6 +640,7 @@ def _store_batch(
                 "height": result.height,
                 "first_seen": now,
                 "last_seen": now,
+                "fresh_until": as_utc(result.fresh_until),
             }
             if result.thumbnail_b64:
                 thumbnails[result.image_key] = {
@@ -379,7 +697,12 @@ def _normalize_color(value: str | None) -> str | None:
 
 
 def _finish(
-    sessions: sessionmaker[Session], summary: ScrapeSummary, started: float, *, failed: bool
+    sessions: sessionmaker[Session],
+    summary: ScrapeSummary,
+    started: float,
+    *,
+    failed: bool,
+    sitemap_state: dict[str, Any] | None = None,
 ) -> ScrapeSummary:
     summary.seconds = round(time.perf_counter() - started, 3)
     if failed:
@@ -396,6 +719,7 @@ def _finish(
             counts=summary.counts(),
             seconds=summary.seconds,
             error="\n".join(summary.problems)[:10_000] or None,
+            sitemap_state=sitemap_state,
         )
     return summary
 
@@ -410,6 +734,34 @@ class AfterScrape:
     carried_fix_ids: list[int] = field(default_factory=list)
     refresh: RefreshReport | None = None
     pushed: int = 0
+
+
+def after_scrapes(
+    sessions: sessionmaker[Session], scrape_ids: Sequence[int], *, ml: FixPushTarget | None = None
+) -> AfterScrape | None:
+    """:func:`after_scrape` for several finished scrapes: fixes carried over for each advertiser
+    that asks for it, then one refresh of every finding. Never fails (None on a problem)."""
+    try:
+        result = AfterScrape()
+        with sessions.begin() as session:
+            for scrape_id in scrape_ids:
+                scrape = session.get(Scrape, scrape_id)
+                if scrape is None:
+                    continue
+                advertiser = session.get_one(Advertiser, scrape.advertiser_id)
+                if advertiser.auto_carry_fixes:
+                    outcome = carry_over_fixes(
+                        session, AUTO_CARRY_ACTOR, advertiser_id=advertiser.id, scrape_id=scrape_id
+                    )
+                    result.carried_fix_ids += outcome.fix_ids
+            if scrape_ids:
+                result.refresh = refresh_findings(session)
+        if result.carried_fix_ids and ml is not None:
+            result.pushed = push_pending(sessions, ml, fix_ids=result.carried_fix_ids).synced
+        return result
+    except Exception:
+        log.exception("weird-result findings of scrapes %s were not refreshed", list(scrape_ids))
+        return None
 
 
 def after_scrape(

@@ -9,6 +9,10 @@ Sitemaps come from advertisers, so every document is treated as hostile:
 * gzip is inflated in bounded steps and refused past ``max_uncompressed_bytes`` (gzip bombs);
 * the XML is fed to a pull parser in slices and each ``<url>`` is discarded once read, so a
   50,000-URL sitemap parses in well under a second with little memory;
+* the items stream: :func:`read_sitemap` hands them out as a generator, a document at a time and
+  a slice of it at a time, so a 500,000-image scrape never holds them all. Each document is
+  checked whole first (a parse that keeps nothing), so a document broken at its end is still
+  refused whole, before any of its items is handed out;
 * counts are capped per document (``<url>``/``<sitemap>`` entries), per scrape (items, sitemaps)
   and in depth (an index of indexes of ...).
 
@@ -17,26 +21,29 @@ Only the image URLs must be absolute http(s) URLs: others are skipped and report
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Literal, TypeGuard
 
 from lxml import etree
 
 from tagging.errors import FetchError, SitemapError
-from tagging.ingest.fetch import GuardedClient
+from tagging.ingest.fetch import FetchResult, GuardedClient
 
 __all__ = [
     "ParsedSitemap",
+    "SitemapDocument",
     "SitemapItem",
     "SitemapLimits",
     "SitemapProblem",
     "SitemapResult",
     "parse_sitemap_bytes",
     "read_sitemap",
+    "unchanged_documents",
 ]
 
 TAGDESK_NS = "urn:tagdesk:vehicle:1"
@@ -103,14 +110,67 @@ class SitemapProblem:
     (``fetch_failed``, ``blocked_url``, ``timeout``, ``too_large``, ``bad_content_type``)."""
 
 
-@dataclass
-class SitemapResult:
-    """Everything read from a sitemap and its sub-sitemaps."""
+@dataclass(frozen=True)
+class SitemapDocument:
+    """One document a read fetched, and what tells whether it changed since: its validators
+    (``ETag``, ``Last-Modified``) for a conditional GET, and the SHA-256 of its bytes."""
 
-    items: list[SitemapItem]
-    problems: list[SitemapProblem]
-    sitemaps_read: int
-    """Documents fetched and parsed successfully, the root included."""
+    url: str
+    etag: str | None
+    last_modified: str | None
+    sha256: str | None
+    """None when the document could not be fetched or parsed (it never counts as unchanged)."""
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "url": self.url,
+            "etag": self.etag,
+            "last_modified": self.last_modified,
+            "sha256": self.sha256,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str | None]) -> SitemapDocument:
+        return cls(
+            url=str(data["url"]),
+            etag=data.get("etag"),
+            last_modified=data.get("last_modified"),
+            sha256=data.get("sha256"),
+        )
+
+
+class SitemapResult:
+    """A sitemap and its sub-sitemaps, read as :attr:`items` is iterated.
+
+    :attr:`problems`, :attr:`documents` and the counts grow while the items are taken: they are
+    complete once :attr:`items` is exhausted.
+    """
+
+    def __init__(self, reader: _Reader, items: Iterator[SitemapItem]) -> None:
+        self._reader = reader
+        self.items = items
+        """The image items in sitemap order: a generator, read once."""
+
+    @property
+    def problems(self) -> list[SitemapProblem]:
+        """What did not stop the read, so far."""
+        return self._reader.problems
+
+    @property
+    def documents(self) -> list[SitemapDocument]:
+        """Every document fetched so far, in the order read (the root first)."""
+        return self._reader.documents
+
+    @property
+    def sitemaps_read(self) -> int:
+        """Documents fetched and parsed successfully so far, the root included."""
+        return self._reader.read
+
+    @property
+    def expected(self) -> int:
+        """Items of the documents read so far (each is counted before its items are handed
+        out): the whole sitemap's count once the last sub-sitemap is reached."""
+        return self._reader.counted
 
 
 @dataclass(frozen=True)
@@ -162,7 +222,9 @@ def parse_sitemap_bytes(
     first_position: int = 0,
     max_items: int | None = None,
 ) -> ParsedSitemap:
-    """Parse one sitemap document, plain or gzipped.
+    """Parse one sitemap document, plain or gzipped, keeping its items in a list.
+
+    (:func:`read_sitemap` streams them instead; this is for one document at a time.)
 
     Args:
         data: the document's bytes as served (gzip is recognised by its magic bytes).
@@ -178,24 +240,12 @@ def parse_sitemap_bytes(
         SitemapError: empty, not XML, not a sitemap, a DTD or entity, a non-ASCII-compatible
             encoding, truncated or malformed (the message names the line), or over a size cap.
     """
-    if not data.strip():
-        raise SitemapError(f"{source_url} is empty: expected a sitemap")
     budget = limits.max_items if max_items is None else max_items
-    if data.startswith(_GZIP_MAGIC):
-        if len(data) > limits.max_compressed_bytes:
-            raise SitemapError(
-                f"{source_url} is {len(data):,} bytes compressed, over the "
-                f"{limits.max_compressed_bytes:,}-byte limit"
-            )
-        slices = _gunzip(data, source_url, limits.max_uncompressed_bytes)
-    else:
-        if len(data) > limits.max_uncompressed_bytes:
-            raise SitemapError(
-                f"{source_url} is {len(data):,} bytes, over the sitemap protocol's "
-                f"{limits.max_uncompressed_bytes:,}-byte limit"
-            )
-        slices = (data[i : i + _SLICE] for i in range(0, len(data), _SLICE))
-    return _Parser(source_url, limits, first_position, budget).run(slices)
+    parser = _Parser(source_url, limits, first_position, budget)
+    items = list(parser.stream(_slices(data, source_url, limits)))
+    assert parser.result is not None
+    parser.result.items = items
+    return parser.result
 
 
 def read_sitemap(
@@ -203,7 +253,11 @@ def read_sitemap(
     client: GuardedClient,
     limits: SitemapLimits = SitemapLimits(),
 ) -> SitemapResult:
-    """Fetch and parse a sitemap, following a sitemap index depth-first in document order.
+    """Fetch and check the root sitemap; its items (and its sub-sitemaps') stream from there.
+
+    A sitemap index is followed depth-first in document order, each sub-sitemap fetched when the
+    items before it have been taken. Every document is checked whole before its first item is
+    handed out, so a broken one is dropped whole.
 
     Args:
         url: the root sitemap (a urlset or a sitemap index).
@@ -211,17 +265,85 @@ def read_sitemap(
         limits: the caps to apply.
 
     Returns:
-        Every image item, in order, and the problems met. A sub-sitemap that cannot be fetched
-        or parsed becomes a problem (its items are dropped whole) and the others are still read.
+        The stream: iterate ``items`` (a generator) once. A sub-sitemap that cannot be fetched or
+        parsed becomes a problem and the others are still read.
 
     Raises:
         SitemapError: the root is not a sitemap (wrong content type, empty, malformed, hostile).
         FetchError: the root cannot be fetched (its subclass says why: blocked, timeout, ...).
     """
     reader = _Reader(client, limits)
-    root = reader.fetch_and_parse(url)
-    reader.take(url, root, 0, seen={url})
-    return SitemapResult(items=reader.items, problems=reader.problems, sitemaps_read=reader.read)
+    root = reader.fetch(url)
+    return SitemapResult(reader, reader.walk(root, 0, seen={url}))
+
+
+def unchanged_documents(
+    documents: Sequence[SitemapDocument],
+    client: GuardedClient,
+    limits: SitemapLimits = SitemapLimits(),
+) -> list[SitemapDocument] | None:
+    """Whether the documents a previous read fetched are all still the same, asked cheaply.
+
+    Each is fetched again with its validators (``If-None-Match`` / ``If-Modified-Since``): a
+    ``304 Not Modified`` costs no body, and a full answer counts as unchanged when its bytes have
+    the same SHA-256. Since the root and every sitemap index are among them, the same documents
+    list the same sub-sitemaps, so the same items. Stops at the first change.
+
+    Returns:
+        The documents with their current validators when none changed; None when one did (or
+        could not be fetched, or was not read last time).
+    """
+    if not documents:
+        return None
+    current = []
+    for document in documents:
+        if document.sha256 is None:
+            return None
+        conditions = {}
+        if document.etag:
+            conditions["If-None-Match"] = document.etag
+        if document.last_modified:
+            conditions["If-Modified-Since"] = document.last_modified
+        try:
+            result = client.get(
+                document.url,
+                max_bytes=limits.max_compressed_bytes,
+                headers=conditions,
+                not_modified=bool(conditions),
+            )
+        except FetchError:
+            return None
+        if result.status == 304:
+            current.append(document)
+            continue
+        if hashlib.sha256(result.body).hexdigest() != document.sha256:
+            return None
+        current.append(_document(document.url, result))
+    return current
+
+
+def _document(url: str, result: FetchResult) -> SitemapDocument:
+    return SitemapDocument(
+        url=url,
+        etag=(result.headers.get("ETag") or "").strip() or None,
+        last_modified=(result.headers.get("Last-Modified") or "").strip() or None,
+        sha256=hashlib.sha256(result.body).hexdigest(),
+    )
+
+
+@dataclass
+class _Fetched:
+    """One fetched document, checked whole, not yet streamed."""
+
+    url: str
+    body: bytes
+    kind: SitemapKind
+    items: int
+    """How many items streaming it will hand out (the check counted them)."""
+    sitemaps: list[str]
+    """The child sitemaps of an index."""
+    problems: list[SitemapProblem]
+    capped: bool
 
 
 class _Reader:
@@ -230,48 +352,78 @@ class _Reader:
     def __init__(self, client: GuardedClient, limits: SitemapLimits) -> None:
         self.client = client
         self.limits = limits
-        self.items: list[SitemapItem] = []
         self.problems: list[SitemapProblem] = []
+        self.documents: list[SitemapDocument] = []
         self.read = 0
         self.fetched = 0
+        self.counted = 0
+        """Items of the documents checked so far: positions continue from here."""
         self.stopped = False
 
-    def fetch_and_parse(self, url: str) -> ParsedSitemap:
-        self.fetched += 1
-        # Content types are checked here rather than by the client, to accept a missing one and
-        # to say "a web page, not a sitemap" in the words a user needs.
-        result = self.client.get(url, max_bytes=self.limits.max_compressed_bytes)
-        content_type = (result.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if content_type and not content_type.startswith(SITEMAP_CONTENT_TYPES):
-            page = " (a web page, not a sitemap)" if content_type == "text/html" else ""
-            raise SitemapError(
-                f"{url} is not a sitemap: the server sent {content_type}{page}; "
-                "expected XML or gzip"
-            )
-        parsed = parse_sitemap_bytes(
-            result.body,
-            url,
-            self.limits,
-            first_position=len(self.items),
-            max_items=self.limits.max_items - len(self.items),
-        )
-        self.read += 1
-        return parsed
+    def fetch(self, url: str) -> _Fetched:
+        """Fetch one document and check it whole (a parse that keeps no item).
 
-    def take(self, url: str, parsed: ParsedSitemap, depth: int, seen: set[str]) -> None:
-        self.problems.extend(parsed.problems)
-        self.items.extend(parsed.items)
-        if parsed.items_capped:
+        Raises:
+            SitemapError, FetchError: it cannot be used (recorded as a document without digest).
+        """
+        self.fetched += 1
+        try:
+            result = self.client.get(url, max_bytes=self.limits.max_compressed_bytes)
+        except FetchError:
+            self.documents.append(SitemapDocument(url, None, None, None))
+            raise
+        document = _document(url, result)
+        try:
+            # Content types are checked here rather than by the client, to accept a missing one
+            # and to say "a web page, not a sitemap" in the words a user needs.
+            content_type = (result.headers.get("Content-Type") or "").split(";")[0]
+            content_type = content_type.strip().lower()
+            if content_type and not content_type.startswith(SITEMAP_CONTENT_TYPES):
+                page = " (a web page, not a sitemap)" if content_type == "text/html" else ""
+                raise SitemapError(
+                    f"{url} is not a sitemap: the server sent {content_type}{page}; "
+                    "expected XML or gzip"
+                )
+            first = self.counted
+            parser = _Parser(url, self.limits, first, self.limits.max_items - first)
+            items = sum(1 for _ in parser.stream(_slices(result.body, url, self.limits)))
+        except SitemapError:
+            self.documents.append(replace(document, sha256=None))
+            raise
+        assert parser.result is not None
+        self.documents.append(document)
+        self.read += 1
+        self.counted += items
+        return _Fetched(
+            url=url,
+            body=result.body,
+            kind=parser.result.kind,
+            items=items,
+            sitemaps=parser.result.sitemaps,
+            problems=parser.result.problems,
+            capped=parser.result.items_capped,
+        )
+
+    def walk(self, document: _Fetched, depth: int, seen: set[str]) -> Iterator[SitemapItem]:
+        """Hand out ``document``'s items (parsed again, now keeping them), then its children's."""
+        self.problems.extend(document.problems)
+        url = document.url
+        if document.items:
+            first = self.counted - document.items
+            parser = _Parser(url, self.limits, first, document.items)
+            yield from parser.stream(_slices(document.body, url, self.limits))
+        sitemaps, document.body = document.sitemaps, b""  # the bytes are not needed any more
+        if document.capped:
             self.stopped = True
             return
-        if parsed.kind == "urlset":
+        if document.kind == "urlset":
             return
         if depth >= self.limits.max_depth:
             self.problems.append(
                 SitemapProblem(
                     url,
                     f"{url} is a sitemap index nested {depth} deep; indexes may nest at most "
-                    f"{self.limits.max_depth} deep, so its {len(parsed.sitemaps):,} "
+                    f"{self.limits.max_depth} deep, so its {len(sitemaps):,} "
                     "sitemaps were not read",
                     "too_deep",
                 )
@@ -279,14 +431,14 @@ class _Reader:
             return
         repeated: list[str] = []
         try:
-            for index, child in enumerate(parsed.sitemaps):
+            for index, child in enumerate(sitemaps):
                 if self.stopped:
                     return
                 if child in seen:
                     repeated.append(child)
                     continue
                 if self.fetched >= self.limits.max_sitemaps:
-                    left = len(parsed.sitemaps) - index
+                    left = len(sitemaps) - index
                     self.problems.append(
                         SitemapProblem(
                             url,
@@ -299,11 +451,11 @@ class _Reader:
                     return
                 seen.add(child)
                 try:
-                    child_parsed = self.fetch_and_parse(child)
+                    fetched = self.fetch(child)
                 except (SitemapError, FetchError) as exc:
                     self.problems.append(SitemapProblem(child, str(exc), exc.code))
                     continue
-                self.take(child, child_parsed, depth + 1, seen)
+                yield from self.walk(fetched, depth + 1, seen)
         finally:
             if repeated:
                 # One problem per index, however many repeats: a hostile index can list 50,000.
@@ -315,6 +467,30 @@ class _Reader:
                         "duplicate_sitemap",
                     )
                 )
+
+
+def _slices(data: bytes, source_url: str, limits: SitemapLimits) -> Iterator[bytes]:
+    """The document's XML in slices of at most 1 MiB, inflated if gzipped, under the size caps.
+
+    Raises:
+        SitemapError: empty, or over a size cap (compressed, or once inflated).
+    """
+    if not data or data.isspace():  # isspace, not strip: no copy of a 50 MB document
+        raise SitemapError(f"{source_url} is empty: expected a sitemap")
+    if data.startswith(_GZIP_MAGIC):
+        if len(data) > limits.max_compressed_bytes:
+            raise SitemapError(
+                f"{source_url} is {len(data):,} bytes compressed, over the "
+                f"{limits.max_compressed_bytes:,}-byte limit"
+            )
+        return _gunzip(data, source_url, limits.max_uncompressed_bytes)
+    if len(data) > limits.max_uncompressed_bytes:
+        raise SitemapError(
+            f"{source_url} is {len(data):,} bytes, over the sitemap protocol's "
+            f"{limits.max_uncompressed_bytes:,}-byte limit"
+        )
+    view = memoryview(data)
+    return (bytes(view[i : i + _SLICE]) for i in range(0, len(data), _SLICE))
 
 
 def _gunzip(data: bytes, source_url: str, max_out: int) -> Iterator[bytes]:
@@ -391,8 +567,12 @@ class _Parser:
         self.root: etree._Element | None = None
         self.entry_tag = "url"
         self.closed_root = ""
+        self.pending: list[SitemapItem] = []
+        """Items read from the last slice, not handed out yet."""
 
-    def run(self, slices: Iterator[bytes]) -> ParsedSitemap:
+    def stream(self, slices: Iterator[bytes]) -> Iterator[SitemapItem]:
+        """The document's items as each slice is parsed; ``result`` holds the rest once done
+        (child sitemaps, problems), and keeps no item."""
         parser = etree.XMLPullParser(
             events=("start", "end"),
             # Only these tags reach Python: per-element callbacks would dominate the run time.
@@ -419,6 +599,7 @@ class _Parser:
             tail = chunk[-16:]
             fed += len(chunk)
             self._feed(parser, chunk)
+            yield from self._take()
             if self.done:
                 break
             if self.root is None and fed >= _MAX_PROLOG:
@@ -430,13 +611,17 @@ class _Parser:
             self._prune()
         if not self.done:
             self._feed(parser, None)
+            yield from self._take()
         if self.result is None:
             raise SitemapError(
                 f"{self.source_url} is not a sitemap: its root element is <{self.closed_root}>, "
                 "expected <urlset> or <sitemapindex>"
             )
         self._report_skipped()
-        return self.result
+
+    def _take(self) -> list[SitemapItem]:
+        taken, self.pending = self.pending, []
+        return taken
 
     def _prune(self) -> None:
         """Drop finished entries and refuse an entry too big to be real, so memory stays flat.
@@ -563,7 +748,7 @@ class _Parser:
                 self.result.items_capped = True
                 self.done = True
                 return
-            self.result.items.append(
+            self.pending.append(
                 SitemapItem(
                     page_url=page_url,
                     image_url=image_url,

@@ -16,6 +16,10 @@ from tagging.ml.transforms import preprocess
 MAX_FORWARD_BATCH = 128
 """Images per forward pass; larger requests are split so peak memory stays bounded."""
 
+PROBABILITY_PLACES = 4
+"""Decimal places of :attr:`TypePrediction.probabilities` (and of the confidence the ML server
+answers, so that the two agree)."""
+
 
 @dataclass(frozen=True)
 class TypePrediction:
@@ -24,12 +28,14 @@ class TypePrediction:
     Attributes:
         label: The most probable class, one of :data:`tagging.IMAGE_TYPES`.
         confidence: Its softmax probability.
-        probs: Probability of every class, in :data:`tagging.IMAGE_TYPES` order.
+        probabilities: The softmax probability of every class of the model, in its output order,
+            rounded to :data:`PROBABILITY_PLACES` places: they travel to the app database with
+            each item, where more digits would tell an analyst nothing.
     """
 
     label: str
     confidence: float
-    probs: dict[str, float]
+    probabilities: dict[str, float]
 
 
 class TypeClassifier:
@@ -100,7 +106,10 @@ class TypeClassifier:
                 TypePrediction(
                     label=self.classes[best],
                     confidence=row[best],
-                    probs=dict(zip(self.classes, row, strict=True)),
+                    probabilities={
+                        label: round(p, PROBABILITY_PLACES)
+                        for label, p in zip(self.classes, row, strict=True)
+                    },
                 )
             )
         return out

@@ -146,8 +146,12 @@ def create_app(
 
         ``image_type`` and ``color`` are the values for ``advertiser`` (its overrides, else the
         team's fixes, else the model's answer); ``ml_image_type`` and ``ml_color`` the model's.
+        An image the CDN's caching headers call fresh costs no request to the CDN; no thumbnail
+        is sent for a key listed in ``known_keys``.
         """
-        results = state.pipeline.classify(body.urls, color=body.color, thumbnails=body.thumbnails)
+        results = state.pipeline.classify(
+            body.urls, color=body.color, thumbnails=body.thumbnails, known_keys=body.known_keys
+        )
         return ClassifyResponse(
             results=state.cache.resolve(results, body.advertiser),
             model_version=state.pipeline.classifier.version,

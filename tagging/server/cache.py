@@ -3,18 +3,22 @@
 It is separate from the app database on purpose: the ML server owns it, and several server
 processes can share one (PostgreSQL) while the default is a SQLite file of its own. It is a cache,
 created with ``create_all``; dropping it costs re-classification, never a manual fix (those live in
-the app database's history and are pushed again).
+the app database's history and are pushed again). A new nullable column is added to an existing
+store in place (:meth:`MLCache._open`), so that it keeps its entries; any other change of the tables
+bumps :data:`SCHEMA_VERSION`.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import ClassVar, Literal, cast
 
 from sqlalchemy import (
+    JSON,
+    Column,
     DateTime,
     Engine,
     Float,
@@ -24,8 +28,10 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    inspect,
     select,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from db.engine import make_session_factory, upsert
@@ -40,7 +46,8 @@ class CacheBase(DeclarativeBase):
 
 
 SCHEMA_VERSION = "2"
-"""Bumped when the store's tables change: a store of another version is emptied and rebuilt (a new
+"""Bumped when the store's tables change in a way other than a new nullable column (which
+:meth:`MLCache._open` adds in place): a store of another version is emptied and rebuilt (a new
 generation, so that the app pushes its fixes again)."""
 
 
@@ -57,6 +64,8 @@ class CachedImage(CacheBase):
     image_type: Mapped[str] = mapped_column(String(32))
     color: Mapped[str | None] = mapped_column(String(32))
     confidence: Mapped[float | None] = mapped_column(Float)
+    probabilities: Mapped[dict[str, float] | None] = mapped_column(JSON(none_as_null=True))
+    """Every Image Type class's probability; None in entries cached before they were kept."""
     type_source: Mapped[str] = mapped_column(String(16), default="model")
     color_source: Mapped[str] = mapped_column(String(16), default="model")
     """``model``, or ``none`` when the color model was not asked."""
@@ -86,13 +95,29 @@ class LabelFix(CacheBase):
 
 
 class UrlVersion(CacheBase):
-    """The last image_key seen at a URL, so an unchanged image costs one HEAD request."""
+    """The last image_key seen at a URL, and what HTTP caching says about asking for it again.
+
+    While ``fresh_until`` is ahead, the URL's image is taken as unchanged without a request; once
+    it is past, a conditional GET with the validators asks the CDN (a 304 costs no body), or a
+    HEAD when the CDN gave no validators. Rows written before these columns existed have them
+    NULL: stale, no validators, i.e. a HEAD, as before.
+    """
 
     __tablename__ = "url_versions"
 
     url: Mapped[str] = mapped_column(Text, primary_key=True)
     image_key: Mapped[str] = mapped_column(String(64))
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    fetched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """When the CDN last answered for this URL (200, 304 or HEAD)."""
+    max_age: Mapped[int | None] = mapped_column(Integer)
+    """The lifetime that answer gave, in seconds (None: stale at once); a 304 that states none
+    keeps it (RFC 9111 4.3.4)."""
+    fresh_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """``fetched_at + max_age``: until then no request is made."""
+    etag: Mapped[str | None] = mapped_column(Text)
+    """Validators for the conditional GET (None under ``no-store``)."""
+    last_modified: Mapped[str | None] = mapped_column(Text)
 
 
 class AppliedFix(CacheBase):
@@ -131,6 +156,7 @@ class CacheEntry:
     image_type: str
     color: str | None
     confidence: float | None
+    probabilities: dict[str, float] | None
     type_source: TypeSource
     color_source: ColorSource
     model_version: str | None
@@ -145,6 +171,47 @@ class CacheEntry:
     thumbnail: bytes | None
 
 
+@dataclass(frozen=True)
+class UrlState:
+    """What the store knows of one URL: its last image_key and how fresh that answer is."""
+
+    image_key: str
+    fetched_at: datetime | None = None
+    max_age: int | None = None
+    fresh_until: datetime | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def is_fresh(self, now: datetime) -> bool:
+        """Whether the image may be taken as unchanged at ``now`` without asking the CDN."""
+        until = as_utc(self.fresh_until)
+        return until is not None and now < until
+
+    def row(self, url: str, now: datetime) -> dict[str, object]:
+        return {
+            "url": url,
+            "image_key": self.image_key,
+            "seen_at": now,
+            "fetched_at": self.fetched_at,
+            "max_age": self.max_age,
+            "fresh_until": self.fresh_until,
+            "etag": self.etag,
+            "last_modified": self.last_modified,
+        }
+
+
+_URL_STATE_COLUMNS = [
+    "image_key",
+    "seen_at",
+    "fetched_at",
+    "max_age",
+    "fresh_until",
+    "etag",
+    "last_modified",
+]
+"""The :class:`UrlVersion` columns a new answer for a URL overwrites."""
+
+
 class MLCache:
     """Reads and writes of the ML server's store; every method is its own short transaction."""
 
@@ -154,13 +221,21 @@ class MLCache:
         self.generation = self._open()
 
     def _open(self) -> str:
-        """Create the tables (emptying a store of another schema version); the generation id."""
+        """Create the tables (emptying a store of another schema version); the generation id.
+
+        A store of this version that lacks a nullable column added since is given it in place:
+        its entries stay (with NULL there), and so does its generation.
+        """
         CacheBase.metadata.create_all(self.engine)
         with self._sessions.begin() as session:
             version = session.get(CacheMeta, "schema")
             generation = session.get(CacheMeta, "generation")
-            if version is not None and version.value == SCHEMA_VERSION and generation is not None:
-                return generation.value
+            current = (
+                version is not None and version.value == SCHEMA_VERSION and generation is not None
+            )
+            generation_id = generation.value if generation is not None else None
+        if current and generation_id is not None and self._add_new_columns():
+            return generation_id
         # A new store, or one written by another version: start empty, under a new generation.
         CacheBase.metadata.drop_all(self.engine)
         CacheBase.metadata.create_all(self.engine)
@@ -179,6 +254,40 @@ class MLCache:
             # Several server processes may open one store at once: every one reads the winner.
             return session.get_one(CacheMeta, "generation").value
 
+    def _add_new_columns(self) -> bool:
+        """Add the models' nullable columns that the store's tables lack; False if another is
+        missing (the store must then be rebuilt).
+
+        Several server processes may open one store at once: an ALTER that fails because another
+        process added the column first is fine.
+        """
+        missing = self._missing_columns()
+        if any(not column.nullable for column in missing):
+            return False
+        dialect = self.engine.dialect
+        quote = dialect.identifier_preparer
+        for column in missing:
+            statement = (
+                f"ALTER TABLE {quote.format_table(column.table)} "
+                f"ADD COLUMN {quote.format_column(column)} {column.type.compile(dialect=dialect)}"
+            )
+            try:
+                with self.engine.begin() as connection:
+                    connection.exec_driver_sql(statement)
+            except DBAPIError:
+                if any(other is column for other in self._missing_columns()):
+                    raise
+        return True
+
+    def _missing_columns(self) -> list[Column]:
+        """The models' columns that the store's tables lack."""
+        inspector = inspect(self.engine)
+        missing = []
+        for table in CacheBase.metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            missing += [column for column in table.columns if column.name not in present]
+        return missing
+
     def get_many(self, keys: Iterable[str]) -> dict[str, CacheEntry]:
         """The cached entries among ``keys``."""
         keys = list(set(keys))
@@ -193,47 +302,62 @@ class MLCache:
 
     def keys_for_urls(self, urls: Iterable[str]) -> dict[str, str]:
         """The last image_key seen at each URL, for the URLs seen before."""
+        return {url: state.image_key for url, state in self.url_states(urls).items()}
+
+    def url_states(self, urls: Iterable[str]) -> dict[str, UrlState]:
+        """The last image_key seen at each URL and its freshness, for the URLs seen before."""
         urls = list(set(urls))
-        known: dict[str, str] = {}
+        known: dict[str, UrlState] = {}
+        columns = [getattr(UrlVersion, name) for name in _URL_STATE_COLUMNS if name != "seen_at"]
         with self._sessions() as session:
             for chunk in _chunks(urls, 500):
                 rows = session.execute(
-                    select(UrlVersion.url, UrlVersion.image_key).where(UrlVersion.url.in_(chunk))
+                    select(UrlVersion.url, *columns).where(UrlVersion.url.in_(chunk))
                 )
-                known.update({url: key for url, key in rows})
+                known.update({row[0]: UrlState(*row[1:]) for row in rows})
         return known
 
-    def store(self, entries: list[CacheEntry], url_keys: dict[str, str]) -> list[CacheEntry]:
+    def store(
+        self, entries: list[CacheEntry], url_keys: Mapping[str, str | UrlState]
+    ) -> list[CacheEntry]:
         """Cache freshly classified images and remember which key each URL had.
 
         Only predictions are stored here: manual fixes live apart (:class:`LabelFix`) and are laid
         over the prediction when an answer is given (:meth:`resolve`). Returns the entries.
+
+        Args:
+            url_keys: per URL its key, or its key with the answer's freshness.
         """
         now = utcnow()
         with self._sessions.begin() as session:
             rows = [{**entry.__dict__, "created_at": now, "updated_at": now} for entry in entries]
             upsert(session, CachedImage.__table__, rows, key=["image_key"], update=MODEL_COLUMNS)
-            upsert(
-                session,
-                UrlVersion.__table__,
-                [{"url": u, "image_key": k, "seen_at": now} for u, k in url_keys.items()],
-                key=["url"],
-                update=["image_key", "seen_at"],
-            )
+            self._remember_urls(session, url_keys, now)
         return list(entries)
 
-    def touch_urls(self, url_keys: dict[str, str]) -> None:
-        """Record the key seen at each URL (after a HEAD or a GET that hit the cache)."""
+    def touch_urls(self, url_keys: Mapping[str, str | UrlState]) -> None:
+        """Record the key seen at each URL (after a HEAD, a 304 or a GET that hit the cache),
+        with the freshness of that answer when given."""
         if not url_keys:
             return
         with self._sessions.begin() as session:
-            upsert(
-                session,
-                UrlVersion.__table__,
-                [{"url": u, "image_key": k, "seen_at": utcnow()} for u, k in url_keys.items()],
-                key=["url"],
-                update=["image_key", "seen_at"],
-            )
+            self._remember_urls(session, url_keys, utcnow())
+
+    @staticmethod
+    def _remember_urls(
+        session: Session, url_keys: Mapping[str, str | UrlState], now: datetime
+    ) -> None:
+        states = {
+            url: state if isinstance(state, UrlState) else UrlState(state)
+            for url, state in url_keys.items()
+        }
+        upsert(
+            session,
+            UrlVersion.__table__,
+            [state.row(url, now) for url, state in states.items()],
+            key=["url"],
+            update=_URL_STATE_COLUMNS,
+        )
 
     def record(self, image_key: str, advertiser: str | None = None) -> ImageRecord | None:
         """What the cache knows of ``image_key`` (with ``advertiser``'s overrides), or None."""

@@ -3,8 +3,17 @@
 This is the ML server's work, kept free of HTTP-framework code so that the dataset and model pages
 (and the benchmarks) can run it in-process.
 
-An image already seen costs one HEAD request: its URL's last image_key is known, and if the HEAD
-headers give the same key the cached result is returned without downloading or decoding anything.
+An image already seen costs at most one request without a body, and often none: its URL's last
+image_key is known, with what the CDN's caching headers said about it (:class:`UrlState`).
+
+* While the answer is fresh (``Cache-Control: max-age``, ``Expires``) no request is made at all.
+* Once stale, a conditional GET (``If-None-Match`` / ``If-Modified-Since``) asks the CDN: a 304
+  keeps the key (the same ETag, Last-Modified and Content-Length, no body), a 200 brings the new
+  version, decoded at once.
+* A CDN that gives no validators gets a HEAD, whose headers give the key, as before.
+
+``image_key`` keeps its meaning throughout: the URL plus the ETag, Last-Modified and
+Content-Length headers (:func:`tagging.ingest.images.image_key`).
 """
 
 from __future__ import annotations
@@ -13,15 +22,17 @@ import base64
 import logging
 import threading
 from collections import deque
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 from PIL import Image
 
+from db.models import as_utc, utcnow
 from db.vocab import DEFAULT_IMAGE_TYPE, PLACEHOLDER
 from tagging.errors import FetchError, ImageDecodeError, TaggingError
-from tagging.ingest.fetch import FetchResult, GuardedClient
+from tagging.ingest.fetch import FetchResult, Freshness, GuardedClient, response_freshness
 from tagging.ingest.images import (
     DecodedImage,
     content_sha256,
@@ -31,8 +42,8 @@ from tagging.ingest.images import (
     perceptual_hash,
 )
 from tagging.ml.color import ColorModel
-from tagging.ml.inference import TypeClassifier
-from tagging.server.cache import CacheEntry, MLCache
+from tagging.ml.inference import PROBABILITY_PLACES, TypeClassifier
+from tagging.server.cache import CacheEntry, MLCache, UrlState
 from tagging.server.schemas import ImageResult
 
 log = logging.getLogger(__name__)
@@ -110,6 +121,10 @@ class _Work:
     thumbnail: bytes | None = None
     cached: CacheEntry | None = None
     error: TaggingError | None = None
+    seen: UrlState | None = None
+    """What the CDN's answer for this URL said (key, validators, freshness): the store records
+    it. None when no request was made (the answer was fresh) or none succeeded."""
+    fresh_until: datetime | None = None
 
 
 class ClassificationPipeline:
@@ -138,16 +153,28 @@ class ClassificationPipeline:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def classify(
-        self, urls: Sequence[str], *, color: bool = True, thumbnails: bool = True
+        self,
+        urls: Sequence[str],
+        *,
+        color: bool = True,
+        thumbnails: bool = True,
+        known_keys: Collection[str] = (),
     ) -> list[ImageResult]:
-        """Classify ``urls``; one result per URL, in order, errors included."""
+        """Classify ``urls``; one result per URL, in order, errors included.
+
+        Args:
+            known_keys: image_keys the caller has a thumbnail for already: none is sent for them.
+        """
         unique = list(dict.fromkeys(urls))
-        known_keys = self.cache.keys_for_urls(unique)
-        known = self.cache.get_many(known_keys.values())
+        states = self.cache.url_states(unique)
+        known = self.cache.get_many(state.image_key for state in states.values())
         works = [_Work(url) for url in unique]
 
-        # 1. Recognise: HEAD for URLs seen before; GET the rest (and the changed ones).
-        list(self._pool.map(lambda w: self._fetch(w, known_keys.get(w.url), known), works))
+        # 1. Recognise. A fresh answer needs no request; a stale one a conditional GET (or a HEAD
+        # without validators); an unknown URL a GET.
+        now = utcnow()
+        asking = [w for w in works if not self._fresh(w, states.get(w.url), known, now)]
+        list(self._pool.map(lambda w: self._fetch(w, states.get(w.url), known), asking))
 
         # 2. A GET may still land on a cached key (the URL moved back, or the URL table was lost).
         fetched = [w for w in works if w.error is None and w.cached is None]
@@ -178,31 +205,83 @@ class ClassificationPipeline:
         # 4. Classify in one batch per model.
         entries = self._classify(decoded, color=color)
         if entries:
-            entries = self.cache.store(entries, {w.url: w.key for w in decoded if w.key})
-        hit_urls = {w.url: w.key for w in works if w.cached is not None and w.key}
-        self.cache.touch_urls(hit_urls)
+            entries = self.cache.store(entries, {w.url: w.seen or w.key for w in decoded if w.key})
+        # Answers of the CDN about images already cached (HEAD, 304, a GET landing on a known
+        # key): their key and freshness. A fresh answer made no request and has nothing new.
+        self.cache.touch_urls({w.url: w.seen for w in works if w.cached and w.seen})
 
         fresh = {entry.image_key: entry for entry in entries}
-        by_url = {w.url: self._result(w, fresh, thumbnails) for w in works}
+        skip = set(known_keys)
+        by_url = {w.url: self._result(w, fresh, thumbnails, skip) for w in works}
         return [by_url[url] for url in urls]
 
-    def _fetch(self, work: _Work, known_key: str | None, known: dict[str, CacheEntry]) -> None:
-        if known_key is not None and known_key in known:
+    @staticmethod
+    def _fresh(
+        work: _Work, state: UrlState | None, known: dict[str, CacheEntry], now: datetime
+    ) -> bool:
+        """Take the cached answer without a request if HTTP caching says it is still fresh."""
+        if state is None or state.image_key not in known or not state.is_fresh(now):
+            return False
+        work.key, work.cached = state.image_key, known[state.image_key]
+        work.fresh_until = as_utc(state.fresh_until)
+        return True
+
+    def _fetch(self, work: _Work, state: UrlState | None, known: dict[str, CacheEntry]) -> None:
+        if state is None or state.image_key not in known:
+            self._get(work, known)
+        elif state.etag or state.last_modified:
+            self._get(work, known, stored=state)
+        else:
             try:
                 head = self.client.head(work.url)
                 key = image_key(work.url, head.headers)
-                if key == known_key:
+                if key == state.image_key:
                     work.key, work.cached = key, known[key]
+                    self._saw(work, key, response_freshness(head.headers))
                     return
             except FetchError:
                 pass  # Some CDNs refuse HEAD: a GET settles it.
-        self._get(work, cached_keys=known)
+            self._get(work, known)
 
-    def _get(self, work: _Work, cached_keys: Container[str] = ()) -> None:
+    @staticmethod
+    def _saw(work: _Work, key: str, freshness: Freshness, stored: UrlState | None = None) -> None:
+        """Record what the CDN just answered for ``work``'s URL: its key, validators, freshness.
+
+        Args:
+            stored: the answer a 304 revalidated: its validators stay (they made the key), and so
+                does its lifetime when the 304 states none (RFC 9111 4.3.4).
+        """
+        received = utcnow()
+        max_age, etag, last_modified = freshness.max_age, freshness.etag, freshness.last_modified
+        if stored is not None:
+            if not freshness.stated:
+                max_age = stored.max_age
+            etag, last_modified = stored.etag, stored.last_modified
+        until = received + timedelta(seconds=max_age) if max_age and max_age > 0 else None
+        work.fresh_until = until
+        work.seen = UrlState(
+            image_key=key,
+            fetched_at=received,
+            max_age=max_age,
+            fresh_until=until,
+            etag=etag,
+            last_modified=last_modified,
+        )
+
+    def _get(
+        self,
+        work: _Work,
+        cached: Mapping[str, CacheEntry] | None = None,
+        stored: UrlState | None = None,
+    ) -> None:
         """GET the image and decode it at once; its bytes count against the budget meanwhile.
 
-        An image whose key is in ``cached_keys`` is not decoded (its bytes are dropped): it is a
+        An image whose key is in ``cached`` is not decoded (its bytes are dropped): it is a
         cache hit, unless the cache lost it, in which case step 3 fetches it again.
+
+        Args:
+            stored: the URL's stored answer, whose validators make this a conditional GET: a 304
+                keeps its key and costs no body.
         """
         cap = self.config.max_image_bytes
         reserved = 0
@@ -211,23 +290,39 @@ class ClassificationPipeline:
             nonlocal reserved
             reserved = self.budget.acquire(_expected_size(headers, cap))
 
+        conditions: dict[str, str] = {}
+        if stored is not None and stored.etag:
+            conditions["If-None-Match"] = stored.etag
+        if stored is not None and stored.last_modified:
+            conditions["If-Modified-Since"] = stored.last_modified
         try:
             try:
                 response: FetchResult = self.client.get(
-                    work.url, accept=IMAGE_CONTENT_TYPES, max_bytes=cap, before_body=reserve
+                    work.url,
+                    accept=IMAGE_CONTENT_TYPES,
+                    max_bytes=cap,
+                    before_body=reserve,
+                    headers=conditions,
+                    not_modified=bool(conditions),
                 )
             except TaggingError as exc:
                 work.error = exc
                 return
+            if response.status == 304 and stored is not None:
+                work.key = stored.image_key
+                work.cached = (cached or {}).get(work.key)
+                self._saw(work, stored.image_key, response_freshness(response.headers), stored)
+                return
             body = response.body
             work.headers = dict(response.headers)
             work.key = image_key(work.url, response.headers)
+            self._saw(work, work.key, response_freshness(response.headers))
             del response
             if len(body) < reserved:
                 # A body without Content-Length had the whole cap set aside: give back the rest.
                 self.budget.release(reserved - len(body))
                 reserved = len(body)
-            if work.key not in cached_keys:
+            if work.key not in (cached or {}):
                 self._decode(work, body)
         finally:
             self.budget.release(reserved)
@@ -272,7 +367,8 @@ class ClassificationPipeline:
                     url=work.url,
                     image_type=prediction.label,
                     color=colors.get(index),
-                    confidence=round(float(prediction.confidence), 4),
+                    confidence=round(float(prediction.confidence), PROBABILITY_PLACES),
+                    probabilities=prediction.probabilities,
                     type_source="model",
                     color_source="model" if index in colors else "none",
                     model_version=self.classifier.version,
@@ -289,7 +385,13 @@ class ClassificationPipeline:
             )
         return entries
 
-    def _result(self, work: _Work, fresh: dict[str, CacheEntry], thumbnails: bool) -> ImageResult:
+    def _result(
+        self,
+        work: _Work,
+        fresh: dict[str, CacheEntry],
+        thumbnails: bool,
+        known_keys: Collection[str] = (),
+    ) -> ImageResult:
         if work.error is not None:
             return ImageResult(
                 url=work.url,
@@ -304,6 +406,7 @@ class ClassificationPipeline:
             image_type=entry.image_type or DEFAULT_IMAGE_TYPE,
             color=entry.color,
             confidence=entry.confidence,
+            probabilities=entry.probabilities,
             cached=work.cached is not None,
             model_version=entry.model_version,
             color_model_version=entry.color_model_version,
@@ -318,9 +421,10 @@ class ClassificationPipeline:
             height=entry.height,
             thumbnail_b64=(
                 base64.b64encode(entry.thumbnail).decode()
-                if thumbnails and entry.thumbnail
+                if thumbnails and entry.thumbnail and entry.image_key not in known_keys
                 else None
             ),
+            fresh_until=work.fresh_until,
         )
 
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
 from db.vocab import COLORS, IMAGE_TYPES
 
 MAX_BATCH = 256
+MAX_KNOWN_KEYS = 4 * MAX_BATCH
+"""The most ``known_keys`` one request may list (a few versions per URL of a full batch)."""
+
+ImageKeyText = Annotated[str, Field(min_length=1, max_length=64)]
 
 TypeSource = Literal["model", "fix", "override"]
 """Where an Image Type comes from: the model, a team fix, or the asking advertiser's override."""
@@ -27,6 +31,9 @@ class ClassifyRequest(BaseModel):
     """Include a base64 JPEG thumbnail per classified image."""
     advertiser: str | None = Field(default=None, max_length=200)
     """Who is asking: its own overrides apply to its answer (and no one else's)."""
+    known_keys: list[ImageKeyText] = Field(default_factory=list, max_length=MAX_KNOWN_KEYS)
+    """image_keys the asker already has a thumbnail for: their results carry none (a re-scrape
+    then moves no thumbnail bytes for images that did not change)."""
 
 
 class ImageResult(BaseModel):
@@ -43,6 +50,11 @@ class ImageResult(BaseModel):
     ml_image_type: str | None = None
     ml_color: str | None = None
     confidence: float | None = None
+    """The model's probability of ``ml_image_type``; fixes and overrides leave it as it is."""
+    probabilities: dict[str, float] | None = None
+    """The model's probability of every Image Type class (``ml_image_type`` is the most
+    probable); like ``confidence``, the prediction's, whatever fixes say. None when the image
+    could not be classified, or was cached before the server kept them."""
     cached: bool = False
     model_version: str | None = None
     color_model_version: str | None = None
@@ -56,6 +68,11 @@ class ImageResult(BaseModel):
     width: int | None = None
     height: int | None = None
     thumbnail_b64: str | None = None
+    """A small JPEG, unless thumbnails were not asked for or the asker named the key as known."""
+    fresh_until: datetime | None = None
+    """Until when the image counts as unchanged by the CDN's caching headers (``Cache-Control:
+    max-age``, ``Expires``): the ML server makes no request for it before then, and a re-scrape
+    of an unchanged sitemap copies its item without asking. None: check it every time."""
     error: str | None = None
     """A human-readable reason when the image could not be classified."""
     error_code: str | None = None

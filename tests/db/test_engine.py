@@ -6,13 +6,14 @@ import threading
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, func, inspect, select, text
+from sqlalchemy import Engine, func, insert, inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import make_engine, make_session_factory, migrate, upsert
-from db.models import Advertiser, Base, Image
+from db.engine import alembic_config, make_engine, make_session_factory, migrate, upsert
+from db.models import Advertiser, Base, Image, Scrape, ScrapeClassCount, SitemapItem
 
 
 def test_migrations_match_the_models(engine: Engine) -> None:
@@ -31,6 +32,111 @@ def test_migrate_twice_is_a_no_op(database_url: str) -> None:
         versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
     engine.dispose()
     assert len(versions) == 1
+
+
+def test_migration_0008_adds_the_confidence_to_stored_items_and_keeps_the_triggers(
+    database_url: str,
+) -> None:
+    """Down to 0007 and up again with items stored: they stay, without a confidence, and the
+    chart triggers of 0004 keep counting (the columns are added and dropped without a table copy).
+    """
+    engine = make_engine(database_url)
+    sessions = make_session_factory(engine)
+
+    def columns() -> set[str]:
+        return {c["name"] for c in inspect(engine).get_columns("sitemap_items")}
+
+    def add_item(session: Session, scrape_id: int, position: int, **values: object) -> None:
+        row = {
+            "scrape_id": scrape_id,
+            "advertiser_id": advertiser_id,
+            "position": position,
+            "page_url": "https://dealer.example/v/1",
+            "image_url": f"https://cdn.example/{position}.jpg",
+            "ml_image_type": "Dealer",
+            "image_type": "Dealer",
+        }
+        session.execute(insert(SitemapItem), [{**row, **values}])
+
+    def counted(scrape_id: int) -> int:
+        with sessions() as session:
+            query = select(func.sum(ScrapeClassCount.items)).where(
+                ScrapeClassCount.scrape_id == scrape_id, ScrapeClassCount.model == "image_type"
+            )
+            return int(session.scalar(query) or 0)
+
+    command.downgrade(alembic_config(database_url), "0007")
+    try:
+        assert not {"ml_confidence", "ml_probabilities"} & columns()
+        with sessions.begin() as session:
+            advertiser = Advertiser(name="a", sitemap_url="http://a/")
+            session.add(advertiser)
+            session.flush()
+            advertiser_id = advertiser.id
+            # Core, naming the columns: the model has columns of later migrations (0009).
+            scrape_id = session.execute(
+                insert(Scrape).values(advertiser_id=advertiser_id).returning(Scrape.id)
+            ).scalar_one()
+            add_item(session, scrape_id, 0)  # the 0007 columns only
+        assert counted(scrape_id) == 1
+
+        migrate(database_url)
+        assert {"ml_confidence", "ml_probabilities"} <= columns()
+        indexes = {
+            i["name"]: i["column_names"] for i in inspect(engine).get_indexes("sitemap_items")
+        }
+        assert indexes["ix_sitemap_items_scrape_confidence"] == [
+            "scrape_id",
+            "ml_confidence",
+            "position",
+        ]
+        probabilities = {"Dealer": 0.7, "Stock": 0.2, "Placeholder": 0.1}
+        with sessions.begin() as session:
+            add_item(session, scrape_id, 1, ml_confidence=0.7, ml_probabilities=probabilities)
+        with sessions() as session:
+            stored = session.execute(
+                select(SitemapItem.ml_confidence, SitemapItem.ml_probabilities)
+                .where(SitemapItem.scrape_id == scrape_id)
+                .order_by(SitemapItem.position)
+            ).all()
+        assert [tuple(row) for row in stored] == [(None, None), (0.7, probabilities)]
+        assert counted(scrape_id) == 2
+    finally:
+        migrate(database_url)  # the PostgreSQL database is shared by the session's tests
+        engine.dispose()
+
+
+def test_migration_0009_adds_freshness_and_sitemap_state_keeping_rows(database_url: str) -> None:
+    """Down to 0008 and up again with an image and a scrape stored: they stay, with NULL
+    freshness (stale: checked again) and no sitemap state (the next scrape reads it in full)."""
+    engine = make_engine(database_url)
+    sessions = make_session_factory(engine)
+
+    def columns(table: str) -> set[str]:
+        return {c["name"] for c in inspect(engine).get_columns(table)}
+
+    command.downgrade(alembic_config(database_url), "0008")
+    try:
+        assert "fresh_until" not in columns("images")
+        assert "sitemap_state" not in columns("scrapes")
+        with sessions.begin() as session:
+            advertiser_id = session.execute(
+                insert(Advertiser)
+                .values(name="a", sitemap_url="http://a/")
+                .returning(Advertiser.id)
+            ).scalar_one()
+            session.execute(insert(Scrape).values(advertiser_id=advertiser_id))
+            session.execute(insert(Image).values(image_key="k", url="http://a/1.jpg"))
+        migrate(database_url)
+        assert "fresh_until" in columns("images") and "sitemap_state" in columns("scrapes")
+        indexes = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("images")}
+        assert indexes["ix_images_url"] == ["url"]
+        with sessions() as session:
+            assert session.scalar(select(Image.fresh_until)) is None
+            assert session.scalar(select(Scrape.sitemap_state)) is None
+    finally:
+        migrate(database_url)  # the PostgreSQL database is shared by the session's tests
+        engine.dispose()
 
 
 def test_upsert_inserts_then_updates_only_named_columns(sessions: sessionmaker[Session]) -> None:

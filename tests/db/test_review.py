@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.errors import InvalidInput
 from db.fixes import FixChange, apply_fixes
 from db.models import ItemStatus, SitemapItem, Thumbnail
 from db.review import (
+    BY_CONFIDENCE,
+    BY_POSITION,
     FIXED,
     NO_COLOR,
     PENDING_SYNC,
+    SORTS,
     ReviewFilter,
     count_fixable,
     matching_item_ids,
@@ -116,6 +121,46 @@ def test_pagination(sessions: sessionmaker[Session]) -> None:
         last, _ = review_page(session, scrape_id, ReviewFilter(), offset=4, limit=2)
     assert total == 5
     assert [i.position for i in first] == [0, 1] and [i.position for i in last] == [4]
+
+
+CONFIDENCES = [None, 0.48, 0.6, 0.48, None]
+"""Of the seeded items, in sitemap order: a tie; none for position 0 (as if scraped before
+migration 0008) nor for the ML failure (position 4)."""
+
+
+def test_sort_by_confidence_lowest_first_then_none_paged(
+    sessions: sessionmaker[Session],
+) -> None:
+    scrape_id, ids = seed(sessions)
+    with sessions.begin() as session:
+        for item_id, confidence in zip(ids, CONFIDENCES, strict=True):
+            session.get_one(SitemapItem, item_id).ml_confidence = confidence
+    by_confidence = ReviewFilter(sort=BY_CONFIDENCE)
+    with sessions() as session:
+
+        def page(f: ReviewFilter, offset: int, limit: int) -> list[tuple[int, float | None]]:
+            items, _ = review_page(session, scrape_id, f, offset=offset, limit=limit)
+            return [(i.position, i.ml_confidence) for i in items]
+
+        # Lowest first; the tie in sitemap order; the items without a confidence last, in order.
+        expected = [(1, 0.48), (3, 0.48), (2, 0.6), (0, None), (4, None)]
+        assert page(by_confidence, 0, 10) == expected
+        pages = [page(by_confidence, offset, 2) for offset in (0, 2, 4)]
+        assert pages == [expected[0:2], expected[2:4], expected[4:]]
+        assert page(ReviewFilter(), 0, 10) == [(p, c) for p, c in sorted(expected)]
+        assert page(ReviewFilter(sort=BY_POSITION), 0, 10) == page(ReviewFilter(), 0, 10)
+        # With a filter: the order applies to what matches, and the counts ignore the order.
+        dealers = ReviewFilter(image_types=("Dealer",), sort=BY_CONFIDENCE)
+        assert page(dealers, 0, 10) == [(1, 0.48), (0, None), (4, None)]
+        assert review_page(session, scrape_id, dealers, limit=1)[1] == 3
+        assert matching_item_ids(session, scrape_id, dealers) == [ids[0], ids[1], ids[4]]
+        assert count_fixable(session, scrape_id, dealers) == 3
+
+
+def test_an_unknown_sort_is_invalid_input() -> None:
+    assert SORTS == (BY_POSITION, BY_CONFIDENCE) == ("position", "confidence")
+    with pytest.raises(InvalidInput, match="unknown sort 'newest'"):
+        ReviewFilter(sort="newest")
 
 
 def test_thumbnails(sessions: sessionmaker[Session]) -> None:

@@ -12,21 +12,35 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Image, Scrape, ScrapeStatus, SitemapItem, Thumbnail, as_utc, utcnow
+from db.models import (
+    Image,
+    ManualFix,
+    Scrape,
+    ScrapeStatus,
+    SitemapItem,
+    Thumbnail,
+    as_utc,
+    utcnow,
+)
 from db.scrapes import (
     LEASE,
     ScrapeCounts,
     beat,
+    copy_fresh_items,
     expire_abandoned_scrapes,
     finish_scrape,
+    items_fixed_since,
     latest_scrape,
     recent_scrapes,
     running_scrape,
     scrape_items,
     scrapes_of,
     set_expected_items,
+    set_item_labels,
+    stale_items,
     start_scrape,
     store_batch,
+    thumbnail_keys,
 )
 from tests.utils.factories import make_advertiser
 
@@ -353,3 +367,138 @@ def test_expire_abandoned_scrapes_fails_only_silent_running_ones(
         assert alive.status == ScrapeStatus.RUNNING and alive.finished_at is None
         assert done.status == ScrapeStatus.SUCCEEDED and done.error is None
         assert elsewhere.status == ScrapeStatus.FAILED
+
+
+# --- re-scraping an unchanged sitemap ----------------------------------------------------------
+
+
+def test_copy_fresh_items_copies_fresh_ok_items_and_leaves_the_rest_stale(
+    sessions: sessionmaker[Session],
+) -> None:
+    now = utcnow()
+    with sessions.begin() as session:
+        advertiser_id = make_advertiser(session).id
+        old = start_scrape(session, advertiser_id, trigger="cli", requested_by=None)
+        items = [item_row(old, n, key(n)) for n in range(5)]
+        items[1] |= {"image_type": "Stock", "image_type_source": "fix", "ml_confidence": 0.7}
+        items[3] |= {"status": "error", "error": "404", "image_key": None}
+        items[4]["image_key"] = key(99)  # an image never stored: no freshness known
+        images = [image_row(key(n), now) | {"fresh_until": None} for n in range(4)]
+        images[0]["fresh_until"] = now + timedelta(hours=1)
+        images[1]["fresh_until"] = now + timedelta(minutes=1)
+        images[2]["fresh_until"] = now - timedelta(seconds=1)  # gone stale
+        store_batch(session, old.id, ScrapeCounts(items=5), items, images, [])
+        new = start_scrape(session, advertiser_id, trigger="cli", requested_by=None)
+        old_id, new_id = old.id, new.id
+    with sessions.begin() as session:
+        assert copy_fresh_items(session, old_id, new_id, now) == 2
+    with sessions() as session:
+        copied = scrape_items(session, new_id)
+        assert [(i.position, i.image_key, i.cached) for i in copied] == [
+            (0, key(0), True),
+            (1, key(1), True),
+        ]
+        # Everything is copied as it was, the resolved labels and their sources included.
+        assert (copied[1].image_type, copied[1].image_type_source) == ("Stock", "fix")
+        assert copied[1].ml_confidence == 0.7 and copied[1].advertiser_id == advertiser_id
+        assert [(s.position, s.image_key) for s in stale_items(session, old_id, now)] == [
+            (2, key(2)),
+            (3, None),
+            (4, key(99)),
+        ]
+        page = stale_items(session, old_id, now, after=2, limit=1)
+        assert [s.position for s in page] == [3]
+        assert stale_items(session, old_id, now + timedelta(hours=2))[0].position == 0
+        assert len(scrape_items(session, old_id)) == 5  # the old scrape keeps its items
+
+
+def test_items_fixed_since_finds_fixes_by_key_and_by_content(
+    sessions: sessionmaker[Session],
+) -> None:
+    now = utcnow()
+    with sessions.begin() as session:
+        advertiser_id = make_advertiser(session).id
+        scrape = start_scrape(session, advertiser_id, trigger="cli", requested_by=None)
+        images = [image_row(key(n), now) for n in range(4)]
+        images[2]["sha256"] = "same-bytes"  # item 2's picture was fixed under another key
+        images[3] |= {"sha256": "same-bytes", "url": "https://cdn.example/moved.jpg"}
+        store_batch(
+            session,
+            scrape.id,
+            ScrapeCounts(items=3),
+            [item_row(scrape, n, key(n)) for n in range(3)],
+            images,
+            [],
+        )
+
+        def fix(image_key: str, created: datetime) -> None:
+            session.add(
+                ManualFix(
+                    image_key=image_key,
+                    image_url="u",
+                    field="image_type",
+                    new_value="Stock",
+                    user="ana",
+                    created_at=created,
+                )
+            )
+
+        fix(key(0), now - timedelta(days=1))  # before: already resolved
+        fix(key(1), now + timedelta(seconds=1))
+        fix(key(3), now + timedelta(seconds=2))
+        scrape_id = scrape.id
+    with sessions() as session:
+        found = items_fixed_since(session, scrape_id, now)
+        assert [(i.image_key, i.sha256) for i in found] == [
+            (key(1), key(1) * 2),
+            (key(2), "same-bytes"),
+        ]
+        assert found[0].image_type == "Dealer" and found[0].image_type_source == "ml"
+    with sessions.begin() as session:
+        set_item_labels(
+            session,
+            [{"id": found[0].id, "image_type": "Stock", "image_type_source": "fix",
+              "color": "Red", "color_source": "ml"}],
+        )  # fmt: skip
+    with sessions() as session:
+        item = session.get_one(SitemapItem, found[0].id)
+        assert (item.image_type, item.image_type_source) == ("Stock", "fix")
+
+
+def test_thumbnail_keys_are_the_urls_keys_with_a_thumbnail(
+    sessions: sessionmaker[Session],
+) -> None:
+    now = utcnow()
+    with sessions.begin() as session:
+        scrape = start_scrape(
+            session, make_advertiser(session).id, trigger="cli", requested_by=None
+        )
+        url = "https://cdn.example/car.jpg"
+        store_batch(
+            session,
+            scrape.id,
+            ScrapeCounts(),
+            [],
+            [image_row(key(1), now, url), image_row(key(2), now, url), image_row(key(3), now)],
+            [{"image_key": key(1), "jpeg": b"a"}, {"image_key": key(3), "jpeg": b"c"}],
+        )
+    with sessions() as session:
+        assert thumbnail_keys(session, [url, "https://cdn.example/other.jpg"]) == {key(1)}
+        assert thumbnail_keys(session, []) == set()
+
+
+def test_store_batch_renews_the_freshness_it_is_given(sessions: sessionmaker[Session]) -> None:
+    now = utcnow()
+    with sessions.begin() as session:
+        scrape = start_scrape(
+            session, make_advertiser(session).id, trigger="cli", requested_by=None
+        )
+        first = image_row(key(1), now) | {"fresh_until": now + timedelta(hours=1)}
+        store_batch(session, scrape.id, ScrapeCounts(), [], [first], [])
+        store_batch(session, scrape.id, ScrapeCounts(), [], [image_row(key(1), now)], [])
+        with_freshness = as_utc(session.get_one(Image, key(1)).fresh_until)
+        assert with_freshness == now + timedelta(hours=1)  # rows without it leave it alone
+        renewed = image_row(key(1), now) | {"fresh_until": None}
+        store_batch(session, scrape.id, ScrapeCounts(), [], [renewed], [])
+        session.expire_all()
+        assert session.get_one(Image, key(1)).fresh_until is None  # stale now: check it again

@@ -1,5 +1,5 @@
-"""The main flow in a real browser: sign in, open a sitemap, fix a type and a color, Update, see
-the history row, and see the ML server return the fixed values.
+"""The main flow in a real browser: sign in, open a sitemap, fix a type and a color in a tile's
+dropdowns, Update, see the history row, and see the ML server return the fixed values.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import requests
 from sqlalchemy import select
 
 from db.models import ManualFix, SitemapItem, SyncStatus
-from tests.utils.browser import ScrapedDemo, choose
+from tests.utils.browser import ScrapedDemo, saved, shows, tile, toast, wait_unsaved
 
 pytestmark = pytest.mark.browser
 
@@ -53,9 +53,14 @@ def test_fix_in_the_browser_reaches_history_and_ml_cache(
     page.get_by_role("link", name="Sitemap review").click()
     page.get_by_role("heading", name="Sitemap review").wait_for()
     page.get_by_text("Images", exact=True).first.wait_for()
-    page.get_by_text(f"Feed color: {HOSTILE_COLOR}", exact=True).wait_for()
-    # The title's <img> tag is dropped (never rendered); the rest shows as written.
+    # The feed's color names none of ours: its dropdown shows it as written, and so does the
+    # ML line; the title's <img> tag is dropped (never rendered), the rest shows as written.
+    hostile = tile(page, second.id)
+    hostile.wait_for()
+    assert shows(page, second.id)[1] == f"Feed: {HOSTILE_COLOR}"
+    assert hostile.locator(".ml").inner_text().endswith(f"· {HOSTILE_COLOR}")
     page.get_by_text(f"**Deal** {HOSTILE_COLOR}").first.wait_for()
+    assert hostile.locator(".title").inner_text() == f"#{second.position} **Deal** {HOSTILE_COLOR}"
     page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
     assert page.locator(f'img[src*="{TRACKER_PATH}"]').count() == 0
     assert not [url for url in requested if TRACKER_PATH in url]
@@ -66,11 +71,15 @@ def test_fix_in_the_browser_reaches_history_and_ml_cache(
         ).first()
         assert first is not None
     new_type = "Stock" if first.image_type != "Stock" else "Dealer"
-    # The review page keys each dropdown by item id and the value it was drawn with.
-    choose(page, f"type-{first.id}-{first.image_type}", new_type)
-    choose(page, f"color-{first.id}-{first.color}", "Purple")
-    page.get_by_role("button", name="Update").click()
+    # The first tile's two dropdowns, then Update.
+    tile(page, first.id).locator("select.type").select_option(new_type)
+    tile(page, first.id).locator("select.color").select_option("Purple")
+    assert shows(page, first.id) == (new_type, "Purple")
+    page.get_by_role("button", name="Update (u)").click()
     page.get_by_text(re.compile(r"2 fix\(es\) saved and sent to the ML server")).wait_for()
+    toast(page, saved(2))
+    wait_unsaved(page, "")
+    assert shows(page, first.id) == (new_type, "Purple")
 
     with sessions() as session:
         fixes = list(session.scalars(select(ManualFix).order_by(ManualFix.id)))
@@ -132,18 +141,23 @@ def test_placeholder_clears_the_color_and_an_override_shows_in_the_browser(
     page.keyboard.press("Enter")
     page.get_by_role("link", name="Sitemap review").click()
     page.get_by_role("heading", name="Sitemap review").wait_for()
-    page.get_by_text("Advertiser's override").first.wait_for()
+    # The override's badge is on its tile, and on no other.
+    badge = page.locator(".badge", has_text="Advertiser's override")
+    badge.first.wait_for()
+    assert badge.count() == 1
+    assert tile(page, overridden.id).locator(".badge", has_text="Advertiser's override").count()
 
-    choose(page, f"type-{colored.id}-{colored.image_type}", "Placeholder")
-    page.get_by_role("button", name="Update").click()
+    tile(page, colored.id).locator("select.type").select_option("Placeholder")
+    page.get_by_role("button", name="Update (u)").click()
     # The type and, by the seed's rule, the color: two history rows, both pushed.
     page.get_by_text(re.compile(r"2 fix\(es\) saved and sent to the ML server")).wait_for()
-    # The dropdowns follow: the color now reads "no color" for the placeholder.
-    color_box = page.locator(f".st-key-color-{colored.id}-None").get_by_role("combobox")
-    color_box.wait_for()
-    assert color_box.get_attribute("placeholder") == "No color (a placeholder)"
-    assert color_box.input_value() == ""  # nothing picked: no color
-    page.screenshot(path=str(tmp_path / "placeholder.png"), full_page=True)
+    wait_unsaved(page, "")
+    # The dropdowns follow the saved values: the color reads "No color" for the placeholder.
+    fixed = tile(page, colored.id)
+    fixed.locator(".badge", has_text="Fixed ×2").wait_for()
+    assert shows(page, colored.id) == ("Placeholder", "No color")
+    assert fixed.locator("select.color").input_value() == ""  # nothing picked: no color
+    page.screenshot(path=str(tmp_path / "placeholder.png"))
 
     with sessions() as session:
         now = session.get_one(SitemapItem, colored.id)

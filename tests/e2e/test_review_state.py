@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 from sqlalchemy import func, select
@@ -20,56 +19,16 @@ from db.models import Advertiser, Scrape, SitemapItem
 from db.review import ReviewFilter, review_page
 from tagging.ingest.scrape import run_scrape
 from tagging.server.client import MLClient
-from tests.utils.browser import ScrapedDemo
+from tests.utils.browser import ScrapedDemo, box, pick, query, search, settle
 
 pytestmark = pytest.mark.browser
 
 PICKED = ("Lakeside Auto", "Metro Car Center", "Summit Auto Group")
-SETTLE_SECONDS = 15.0
-
-
-def query(page: object) -> dict[str, list[str]]:
-    return parse_qs(urlparse(page.url).query)  # type: ignore[attr-defined]
-
-
-def running(page: object) -> bool:
-    """Whether Streamlit is still running the script (its status widget shows)."""
-    return page.locator('[data-testid="stStatusWidget"]').count() > 0  # type: ignore[attr-defined]
-
-
-def settle(page: object, done: Callable[[], object], what: str, since: float) -> float:
-    """Seconds from ``since`` (the click) until ``done()`` holds and the script is idle; fails,
-    saying what was seen, when that does not happen within :data:`SETTLE_SECONDS`."""
-    seen: object = None
-    while time.perf_counter() - since < SETTLE_SECONDS:
-        seen = done()
-        if seen is True and not running(page):
-            settled = time.perf_counter() - since
-            # Look again after a beat: a late run must not undo the pick.
-            page.wait_for_timeout(300)  # type: ignore[attr-defined]
-            if done() is True and not running(page):
-                return settled
-        page.wait_for_timeout(20)  # type: ignore[attr-defined]
-    pytest.fail(f"{what}: not settled after {SETTLE_SECONDS:.0f} s; saw {seen!r}")
-
-
-def box(page: object, testid: str, label: str) -> object:
-    """The widget with this test id whose label is ``label``."""
-    return (
-        page.locator(f'[data-testid="{testid}"]')  # type: ignore[attr-defined]
-        .filter(has=page.get_by_text(label, exact=True))  # type: ignore[attr-defined]
-        .first
-    )
 
 
 def pick_advertiser(page: object, name: str) -> float:
     """Pick ``name``; returns when the option was clicked."""
-    box(page, "stSelectbox", "Advertiser").get_by_role("combobox").click()  # type: ignore[attr-defined]
-    option = page.get_by_role("option", name=name, exact=True)  # type: ignore[attr-defined]
-    option.wait_for()
-    clicked = time.perf_counter()
-    option.click()
-    return clicked
+    return pick(page, "Advertiser", name)
 
 
 def add_to_multiselect(page: object, label: str, option: str) -> float:
@@ -81,15 +40,6 @@ def add_to_multiselect(page: object, label: str, option: str) -> float:
     choice.click()
     page.keyboard.press("Escape")  # type: ignore[attr-defined]
     return clicked
-
-
-def search(page: object, text: str) -> float:
-    """Type ``text`` in the search box; returns when Enter was pressed."""
-    field = box(page, "stTextInput", "Search URLs and titles").get_by_role("textbox")  # type: ignore[attr-defined]
-    field.fill(text)
-    pressed = time.perf_counter()
-    field.press("Enter")
-    return pressed
 
 
 def match_caption(page: object) -> str:

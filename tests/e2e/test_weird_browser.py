@@ -18,8 +18,7 @@ from db.findings import get_finding, list_findings
 from db.models import FindingState
 from db.vocab import LEGACY_PLACEHOLDER
 from tagging.detectors.refresh import refresh_findings
-from tests.e2e.test_review_state import query, running, settle
-from tests.utils.browser import ScrapedDemo, choose
+from tests.utils.browser import ScrapedDemo, choose, query, running, settle
 from tests.utils.world import World, photos
 
 pytestmark = pytest.mark.browser

@@ -96,3 +96,56 @@ def test_the_task_queue_uses_redis_when_configured(tmp_path: Path) -> None:
     queue = make_huey(replace(settings, redis_url="redis://127.0.0.1:1/3"))
     assert isinstance(queue, RedisHuey)
     assert queue.storage.conn.connection_pool.connection_kwargs["db"] == 3
+
+
+def test_ml_replicas_and_workers(tmp_path: Path) -> None:
+    import os
+
+    base = {"TAGGING_DATA_DIR": str(tmp_path)}
+    default = Settings.from_env(base)
+    assert default.ml_urls == () and default.ml_replicas == ("http://127.0.0.1:8800",)
+    assert default.ml_workers == len(os.sched_getaffinity(0)) >= 1
+
+    one = Settings.from_env({**base, "TAGGING_ML_URL": "http://lb.internal:8800/"})
+    assert one.ml_replicas == ("http://lb.internal:8800",)
+    assert one.ml_host_entries() == ["lb.internal:8800"]
+
+    several = Settings.from_env(
+        {
+            **base,
+            "TAGGING_ML_URLS": " http://ml-1:8800/, http://ml-2:8800 ,,http://ml-1:8800",
+            "TAGGING_ML_WORKERS": "3",
+        }
+    )
+    assert several.ml_urls == several.ml_replicas == ("http://ml-1:8800", "http://ml-2:8800")
+    assert several.ml_url == "http://ml-1:8800"  # the first, for whatever wants one
+    assert several.ml_host_entries() == ["ml-1:8800", "ml-2:8800"]
+    assert several.ml_workers == 3
+    assert Settings.from_env(several.to_env()) == several
+    assert several.to_env()["TAGGING_ML_URLS"] == "http://ml-1:8800,http://ml-2:8800"
+    # TAGGING_ML_URL may name one of them; another is a contradiction.
+    same = Settings.from_env({**base, "TAGGING_ML_URL": "http://ml-2:8800", **_urls()})
+    assert same.ml_replicas == several.ml_replicas
+    with pytest.raises(ConfigError, match=r"TAGGING_ML_URL .* is not one of TAGGING_ML_URLS"):
+        Settings.from_env({**base, "TAGGING_ML_URL": "http://other:1", **_urls()})
+    launched = replace(several, ml_workers=5)
+    assert Settings.from_env(launched.to_env()) == launched
+
+
+def _urls() -> dict[str, str]:
+    return {"TAGGING_ML_URLS": "http://ml-1:8800,http://ml-2:8800"}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TAGGING_ML_WORKERS", "0"),
+        ("TAGGING_ML_WORKERS", "two"),
+        ("TAGGING_ML_URLS", "http://ml-1:8800,ftp://ml-2"),
+        ("TAGGING_ML_URLS", "ml-1:8800"),
+        ("TAGGING_ML_URL", "http://"),
+    ],
+)
+def test_bad_ml_settings_are_a_config_error(tmp_path: Path, name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({"TAGGING_DATA_DIR": str(tmp_path), name: value})

@@ -28,8 +28,14 @@ from db.models import (
 from db.vocab import ADVERTISER_PLACEHOLDER
 from tagging.detectors.refresh import refresh_findings
 from tagging.detectors.remedies import accept, retag
-from tagging.errors import PermissionDenied
-from tagging.fixes import push_pending, record_fixes, run_fix_action, save_fixes
+from tagging.errors import InvalidInput, NotFoundError, PermissionDenied
+from tagging.fixes import (
+    push_pending,
+    record_fixes,
+    run_fix_action,
+    save_fixes,
+    undo_fixes,
+)
 from tagging.server.client import MLClient
 from tests.utils.factories import actor, three_items
 from tests.utils.servers import ML_TOKEN, closed_port, ml_settings
@@ -476,3 +482,240 @@ def test_a_fix_to_placeholder_clears_the_color_and_raises_no_finding(
         ("image_type", "Dealer", "Placeholder", "analyst-user"),
         ("color", "Red", None, "analyst-user"),
     ]
+
+
+# --- refresh=False: the findings are refreshed later, off the user's path -------------------------
+
+
+@pytest.mark.parametrize("refresh", [True, False])
+def test_save_fixes_refreshes_the_findings_only_when_asked(
+    sessions: sessionmaker[Session], scrape_items: list[int], ml_down: MLClient, refresh: bool
+) -> None:
+    finding_id = open_placeholder_finding(sessions, scrape_items[0])
+    saved = save_fixes(
+        sessions,
+        ml_down,
+        actor(),
+        [FixChange(scrape_items[0], "image_type", "Dealer", "Placeholder")],
+        refresh=refresh,
+    )
+    assert len(saved.fix_ids) == 1  # recorded either way
+    with sessions() as session:
+        assert session.get_one(SitemapItem, scrape_items[0]).image_type == "Dealer"
+        state = get_finding(session, finding_id).state
+    assert state == (FindingState.FIXED if refresh else FindingState.OPEN)
+    if not refresh:  # what BackgroundRefresh does next settles it
+        with sessions.begin() as session:
+            refresh_findings(session)
+        with sessions() as session:
+            assert get_finding(session, finding_id).state == FindingState.FIXED
+
+
+# --- undo_fixes -----------------------------------------------------------------------------------
+
+
+def history(
+    sessions: sessionmaker[Session],
+) -> list[tuple[int | None, str, str | None, str | None, str]]:
+    with sessions() as session:
+        rows = session.scalars(select(ManualFix).order_by(ManualFix.id))
+        return [(f.sitemap_item_id, f.field, f.old_value, f.new_value, f.user) for f in rows]
+
+
+def current(sessions: sessionmaker[Session], item_id: int) -> tuple[str, str | None]:
+    with sessions() as session:
+        item = session.get_one(SitemapItem, item_id)
+        return item.image_type, item.color
+
+
+def test_undo_fixes_puts_back_the_type_and_the_color_and_keeps_the_history(
+    sessions: sessionmaker[Session], scrape_items: list[int], ml_server: object, ml: MLClient
+) -> None:
+    first = scrape_items[0]
+    saved = save_fixes(
+        sessions,
+        ml,
+        actor(),
+        [
+            FixChange(first, "image_type", "Stock", "Dealer"),
+            FixChange(first, "color", "Gold", "Red"),
+        ],
+    )
+    assert current(sessions, first) == ("Stock", "Gold")
+    undone = undo_fixes(sessions, ml, actor(), saved.fix_ids)
+    assert current(sessions, first) == ("Dealer", "Red")
+    assert undone.outcome is not None and undone.outcome.races == []
+    assert len(undone.fix_ids) == 2 and not set(undone.fix_ids) & set(saved.fix_ids)
+    assert history(sessions) == [
+        (first, "color", "Red", "Gold", "analyst-user"),
+        (first, "image_type", "Dealer", "Stock", "analyst-user"),
+        (first, "color", "Gold", "Red", "analyst-user"),
+        (first, "image_type", "Stock", "Dealer", "analyst-user"),
+    ]
+    # Pushed like any fix: the ML cache holds the values put back.
+    assert undone.push is not None and undone.push_error is None and undone.push.synced == 2
+    with sessions() as session:
+        key = session.get_one(SitemapItem, first).image_key or ""
+    record = cached(ml_server, key)
+    assert (record["image_type"], record["color"]) == ("Dealer", "Red")
+
+
+def test_undoing_a_placeholder_fix_puts_its_color_back(
+    sessions: sessionmaker[Session], scrape_items: list[int], ml_down: MLClient
+) -> None:
+    first = scrape_items[0]  # Dealer, Red
+    saved = save_fixes(sessions, ml_down, actor(), [FixChange(first, "image_type", "Placeholder")])
+    assert current(sessions, first) == ("Placeholder", None) and len(saved.fix_ids) == 2
+    undo_fixes(sessions, ml_down, actor(), saved.fix_ids)
+    assert current(sessions, first) == ("Dealer", "Red")
+
+
+def test_undo_puts_a_colorless_placeholder_s_color_back_to_none(
+    sessions: sessionmaker[Session], scrape_items: list[int], ml_down: MLClient
+) -> None:
+    item_id = scrape_items[1]
+    with sessions.begin() as session:
+        item = session.get_one(SitemapItem, item_id)
+        item.image_type, item.color = "Placeholder", None
+    saved = save_fixes(
+        sessions,
+        ml_down,
+        actor(),
+        [
+            FixChange(item_id, "image_type", "Dealer", "Placeholder"),
+            FixChange(item_id, "color", "Blue", None),
+        ],
+    )
+    assert current(sessions, item_id) == ("Dealer", "Blue")
+    undone = undo_fixes(sessions, ml_down, actor(), saved.fix_ids)
+    assert current(sessions, item_id) == ("Placeholder", None)
+    assert history(sessions)[2:] == [
+        (item_id, "color", "Blue", None, "analyst-user"),
+        (item_id, "image_type", "Dealer", "Placeholder", "analyst-user"),
+    ]
+    assert undone.push_error is not None  # pending sync: the ML server of this test is down
+
+
+def test_undo_fixes_of_someone_else_is_refused_and_writes_nothing(
+    sessions: sessionmaker[Session], scrape_items: list[int], ml_down: MLClient
+) -> None:
+    saved = save_fixes(
+        sessions, ml_down, actor(username="bob"), [FixChange(scrape_items[0], "color", "Gold")]
+    )
+    mine = save_fixes(sessions, ml_down, actor(), [FixChange(scrape_items[1], "color", "Gold")])
+    before = history(sessions)
+    with pytest.raises(PermissionDenied, match="bob's"):
+        undo_fixes(sessions, ml_down, actor(), [*mine.fix_ids, *saved.fix_ids])
+    assert history(sessions) == before
+    assert current(sessions, scrape_items[1]) == ("Stock", "Gold")  # mine was not undone either
+
+
+def test_undo_fixes_needs_a_user_who_may_fix(
+    sessions: sessionmaker[Session], scrape_items: list[int], ml_down: MLClient
+) -> None:
+    saved = save_fixes(sessions, ml_down, actor(), [FixChange(scrape_items[0], "color", "Gold")])
+    with pytest.raises(PermissionDenied):
+        undo_fixes(sessions, ml_down, None, saved.fix_ids)
+    # Demoted since: the fix is still the user's, but a manager may not fix.
+    with pytest.raises(PermissionDenied, match="may not fix"):
+        undo_fixes(sessions, ml_down, actor(Role.MANAGER, "analyst-user"), saved.fix_ids)
+    assert current(sessions, scrape_items[0]) == ("Dealer", "Gold")
+    assert len(history(sessions)) == 1
+
+
+def test_undo_fixes_of_an_unknown_fix_is_not_found(
+    sessions: sessionmaker[Session], scrape_items: list[int], ml_down: MLClient
+) -> None:
+    saved = save_fixes(sessions, ml_down, actor(), [FixChange(scrape_items[0], "color", "Gold")])
+    with pytest.raises(NotFoundError):
+        undo_fixes(sessions, ml_down, actor(), [999_999])
+    with pytest.raises(NotFoundError):  # one known, one not: nothing is undone
+        undo_fixes(sessions, ml_down, actor(), [*saved.fix_ids, 999_999])
+    assert current(sessions, scrape_items[0]) == ("Dealer", "Gold")
+    assert len(history(sessions)) == 1
+
+
+def test_undo_fixes_of_a_fix_of_no_item_is_refused(
+    sessions: sessionmaker[Session], scrape_items: list[int], ml_down: MLClient
+) -> None:
+    saved = save_fixes(sessions, ml_down, actor(), [FixChange(scrape_items[0], "color", "Gold")])
+    with sessions.begin() as session:  # its item is gone (only the image's history is left)
+        session.get_one(ManualFix, saved.fix_ids[0]).sitemap_item_id = None
+    with pytest.raises(InvalidInput, match="cannot be undone here"):
+        undo_fixes(sessions, ml_down, actor(), saved.fix_ids)
+    assert len(history(sessions)) == 1
+
+
+def test_undo_after_someone_else_s_fix_wins_and_reports_the_race(
+    sessions: sessionmaker[Session], scrape_items: list[int], ml_down: MLClient
+) -> None:
+    first = scrape_items[0]
+    saved = save_fixes(sessions, ml_down, actor(), [FixChange(first, "color", "Gold", "Red")])
+    later = save_fixes(
+        sessions, ml_down, actor(username="bob"), [FixChange(first, "color", "Purple", "Gold")]
+    )
+    undone = undo_fixes(sessions, ml_down, actor(), saved.fix_ids)
+    assert current(sessions, first) == ("Dealer", "Red")
+    assert undone.outcome is not None
+    (race,) = undone.outcome.races
+    assert (race.item_id, race.field, race.seen_value, race.overwritten_value) == (
+        first,
+        "color",
+        "Gold",
+        "Purple",
+    )
+    assert race.overwritten_by == "bob" and race.overwritten_at is not None
+    with sessions() as session:  # the undo names the fix it overwrote
+        undo_row = session.get_one(ManualFix, undone.fix_ids[0])
+        assert undo_row.superseded_fix_id == later.fix_ids[0]
+    assert len(history(sessions)) == 3
+
+
+def test_undo_of_a_value_already_back_records_nothing(
+    sessions: sessionmaker[Session], scrape_items: list[int], ml_down: MLClient
+) -> None:
+    first = scrape_items[0]
+    saved = save_fixes(sessions, ml_down, actor(), [FixChange(first, "color", "Gold", "Red")])
+    save_fixes(sessions, ml_down, actor(username="bob"), [FixChange(first, "color", "Red", "Gold")])
+    undone = undo_fixes(sessions, ml_down, actor(), saved.fix_ids)
+    assert undone.fix_ids == [] and undone.push is None
+    assert undone.outcome is not None and undone.outcome.unchanged == 1
+    assert len(history(sessions)) == 2
+
+
+@pytest.mark.parametrize("refresh", [True, False])
+def test_undo_fixes_refreshes_the_findings_only_when_asked(
+    sessions: sessionmaker[Session], scrape_items: list[int], ml_down: MLClient, refresh: bool
+) -> None:
+    """A color given to a Placeholder raises "Placeholder with a color"; undoing it settles the
+    finding at once, or (refresh=False) at the next refresh."""
+    item_id = scrape_items[1]
+    with sessions.begin() as session:
+        item = session.get_one(SitemapItem, item_id)
+        item.image_type, item.color = "Placeholder", None
+    saved = save_fixes(sessions, ml_down, actor(), [FixChange(item_id, "color", "Red", None)])
+    with sessions() as session:
+        (finding_id,) = placeholder_findings(session)
+    undo_fixes(sessions, ml_down, actor(), saved.fix_ids, refresh=refresh)
+    assert current(sessions, item_id) == ("Placeholder", None)
+    with sessions() as session:
+        state = get_finding(session, finding_id).state
+    assert state == (FindingState.FIXED if refresh else FindingState.OPEN)
+
+
+def test_an_undo_that_would_put_back_a_feed_color_is_refused_whole(
+    sessions: sessionmaker[Session], scrape_items: list[int], ml_down: MLClient
+) -> None:
+    """A color taken from the advertiser's feed is kept as the feed says it ("Bordeaux"); a fix
+    to Placeholder clears it. No fix can set "Bordeaux" (nor can the ML cache carry it), so the
+    undo is refused with a clear message and nothing is half undone."""
+    first = scrape_items[0]
+    with sessions.begin() as session:
+        item = session.get_one(SitemapItem, first)
+        item.color = item.feed_color = "Bordeaux"
+        session.get_one(Advertiser, item.advertiser_id).color_from_feed = True
+    saved = save_fixes(sessions, ml_down, actor(), [FixChange(first, "image_type", "Placeholder")])
+    assert current(sessions, first) == ("Placeholder", None)
+    with pytest.raises(InvalidInput, match=r"Bordeaux.*no fix can set"):
+        undo_fixes(sessions, ml_down, actor(), saved.fix_ids)
+    assert current(sessions, first) == ("Placeholder", None)

@@ -303,6 +303,75 @@ def test_conditional_requests(
     assert session.get(cdn.url + path, headers={"If-Modified-Since": older}).status_code == 200
 
 
+def test_images_say_how_long_they_stay_fresh(
+    cdn: DemoCdnServer, inventory: DemoInventory, session: requests.Session
+) -> None:
+    path = _first(inventory, kind="ok", detail=None)
+    assert session.get(cdn.url + path).headers["Cache-Control"] == "public, max-age=3600"
+    etag = session.get(cdn.url + path).headers["ETag"]
+    not_modified = session.get(cdn.url + path, headers={"If-None-Match": etag})
+    assert not_modified.headers["Cache-Control"] == "public, max-age=3600"  # a 304 renews it
+
+
+def test_sitemaps_have_validators_and_answer_conditional_requests(
+    cdn: DemoCdnServer, session: requests.Session
+) -> None:
+    for path in (
+        "/sitemaps/harbor-autos.xml",
+        "/sitemaps/harbor-autos.xml.gz",
+        "/sitemap_index.xml",
+    ):
+        first = session.get(cdn.url + path)
+        etag, modified = first.headers["ETag"], first.headers["Last-Modified"]
+        assert first.headers["Cache-Control"] == "no-cache"  # ask every time: lists change
+        assert etag == f'"{hashlib.sha256(first.content).hexdigest()[:24]}"'
+        again = session.get(cdn.url + path, headers={"If-None-Match": etag})
+        assert (again.status_code, again.content, again.headers["ETag"]) == (304, b"", etag)
+        since = session.get(cdn.url + path, headers={"If-Modified-Since": modified})
+        assert since.status_code == 304
+        other = session.get(cdn.url + path, headers={"If-None-Match": '"old"'})
+        assert other.status_code == 200 and other.content == first.content
+
+
+def test_a_republication_changes_the_sitemaps_validators(demo_dir: Path) -> None:
+    with make_server(demo_dir, port=0) as server, requests.Session() as session:
+        server.serve_in_thread()
+        url = server.url + "/sitemaps/sunrise-motors.xml"
+        before = session.get(url).headers
+        server.state.republish(0.5, seed=3)
+        after = session.get(url, headers={"If-None-Match": before["ETag"]})
+        assert after.status_code == 200
+        assert after.headers["ETag"] != before["ETag"]
+        assert parsedate_to_datetime(after.headers["Last-Modified"]) > parsedate_to_datetime(
+            before["Last-Modified"]
+        )
+
+
+def test_latency_and_the_request_counts(demo_dir: Path, inventory: DemoInventory) -> None:
+    path = _first(inventory, kind="ok", detail=None)
+    with make_server(demo_dir, port=0, latency_ms=120) as server, requests.Session() as session:
+        server.serve_in_thread()
+        server.image_max_age = 60
+        started = time.perf_counter()
+        first = session.get(server.url + path)
+        assert time.perf_counter() - started >= 0.12
+        assert first.headers["Cache-Control"] == "public, max-age=60"
+        session.get(server.url + path, headers={"If-None-Match": first.headers["ETag"]})
+        session.head(server.url + path)
+        session.get(server.url + "/sitemaps/harbor-autos.xml")
+        session.get(server.url + "/nothing")
+        assert server.requests == Counter(
+            {
+                ("GET", "image", 200): 1,
+                ("GET", "image", 304): 1,
+                ("HEAD", "image", 200): 1,
+                ("GET", "sitemap", 200): 1,
+                ("GET", "other", 404): 1,
+            }
+        )
+        assert server.requests_for("image") == 3
+
+
 def test_head_gives_headers_without_body(cdn: DemoCdnServer, inventory: DemoInventory) -> None:
     path = _first(inventory, kind="ok", detail=None)
     host, port = cdn.server_address[0], cdn.server_address[1]

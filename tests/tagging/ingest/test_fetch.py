@@ -840,3 +840,65 @@ def test_head_requests_reuse_the_pooled_connection() -> None:
     finally:
         server.shutdown()
     assert len(accepted) == 1, f"{len(accepted)} connections for 20 HEAD requests"
+
+
+# --- conditional GETs and HTTP caching -----------------------------------------------------------
+
+
+def test_a_conditional_get_answered_304_is_a_result_with_no_body(
+    serve: Callable[..., _Server],
+) -> None:
+    def image(handler: BaseHTTPRequestHandler) -> None:
+        if handler.headers.get("If-None-Match") == '"v1"':
+            handler.send_response(304)
+            handler.send_header("ETag", '"v1"')
+            handler.send_header("Cache-Control", "max-age=60")
+            handler.end_headers()
+            return
+        send(handler, 200, b"picture", "image/jpeg", {"ETag": '"v1"'})
+
+    server = serve({"/a.jpg": image})
+    with GuardedClient(FetchPolicy(allowed_hosts=(f"127.0.0.1:{server.port}",))) as client:
+        full = client.get(server.base + "/a.jpg", accept=["image/"])
+        assert (full.status, full.body) == (200, b"picture")
+        conditional = {"If-None-Match": '"v1"'}
+        result = client.get(
+            server.base + "/a.jpg", accept=["image/"], headers=conditional, not_modified=True
+        )
+        assert (result.status, result.body) == (304, b"")
+        assert result.headers["cache-control"] == "max-age=60"
+        # Without not_modified a 304 is an error, as any other non-2xx status.
+        with pytest.raises(HTTPStatusError) as info:
+            client.get(server.base + "/a.jpg", headers=conditional)
+        assert info.value.status == 304
+    assert [r[2].get("If-None-Match") for r in server.requests] == [None, '"v1"', '"v1"']
+
+
+@pytest.mark.parametrize(
+    ("headers", "max_age", "validators"),
+    [
+        ({"Cache-Control": "public, max-age=3600", "ETag": '"x"'}, 3600, ('"x"', None)),
+        ({"Cache-Control": 'max-age="60", s-maxage=120'}, 120, (None, None)),  # shared cache
+        ({"Cache-Control": "max-age=600", "Age": "100"}, 500, (None, None)),
+        ({"Cache-Control": "max-age=soon"}, 0, (None, None)),  # invalid: stale
+        ({"Cache-Control": "no-cache, max-age=600", "ETag": '"x"'}, None, ('"x"', None)),
+        ({"Pragma": "no-cache", "Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT"}, None,
+         (None, "Mon, 01 Jan 2024 00:00:00 GMT")),
+        ({"Cache-Control": "no-store", "ETag": '"x"'}, None, (None, None)),
+        ({"Cache-Control": "private, max-age=60", "ETag": '"x"'}, None, (None, None)),
+        ({"Cache-Control": "must-revalidate, max-age=60"}, 60, (None, None)),
+        ({"Expires": "Thu, 01 Dec 2026 16:00:00 GMT", "Date": "Thu, 01 Dec 2026 15:00:00 GMT"},
+         3600, (None, None)),
+        ({"Expires": "0"}, 0, (None, None)),  # invalid date: already stale
+        ({"ETag": '"x"'}, None, ('"x"', None)),  # no lifetime stated: revalidate every time
+    ],
+)  # fmt: skip
+def test_response_freshness(
+    headers: dict[str, str], max_age: int | None, validators: tuple[str | None, str | None]
+) -> None:
+    from tagging.ingest.fetch import response_freshness
+
+    freshness = response_freshness(headers)
+    assert freshness.max_age == max_age
+    assert (freshness.etag, freshness.last_modified) == validators
+    assert freshness.stated == (set(headers) - {"ETag", "Last-Modified", "Date", "Age"} != set())

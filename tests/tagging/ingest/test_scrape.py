@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Collection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.advertisers import add_advertiser
 from db.findings import list_findings, set_auto_carry
+from db.fixes import FixChange
 from db.models import (
     Advertiser,
     FixSource,
@@ -35,9 +37,17 @@ from db.models import (
 from db.scrapes import scrape_items
 from tagging.demo.generate import DemoInventory
 from tagging.errors import PermissionDenied
+from tagging.fixes import save_fixes
 from tagging.ingest.fetch import client_from_settings
-from tagging.ingest.scrape import ScrapeConfig, ScrapeSummary, after_scrape, run_scrape
+from tagging.ingest.scrape import (
+    ScrapeConfig,
+    ScrapeSummary,
+    after_scrape,
+    run_scrape,
+    run_scrapes,
+)
 from tagging.server.client import MLClient
+from tagging.server.schemas import ClassifyRequest, ClassifyResponse
 from tests.utils.factories import actor
 from tests.utils.servers import ML_TOKEN
 from tests.utils.world import World, photos, republished
@@ -83,9 +93,14 @@ def test_scrape_stores_every_item_then_rescrape_is_all_cache_hits(
             if "/" + path in broken:
                 assert item.status == ItemStatus.ERROR and item.error
                 assert (item.image_type, item.color) == ("Placeholder", None)  # the seed's defaults
+                assert (item.ml_confidence, item.ml_probabilities) == (None, None)  # no model's
             else:
                 assert item.status == ItemStatus.OK, item.error
                 assert item.image_key and item.model_version
+                # The model's probability of its answer, and of every class.
+                assert item.ml_probabilities is not None
+                assert set(item.ml_probabilities) == {"Dealer", "Stock", "Placeholder"}
+                assert item.ml_probabilities[item.ml_image_type] == item.ml_confidence
         keys = {i.image_key for i in items if i.image_key and i.status == ItemStatus.OK}
         assert session.scalar(
             select(func.count()).select_from(Image).where(Image.image_key.in_(keys))
@@ -105,7 +120,15 @@ def test_scrape_stores_every_item_then_rescrape_is_all_cache_hits(
             (i.image_url, i.image_key, i.image_type, i.color)
             for i in scrape_items(session, second.scrape_id)
         }
+        cold, cached = (
+            {
+                i.image_url: (i.ml_confidence, i.ml_probabilities)
+                for i in scrape_items(session, scrape_id)
+            }
+            for scrape_id in (first.scrape_id, second.scrape_id)
+        )
     assert before == after
+    assert cached == cold  # the cache's answers carry the probabilities too
 
 
 def test_color_from_feed_is_not_replaced_by_the_ml_color(
@@ -140,9 +163,10 @@ def test_ml_server_down_marks_ml_failures_and_a_rerun_fixes_them(
     assert any("relaunch" in p for p in failed.problems)
     with app_sessions() as session:
         items = scrape_items(session, failed.scrape_id)
-    assert {(i.status, i.image_type, i.color) for i in items} == {
-        (ItemStatus.ML_FAILURE, "Placeholder", None)
+    assert {(i.status, i.image_type, i.color, i.ml_confidence) for i in items} == {
+        (ItemStatus.ML_FAILURE, "Placeholder", None, None)
     }
+    assert all(i.ml_probabilities is None for i in items)
 
     fixed = scrape(app_settings, app_sessions, name)
     assert fixed.ml_failures == 0
@@ -215,6 +239,213 @@ def test_republished_images_get_new_keys_and_are_classified_again(
         shas = session.scalars(select(Image.sha256).where(Image.image_key.in_(moved_keys))).all()
         old_shas = set(session.scalars(select(Image.sha256).where(Image.image_key.in_(old))).all())
     assert set(shas) <= old_shas
+
+
+# --- re-scraping an unchanged sitemap ----------------------------------------------------------
+
+
+class CountingML(MLClient):
+    """The ML client, counting calls and keeping the answers; it sends ``known_keys`` (the keys
+    the app has thumbnails for) as :class:`ClassifyRequest` allows, through the public guarded
+    client, whatever this client's version does with it."""
+
+    def __init__(self, settings: object) -> None:
+        client = client_from_settings(settings, extra_allowed=[settings.ml_host_entry()])  # type: ignore[arg-type, attr-defined]
+        super().__init__(settings.ml_url, settings.ml_token, client)  # type: ignore[attr-defined]
+        self.answers: list[ClassifyResponse] = []
+
+    def classify(
+        self,
+        urls: list[str],
+        *,
+        color: bool = True,
+        thumbnails: bool = True,
+        advertiser: str | None = None,
+        known_keys: Collection[str] = (),
+    ) -> ClassifyResponse:
+        request = ClassifyRequest(
+            urls=urls,
+            color=color,
+            thumbnails=thumbnails,
+            advertiser=advertiser,
+            known_keys=list(known_keys),
+        )
+        answer = ClassifyResponse.model_validate_json(
+            self.client.request_json(
+                "POST",
+                f"{self.base_url}/classify",
+                json=request.model_dump(),
+                headers={"Authorization": f"Bearer {self.token}"},
+                timeout=60,
+            ).body
+        )
+        self.answers.append(answer)
+        return answer
+
+
+def counted_scrape(
+    settings: object, sessions: sessionmaker[Session], name: str
+) -> tuple[ScrapeSummary, CountingML]:
+    client = client_from_settings(settings)  # type: ignore[arg-type]
+    ml = CountingML(settings)
+    try:
+        return run_scrape(sessions, name, ml=ml, client=client), ml
+    finally:
+        client.close()
+        ml.client.close()
+
+
+def items_by_url(sessions: sessionmaker[Session], scrape_id: int) -> dict[str, SitemapItem]:
+    with sessions() as session:
+        return {i.image_url: i for i in scrape_items(session, scrape_id)}
+
+
+def test_an_unchanged_sitemap_copies_the_items_of_fresh_images_without_a_request(
+    app_settings: object, app_sessions: sessionmaker[Session], demo_dir: Path, cdn: object
+) -> None:
+    name = DemoInventory.load(demo_dir).advertiser("sunrise-motors").name
+    first, _ = counted_scrape(app_settings, app_sessions, name)
+    assert not first.sitemap_unchanged and first.failed == 0 and first.copied == 0
+    images = cdn.requests_for("image")  # type: ignore[attr-defined]
+    sitemaps = dict(cdn.requests)  # type: ignore[attr-defined]
+
+    second, ml = counted_scrape(app_settings, app_sessions, name)
+    assert second.sitemap_unchanged and second.status == "succeeded"
+    assert second.copied == second.items == second.cached == first.items
+    assert ml.answers == [], "fresh images: the ML server is not even asked"
+    assert cdn.requests_for("image") == images  # type: ignore[attr-defined]
+    new = {k: n - sitemaps.get(k, 0) for k, n in cdn.requests.items()}  # type: ignore[attr-defined]
+    assert {k: n for k, n in new.items() if n} == {("GET", "sitemap", 304): 1}
+
+    before, after = (items_by_url(app_sessions, s.scrape_id) for s in (first, second))
+    assert before.keys() == after.keys()
+    for url, item in after.items():
+        old = before[url]
+        assert item.id != old.id and item.scrape_id == second.scrape_id and item.cached
+        same = ("position", "image_key", "image_type", "color", "ml_confidence", "title")
+        assert [getattr(item, f) for f in same] == [getattr(old, f) for f in same]
+    with app_sessions() as session:
+        assert session.get_one(Scrape, second.scrape_id).sitemap_state is not None
+
+
+def test_a_fix_made_since_the_last_scrape_shows_on_the_copied_items(
+    app_settings: object, app_sessions: sessionmaker[Session], demo_dir: Path
+) -> None:
+    name = DemoInventory.load(demo_dir).advertiser("sunrise-motors").name
+    first, _ = counted_scrape(app_settings, app_sessions, name)
+    items = [i for i in items_by_url(app_sessions, first.scrape_id).values()][:2]
+    other = {"Dealer": "Stock", "Stock": "Dealer", "Placeholder": "Dealer"}
+    # An analyst's fix through the app: it is written on the latest scrape's items too.
+    ml = MLClient.from_settings(app_settings)  # type: ignore[arg-type]
+    saved = save_fixes(
+        app_sessions,
+        ml,
+        ANALYST,
+        [FixChange(items[0].id, "image_type", other[items[0].image_type])],
+    )
+    ml.client.close()
+    assert saved.fix_ids
+    # A fix recorded without touching these items (made while they were being stored, say).
+    with app_sessions.begin() as session:
+        session.add(
+            ManualFix(
+                image_key=items[1].image_key,
+                image_url=items[1].image_url,
+                advertiser_id=items[1].advertiser_id,
+                field="color",
+                new_value="Gold",
+                user="ana",
+            )
+        )
+    second, _ = counted_scrape(app_settings, app_sessions, name)
+    assert second.sitemap_unchanged and second.copied == first.items
+    after = items_by_url(app_sessions, second.scrape_id)
+    fixed = after[items[0].image_url]
+    assert (fixed.image_type, fixed.image_type_source) == (other[items[0].image_type], "fix")
+    assert fixed.ml_image_type == items[0].ml_image_type  # the prediction stays the model's
+    recolored = after[items[1].image_url]
+    assert (recolored.color, recolored.color_source) == ("Gold", "fix")
+    untouched = [i for url, i in after.items() if url not in {it.image_url for it in items}]
+    assert all(i.image_type_source == "ml" for i in untouched)
+
+
+def test_a_changed_sitemap_is_read_and_classified_as_ever(
+    app_settings: object, app_sessions: sessionmaker[Session], demo_dir: Path, cdn: object
+) -> None:
+    name = DemoInventory.load(demo_dir).advertiser("sunrise-motors").name
+    first, _ = counted_scrape(app_settings, app_sessions, name)
+    moved = cdn.state.republish(0.5, seed=2)  # type: ignore[attr-defined]
+    second, ml = counted_scrape(app_settings, app_sessions, name)
+    assert not second.sitemap_unchanged and second.copied == 0
+    assert second.items == first.items and ml.answers
+    assert 0 < second.classified <= len(moved)
+    # Images that did not move are still fresh: the ML server answered them without the CDN.
+    assert second.cached == second.items - second.classified
+
+
+def test_stale_images_are_revalidated_and_known_thumbnails_not_sent_again(
+    app_settings: object, app_sessions: sessionmaker[Session], demo_dir: Path, cdn: object
+) -> None:
+    cdn.image_max_age = 0  # type: ignore[attr-defined]
+    name = DemoInventory.load(demo_dir).advertiser("sunrise-motors").name
+    first, first_ml = counted_scrape(app_settings, app_sessions, name)
+    assert all(r.thumbnail_b64 for a in first_ml.answers for r in a.results if not r.error)
+    images = dict(cdn.requests)  # type: ignore[attr-defined]
+    second, ml = counted_scrape(app_settings, app_sessions, name)
+    assert second.sitemap_unchanged and second.copied == 0  # nothing fresh to copy
+    assert second.cached == second.items and second.classified == 0
+    before, after = (items_by_url(app_sessions, s.scrape_id) for s in (first, second))
+    new = {k: n - images.get(k, 0) for k, n in cdn.requests.items()}  # type: ignore[attr-defined]
+    assert {k: n for k, n in new.items() if n} == {
+        ("GET", "sitemap", 304): 1,
+        ("GET", "image", 304): len(before),  # one conditional GET per URL: no body, no HEAD
+    }
+    results = [r for answer in ml.answers for r in answer.results]
+    assert {r.url for r in results} == set(before)
+    assert not any(r.thumbnail_b64 for r in results), "the app has every thumbnail already"
+    assert {u: i.image_key for u, i in after.items()} == {u: i.image_key for u, i in before.items()}
+
+
+def test_a_new_feed_setting_reads_the_sitemap_again(
+    app_settings: object, app_sessions: sessionmaker[Session], demo_dir: Path
+) -> None:
+    name = DemoInventory.load(demo_dir).advertiser("sunrise-motors").name
+    counted_scrape(app_settings, app_sessions, name)
+    with app_sessions.begin() as session:
+        session.scalars(
+            select(Advertiser).where(Advertiser.name == name)
+        ).one().color_from_feed = True
+    second, _ = counted_scrape(app_settings, app_sessions, name)
+    assert not second.sitemap_unchanged and second.copied == 0
+
+
+def test_run_scrapes_refreshes_the_findings_once(
+    app_settings: object,
+    app_sessions: sessionmaker[Session],
+    demo_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tagging.ingest.scrape as scrape_module
+
+    calls: list[dict[str, object]] = []
+    real = scrape_module.refresh_findings
+
+    def counting(session: Session, **kwargs: object) -> object:
+        calls.append(kwargs)
+        return real(session, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scrape_module, "refresh_findings", counting)
+    names = [a.name for a in DemoInventory.load(demo_dir).advertisers[:3]]
+    client = client_from_settings(app_settings)  # type: ignore[arg-type]
+    ml = MLClient.from_settings(app_settings)  # type: ignore[arg-type]
+    try:
+        summaries = run_scrapes(app_sessions, names, ml=ml, client=client)
+    finally:
+        client.close()
+        ml.client.close()
+    assert [s.advertiser for s in summaries] == names
+    assert all(s.status in ("succeeded", "completed_with_errors") for s in summaries)
+    assert calls == [{}]  # one refresh, of every advertiser's findings
 
 
 def test_unreadable_sitemap_fails_the_scrape_clearly_and_keeps_history(

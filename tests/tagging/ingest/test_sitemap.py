@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import inspect
 import sys
 import threading
 import time
+import tracemalloc
 import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -16,7 +20,14 @@ import pytest
 from tagging.errors import BlockedURLError, ResponseTooLargeError, SitemapError
 from tagging.ingest import sitemap as sitemap_module
 from tagging.ingest.fetch import FetchPolicy, GuardedClient, HTTPStatusError
-from tagging.ingest.sitemap import SitemapItem, SitemapLimits, parse_sitemap_bytes, read_sitemap
+from tagging.ingest.sitemap import (
+    SitemapDocument,
+    SitemapItem,
+    SitemapLimits,
+    parse_sitemap_bytes,
+    read_sitemap,
+    unchanged_documents,
+)
 
 SM = "http://www.sitemaps.org/schemas/sitemap/0.9"
 IMG = "http://www.google.com/schemas/sitemap-image/1.1"
@@ -375,7 +386,7 @@ def test_read_a_plain_and_a_gzipped_sitemap(site: _Server, client: GuardedClient
     site.pages["/no-type.xml"] = (200, "", cars(0, 3))
     for path in ("/sitemap.xml", "/sitemap.xml.gz", "/no-type.xml"):
         result = read_sitemap(f"{site.base}{path}", client)
-        assert [i.image_url for i in result.items] == [
+        assert [i.image_url for i in list(result.items)] == [
             f"https://cdn.example/{i}.jpg" for i in range(3)
         ]
         assert result.problems == []
@@ -401,8 +412,9 @@ def test_index_with_a_broken_sub_sitemap_keeps_the_others(
     site.pages["/page.html"] = (200, "text/html; charset=utf-8", b"<html>Not found</html>")
     site.pages["/b.xml.gz"] = (200, "application/gzip", gzip.compress(cars(2, 2)))
     result = read_sitemap(f"{site.base}/index.xml", client)
-    assert [i.image_url for i in result.items] == [f"https://cdn.example/{i}.jpg" for i in range(4)]
-    assert [i.position for i in result.items] == [0, 1, 2, 3]  # Continuous across sub-sitemaps.
+    items = list(result.items)
+    assert [i.image_url for i in items] == [f"https://cdn.example/{i}.jpg" for i in range(4)]
+    assert [i.position for i in items] == [0, 1, 2, 3]  # Continuous across sub-sitemaps.
     assert result.sitemaps_read == 3  # The index, a.xml and b.xml.gz.
     problems = {p.url.rsplit("/", 1)[1]: p for p in result.problems}
     assert problems["missing.xml"].code == "fetch_failed"
@@ -431,9 +443,10 @@ def test_index_pointing_at_blocked_addresses_records_problems(
         )
         site.pages["/a.xml"] = (200, XML, cars(0, 1))
         result = read_sitemap(f"{site.base}/index.xml", client)
+        items = list(result.items)
     finally:
         other.server_close()
-    assert len(result.items) == 1
+    assert len(items) == 1
     assert [p.code for p in result.problems] == ["blocked_url"] * 3
     assert "169.254.169.254 is a link-local address" in result.problems[0].message
     assert "TAGGING_ALLOWED_HOSTS" in result.problems[1].message
@@ -446,13 +459,13 @@ def test_nested_indexes_stop_at_max_depth(site: _Server, client: GuardedClient) 
     site.pages["/a.xml"] = (200, XML, cars(0, 1))
     site.pages["/b.xml"] = (200, XML, cars(1, 1))
     result = read_sitemap(f"{site.base}/root.xml", client)
-    assert [i.image_url for i in result.items] == ["https://cdn.example/0.jpg"]
+    assert [i.image_url for i in list(result.items)] == ["https://cdn.example/0.jpg"]
     (problem,) = result.problems
     assert problem.code == "too_deep"
     assert problem.url == f"{site.base}/level2.xml"
     assert "/b.xml" not in site.hits
     deeper = read_sitemap(f"{site.base}/root.xml", client, SitemapLimits(max_depth=3))
-    assert len(deeper.items) == 2 and deeper.problems == []
+    assert len(list(deeper.items)) == 2 and deeper.problems == []
 
 
 def test_index_loops_are_read_once(site: _Server, client: GuardedClient) -> None:
@@ -463,7 +476,7 @@ def test_index_loops_are_read_once(site: _Server, client: GuardedClient) -> None
     )
     site.pages["/a.xml"] = (200, XML, cars(0, 1))
     result = read_sitemap(f"{site.base}/index.xml", client)
-    assert len(result.items) == 1
+    assert len(list(result.items)) == 1
     (problem,) = result.problems
     assert problem.code == "duplicate_sitemap"
     assert "lists 2 sitemaps that were already read" in problem.message
@@ -475,11 +488,11 @@ def test_item_and_sitemap_limits_across_sub_sitemaps(site: _Server, client: Guar
     for n in range(5):
         site.pages[f"/{n}.xml"] = (200, XML, cars(n * 10, 10))
     capped = read_sitemap(f"{site.base}/index.xml", client, SitemapLimits(max_items=25))
-    assert [i.position for i in capped.items] == list(range(25))
+    assert [i.position for i in list(capped.items)] == list(range(25))
     assert [p.code for p in capped.problems] == ["too_many_items"]
     assert "/3.xml" not in site.hits and "/4.xml" not in site.hits
     few = read_sitemap(f"{site.base}/index.xml", client, SitemapLimits(max_sitemaps=3))
-    assert len(few.items) == 20  # The root counts as one of the three.
+    assert len(list(few.items)) == 20  # The root counts as one of the three.
     assert [p.code for p in few.problems] == ["too_many_sitemaps"]
     assert "3 more listed" in few.problems[0].message
 
@@ -521,3 +534,98 @@ def test_compressed_size_cap_is_passed_to_the_client(site: _Server, client: Guar
     site.pages["/big.xml"] = (200, XML, cars(0, 100))
     with pytest.raises(ResponseTooLargeError):
         read_sitemap(f"{site.base}/big.xml", client, SitemapLimits(max_compressed_bytes=1000))
+
+
+# --- streaming, and telling an unchanged sitemap -------------------------------------------------
+
+
+def test_read_sitemap_streams_its_items_from_a_generator(
+    site: _Server, client: GuardedClient
+) -> None:
+    site.pages["/index.xml"] = (200, XML, index(f"{site.base}/a.xml", f"{site.base}/b.xml"))
+    site.pages["/a.xml"] = (200, XML, cars(0, 3))
+    site.pages["/b.xml"] = (200, XML, cars(3, 2))
+    result = read_sitemap(f"{site.base}/index.xml", client)
+    assert inspect.isgenerator(result.items)
+    assert site.hits == ["/index.xml"]  # the sub-sitemaps are fetched as their items are taken
+    first = next(result.items)
+    assert first.position == 0 and site.hits == ["/index.xml", "/a.xml"]
+    assert result.expected == 3  # a.xml counted; b.xml not reached yet
+    rest = list(result.items)
+    assert [i.position for i in rest] == [1, 2, 3, 4] and result.expected == 5
+    assert [d.url.rsplit("/", 1)[1] for d in result.documents] == ["index.xml", "a.xml", "b.xml"]
+    digest = hashlib.sha256(cars(0, 3)).hexdigest()
+    assert result.documents[1] == SitemapDocument(f"{site.base}/a.xml", None, None, digest)
+
+
+def test_a_huge_sitemap_never_holds_its_items_in_a_list(
+    site: _Server, client: GuardedClient
+) -> None:
+    count = 50_000
+    site.pages["/big.xml"] = (200, XML, cars(0, count))
+    result = read_sitemap(f"{site.base}/big.xml", client)  # the document's bytes are held
+    tracemalloc.start()
+    try:
+        taken = 0
+        for item in result.items:
+            taken += 1
+            assert item.position == taken - 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert taken == count
+    # A list of the 50,000 items takes ~16 MB; the stream holds one 1 MiB slice and its items.
+    assert peak < 6 * 1024 * 1024, f"{peak / 1e6:.1f} MB traced while streaming"
+
+
+def test_a_sub_sitemap_broken_at_its_end_or_a_bomb_is_dropped_whole(
+    site: _Server, client: GuardedClient
+) -> None:
+    bomb = gzip.compress(cars(0, 1)[:-12] + b"<!-- " + b"x" * 3_000_000 + b" -->" + b"</urlset>")
+    site.pages["/index.xml"] = (
+        200,
+        XML,
+        index(f"{site.base}/cut.xml", f"{site.base}/bomb.xml.gz", f"{site.base}/ok.xml"),
+    )
+    site.pages["/cut.xml"] = (200, XML, cars(10, 5_000)[:-30])  # every <url> but the last end
+    site.pages["/bomb.xml.gz"] = (200, "application/gzip", bomb)
+    site.pages["/ok.xml"] = (200, XML, cars(0, 2))
+    limits = SitemapLimits(max_uncompressed_bytes=2_000_000)
+    result = read_sitemap(f"{site.base}/index.xml", client, limits)
+    assert [i.image_url for i in result.items] == [f"https://cdn.example/{i}.jpg" for i in (0, 1)]
+    assert [p.code for p in result.problems] == ["bad_sitemap", "bad_sitemap"]
+    assert "not well-formed XML" in result.problems[0].message
+    assert "gzip bomb" in result.problems[1].message
+    assert [d.sha256 is None for d in result.documents] == [False, True, True, False]
+
+
+def test_unchanged_documents_asks_with_validators_and_compares_digests(
+    site: _Server, client: GuardedClient
+) -> None:
+    class Conditional(_Handler):
+        def do_GET(self) -> None:
+            if self.path == "/tagged.xml" and self.headers.get("If-None-Match") == '"t1"':
+                self.server.hits.append("304 " + self.path)
+                self.send_response(304)
+                self.send_header("ETag", '"t1"')
+                self.end_headers()
+                return
+            super().do_GET()
+
+    site.RequestHandlerClass = Conditional
+    site.pages["/tagged.xml"] = (200, XML, cars(0, 2))
+    site.pages["/plain.xml"] = (200, XML, cars(2, 2))
+    documents = [
+        SitemapDocument(f"{site.base}/tagged.xml", '"t1"', None, "digest not needed"),
+        SitemapDocument(
+            f"{site.base}/plain.xml", None, None, hashlib.sha256(cars(2, 2)).hexdigest()
+        ),
+    ]
+    assert unchanged_documents(documents, client) == documents
+    assert site.hits == ["304 /tagged.xml", "/plain.xml"]
+    site.pages["/plain.xml"] = (200, XML, cars(2, 3))  # one more item: another digest
+    assert unchanged_documents(documents, client) is None
+    assert unchanged_documents([replace(documents[0], sha256=None)], client) is None  # unread
+    assert unchanged_documents([], client) is None
+    missing = [SitemapDocument(f"{site.base}/gone.xml", None, None, "x")]
+    assert unchanged_documents(missing, client) is None

@@ -68,6 +68,12 @@ def test_classify_then_cache_hit_then_fix(ml_server: object, cdn: object, demo_d
         assert result["width"] > 0 and result["thumbnail_b64"]
         if result["image_type"] == "Placeholder":
             assert result["color"] is None  # the seed: a Placeholder has no color
+        # The model's probability of every class; the confidence is that of its answer.
+        probabilities = result["probabilities"]
+        assert set(probabilities) == {"Dealer", "Stock", "Placeholder"}
+        assert sum(probabilities.values()) == pytest.approx(1.0, abs=2e-4)
+        assert probabilities[result["ml_image_type"]] == result["confidence"]
+        assert result["confidence"] == max(probabilities.values())
     correct = sum(r["image_type"] == inventory.ground_truth(r["url"])[0] for r in results)
     assert correct >= len(results) * 0.75  # a quick test model, but clearly learnt
 
@@ -75,6 +81,9 @@ def test_classify_then_cache_hit_then_fix(ml_server: object, cdn: object, demo_d
     assert all(r["cached"] for r in second)
     assert [(r["image_key"], r["image_type"], r["color"]) for r in second] == [
         (r["image_key"], r["image_type"], r["color"]) for r in results
+    ]
+    assert [(r["confidence"], r["probabilities"]) for r in second] == [
+        (r["confidence"], r["probabilities"]) for r in results
     ]
 
     key = results[0]["image_key"]
@@ -104,6 +113,10 @@ def test_classify_then_cache_hit_then_fix(ml_server: object, cdn: object, demo_d
         results[0]["image_type"],
         results[0]["color"],
     )
+    assert (third["confidence"], third["probabilities"]) == (
+        results[0]["confidence"],
+        results[0]["probabilities"],
+    )
 
     record = requests.get(f"{ml_server.url}/images/{key}", headers=AUTH, timeout=5).json()  # type: ignore[attr-defined]
     assert record["applied_fix_ids"] == ["f1"]
@@ -121,6 +134,7 @@ def test_broken_images_are_per_item_errors(ml_server: object, cdn: object, demo_
     assert [r["error"] for r in results[:2]] == [None, None]
     for result in results[2:]:
         assert result["image_type"] is None and result["error"], result
+        assert result["confidence"] is None and result["probabilities"] is None
         assert result["error_code"] in ("bad_image", "bad_content_type", "fetch_failed")
     assert results[-1]["error_code"] == "fetch_failed" and "404" in results[-1]["error"]
 
@@ -146,6 +160,8 @@ def test_color_false_skips_the_color_model(ml_server: object, cdn: object, demo_
         {"urls": ["http://x/"] * 257},
         {"urls": "not a list"},
         {},
+        {"urls": ["http://x/"], "known_keys": ["k"] * 1025},  # more than MAX_KNOWN_KEYS
+        {"urls": ["http://x/"], "known_keys": ["k" * 65]},  # not an image_key
     ],
 )
 def test_bad_requests_get_422(ml_server: object, body: dict) -> None:

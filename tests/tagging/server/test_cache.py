@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from db.engine import make_engine
-from tagging.server.cache import CacheEntry, MLCache
+from tagging.server.cache import CacheEntry, MLCache, UrlState
 from tagging.server.schemas import ImageFix
 
 
@@ -22,6 +22,9 @@ def cache(cache_url: str) -> Iterator[MLCache]:
     engine.dispose()
 
 
+PROBABILITIES = {"Dealer": 0.9, "Stock": 0.0712, "Placeholder": 0.0288}
+
+
 def make_entry(key: str, image_type: str = "Dealer", color: str | None = "Red") -> CacheEntry:
     return CacheEntry(
         image_key=key,
@@ -29,6 +32,7 @@ def make_entry(key: str, image_type: str = "Dealer", color: str | None = "Red") 
         image_type=image_type,
         color=color,
         confidence=0.9,
+        probabilities=PROBABILITIES,
         type_source="model",
         color_source="model",
         model_version="type-1",
@@ -52,6 +56,7 @@ def test_store_then_read_back(cache: MLCache) -> None:
     }
     assert cache.thumbnail("a" * 32) == b"jpeg"
     assert cache.count() == 1
+    assert cache.get_many(["a" * 32])["a" * 32].probabilities == PROBABILITIES
 
 
 def at(hour: int) -> datetime:
@@ -141,6 +146,29 @@ def test_an_old_store_is_emptied_under_a_new_generation(tmp_path: Path) -> None:
     assert MLCache(engine).generation == cache.generation
 
 
+def test_a_store_without_the_probabilities_column_gets_it_and_keeps_its_entries(
+    cache_url: str,
+) -> None:
+    engine = make_engine(cache_url, create=True)
+    before = MLCache(engine)
+    before.store([make_entry("a" * 32)], {"http://cdn.test/a.jpg": "a" * 32})
+    before.apply_fix("a" * 32, ImageFix(image_type="Stock", fix_id="f1"))
+    with engine.begin() as connection:  # a store of the version before probabilities were kept
+        connection.execute(text("ALTER TABLE cached_images DROP COLUMN probabilities"))
+    # Several server processes may open the old store at once: one adds the column.
+    with ThreadPoolExecutor(4) as pool:
+        opened = list(pool.map(lambda _: MLCache(engine), range(4)))
+    assert {cache.generation for cache in opened} == {before.generation}  # no fix to push again
+    after = opened[0]
+    assert "probabilities" in {c["name"] for c in inspect(engine).get_columns("cached_images")}
+    old = after.get_many(["a" * 32])["a" * 32]
+    assert (old.image_type, old.confidence, old.probabilities) == ("Dealer", 0.9, None)
+    assert after.record("a" * 32).applied_fix_ids == ["f1"]  # type: ignore[union-attr]
+    after.store([make_entry("b" * 32)], {})
+    assert after.get_many(["b" * 32])["b" * 32].probabilities == PROBABILITIES
+    engine.dispose()
+
+
 def test_concurrent_pushes_of_the_same_fix_apply_once(cache: MLCache) -> None:
     key = "9" * 32
     cache.store([make_entry(key)], {})
@@ -152,3 +180,53 @@ def test_concurrent_pushes_of_the_same_fix_apply_once(cache: MLCache) -> None:
         )
     assert outcomes.count(True) == 1
     assert cache.record(key).applied_fix_ids == ["f42"]  # type: ignore[union-attr]
+
+
+def test_url_states_keep_the_freshness_and_validators_of_the_last_answer(cache: MLCache) -> None:
+    fetched = datetime(2026, 12, 1, 9, tzinfo=UTC)
+    state = UrlState(
+        image_key="a" * 32,
+        fetched_at=fetched,
+        max_age=3600,
+        fresh_until=fetched + timedelta(hours=1),
+        etag='"v1"',
+        last_modified="Mon, 01 Jan 2024 00:00:00 GMT",
+    )
+    cache.store([make_entry("a" * 32)], {"http://cdn.test/a.jpg": state})
+    cache.touch_urls({"http://cdn.test/b.jpg": "b" * 32})  # a bare key: nothing known of it
+    states = cache.url_states(["http://cdn.test/a.jpg", "http://cdn.test/b.jpg", "http://x/"])
+    got = states["http://cdn.test/a.jpg"]
+    assert (got.image_key, got.max_age, got.etag, got.last_modified) == (
+        "a" * 32,
+        3600,
+        '"v1"',
+        "Mon, 01 Jan 2024 00:00:00 GMT",
+    )
+    assert got.is_fresh(fetched + timedelta(minutes=59))
+    assert not got.is_fresh(fetched + timedelta(minutes=61))
+    bare = states["http://cdn.test/b.jpg"]
+    assert (bare.image_key, bare.fresh_until, bare.etag) == ("b" * 32, None, None)
+    assert not bare.is_fresh(fetched)
+    assert "http://x/" not in states
+
+    # A new answer (a 304 renewing it, say) replaces every field.
+    renewed = UrlState("a" * 32, fetched_at=fetched, max_age=None, fresh_until=None, etag='"v1"')
+    cache.touch_urls({"http://cdn.test/a.jpg": renewed})
+    again = cache.url_states(["http://cdn.test/a.jpg"])["http://cdn.test/a.jpg"]
+    assert (again.max_age, again.fresh_until, again.last_modified) == (None, None, None)
+
+
+def test_a_store_without_the_freshness_columns_gets_them_and_keeps_its_urls(
+    cache_url: str,
+) -> None:
+    engine = make_engine(cache_url, create=True)
+    before = MLCache(engine)
+    before.store([make_entry("a" * 32)], {"http://cdn.test/a.jpg": "a" * 32})
+    with engine.begin() as connection:  # a store of the version before HTTP caching
+        for column in ("fetched_at", "max_age", "fresh_until", "etag", "last_modified"):
+            connection.execute(text(f"ALTER TABLE url_versions DROP COLUMN {column}"))
+    after = MLCache(engine)
+    assert after.generation == before.generation
+    state = after.url_states(["http://cdn.test/a.jpg"])["http://cdn.test/a.jpg"]
+    assert (state.image_key, state.fresh_until, state.etag) == ("a" * 32, None, None)
+    engine.dispose()
