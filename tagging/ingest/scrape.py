@@ -20,7 +20,6 @@ scrape finishes, so a fix made meanwhile shows (:func:`db.labels.resolve`, as fo
 from __future__ import annotations
 
 import base64
-import inspect
 import logging
 import threading
 import time
@@ -506,18 +505,14 @@ def _classified_batches(
     none once ``gate`` is closed (each batch then gets the gate's reason).
     """
     gate = gate or _Gate()
-    send_known = known_keys is not None and _takes_known_keys(ml)
+    send_known = known_keys is not None
 
     def call(batch: list[ParsedItem], known: Collection[str]) -> Outcome:
         if gate.closed is not None:
             return gate.closed
         urls = list(dict.fromkeys(item.image_url for item in batch))
         try:
-            if known:
-                # MLClient.classify(known_keys=...): see _takes_known_keys.
-                classify: Callable[..., ClassifyResponse] = ml.classify
-                return classify(urls, color=color, advertiser=advertiser, known_keys=known)
-            return ml.classify(urls, color=color, advertiser=advertiser)
+            return ml.classify(urls, color=color, advertiser=advertiser, known_keys=known)
         except MLServerError as exc:
             return exc
 
@@ -540,22 +535,6 @@ def _classified_batches(
         finally:
             for _, future in pending:
                 future.cancel()
-
-
-def _takes_known_keys(ml: object) -> bool:
-    """Whether the ML client's ``classify`` takes ``known_keys`` (the image_keys the app has a
-    thumbnail for, so that the server sends none for them).
-
-    ``ClassifyRequest.known_keys`` is the server's side; a client without the parameter still
-    works, and gets every thumbnail as before.
-    """
-    classify = getattr(ml, "classify", None)
-    if classify is None:
-        return False
-    try:
-        return "known_keys" in inspect.signature(classify).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _store_batch(
