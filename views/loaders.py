@@ -68,9 +68,7 @@ from db.review import (
     thumbnails,
 )
 from db.scrapes import latest_scrape, recent_scrapes, running_scrape, scrapes_of
-from tagging.errors import TaggingError
-from tagging.ingest.originals import fetch_original
-from views.common import QUERY_TTL_SECONDS, session_factory, settings
+from views.common import QUERY_TTL_SECONDS, session_factory
 
 # --- accounts (not cached: an admin must see every change at once) ----------------------------
 
@@ -275,12 +273,6 @@ def load_fix_targets(item_ids: list[int]) -> list[dict]:
         ]
 
 
-def load_image_history(image_key: str) -> list[HistoryEntry]:
-    """Every manual fix of one image. Not cached: read when the details dialog opens."""
-    with session_factory()() as session:
-        return image_history(session, image_key)
-
-
 @st.cache_data(ttl=QUERY_TTL_SECONDS)
 def load_histories(image_keys: tuple[str, ...]) -> dict[str, list[HistoryEntry]]:
     """Every manual fix of these images (a page's fixed ones), for the grid's large view."""
@@ -315,17 +307,6 @@ def missing_thumbnail() -> bytes:
     out = io.BytesIO()
     image.save(out, "JPEG", quality=85)
     return out.getvalue()
-
-
-@st.cache_data(ttl=600, max_entries=32)
-def large_image(url: str, image_key: str | None) -> bytes:
-    """The original image fetched by the server (guarded), or the thumbnail if it is gone."""
-    try:
-        return fetch_original(settings(), url)
-    except TaggingError:
-        with session_factory()() as session:
-            found = thumbnails(session, [image_key] if image_key else [])
-        return found.get(image_key or "", missing_thumbnail())
 
 
 # --- weird results -----------------------------------------------------------------------------

@@ -18,19 +18,18 @@ import time
 from functools import cache
 from threading import Lock
 
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from db.engine import make_engine, make_session_factory
 from db.review import items_by_id, thumbnails
 from db.user_sessions import check_session
 from tagging.config import Settings
 from tagging.errors import TaggingError
 from tagging.ingest.originals import fetch_original
 from views.common import SESSION_COOKIE, SESSION_IDLE, SESSION_MAX
+from views.session_cookie import no_store, route_sessions
 
 THUMB_PATH = "api/thumb"
 ORIGINAL_PATH = "api/original"
@@ -40,12 +39,6 @@ _CHECKED_SECONDS = 30.0
 """How long a session seen active is trusted without a query: a page's 96 thumbnails cost one."""
 _IMMUTABLE = "private, max-age=31536000, immutable"
 _ORIGINAL_CACHE = "private, max-age=600"
-
-
-@cache
-def _sessions() -> sessionmaker[Session]:
-    """The routes' own session factory (they run outside any script run)."""
-    return make_session_factory(make_engine(Settings.from_env().database_url))
 
 
 @cache
@@ -83,7 +76,7 @@ async def _signed_in(request: Request) -> bool:
         return True
 
     def active() -> bool:
-        with _sessions().begin() as session:
+        with route_sessions().begin() as session:
             return check_session(
                 session, token=token, idle=SESSION_IDLE, max_age=SESSION_MAX
             ).active
@@ -104,9 +97,7 @@ def _jpeg(body: bytes, cache_control: str, etag: str | None = None) -> Response:
 
 
 def _refused(status: int) -> Response:
-    response = Response(status_code=status)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return no_store(Response(status_code=status))
 
 
 async def _thumbnail(request: Request) -> Response:
@@ -121,7 +112,7 @@ async def _thumbnail(request: Request) -> Response:
         return response
 
     def read() -> bytes | None:
-        with _sessions()() as session:
+        with route_sessions()() as session:
             return thumbnails(session, [image_key]).get(image_key)
 
     body = await run_in_threadpool(read)
@@ -139,7 +130,7 @@ async def _original(request: Request) -> Response:
         return _refused(401)
 
     def read() -> bytes | None:
-        with _sessions()() as session:
+        with route_sessions()() as session:
             found = items_by_id(session, [item_id])
             if not found:
                 return None
@@ -149,7 +140,7 @@ async def _original(request: Request) -> Response:
         except TaggingError:  # gone, blocked, too slow or not an image: the thumbnail instead
             if image_key is None:
                 return None
-            with _sessions()() as session:
+            with route_sessions()() as session:
                 return thumbnails(session, [image_key]).get(image_key)
 
     body = await run_in_threadpool(read)

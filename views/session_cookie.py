@@ -40,7 +40,7 @@ def base_path() -> str:
 
 
 @cache
-def _sessions() -> sessionmaker[Session]:
+def route_sessions() -> sessionmaker[Session]:
     """The routes' own session factory: they run outside any script run, where Streamlit's
     caches (:func:`views.common.session_factory`) are not meant to be used. The pages have
     migrated the database before any browser can call a route."""
@@ -56,29 +56,30 @@ def _same_origin(request: Request) -> bool:
     return origin is None or urlsplit(origin).netloc == request.headers.get("host")
 
 
-def _no_store(response: Response) -> Response:
+def no_store(response: Response) -> Response:
+    """``response``, never kept by any cache (the routes' refusals and cookie answers)."""
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
 async def _claim(request: Request) -> Response:
     if not _same_origin(request):
-        return _no_store(Response(status_code=403))
+        return no_store(Response(status_code=403))
     try:
         handoff = (await request.json())["handoff"]
     except (ValueError, KeyError, TypeError):
-        return _no_store(Response(status_code=400))
+        return no_store(Response(status_code=400))
     if not isinstance(handoff, str):
-        return _no_store(Response(status_code=400))
+        return no_store(Response(status_code=400))
 
     def claim() -> str | None:
-        with _sessions().begin() as session:
+        with route_sessions().begin() as session:
             return claim_handoff(session, handoff, idle=SESSION_IDLE, max_age=SESSION_MAX)
 
     token = await run_in_threadpool(claim)
     if token is None:
-        return _no_store(Response(status_code=403))
-    response = _no_store(Response(status_code=204))
+        return no_store(Response(status_code=403))
+    response = no_store(Response(status_code=204))
     response.set_cookie(
         SESSION_COOKIE,
         token,
@@ -93,14 +94,14 @@ async def _claim(request: Request) -> Response:
 
 async def _forget(request: Request) -> Response:
     if not _same_origin(request):
-        return _no_store(Response(status_code=403))
+        return no_store(Response(status_code=403))
     token = request.cookies.get(SESSION_COOKIE)
-    response = _no_store(Response(status_code=204))
+    response = no_store(Response(status_code=204))
     if not token:
         return response
 
     def alive() -> bool:
-        with _sessions().begin() as session:
+        with route_sessions().begin() as session:
             return check_session(
                 session, token=token, idle=SESSION_IDLE, max_age=SESSION_MAX
             ).active

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 
 import views.media
+import views.session_cookie
 from db.accounts import create_user, set_disabled
 from db.engine import make_engine, make_session_factory
 from db.models import Role, SitemapItem, Thumbnail, UserSession, utcnow
@@ -110,7 +111,7 @@ def media(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv("TAGGING_ALLOWED_HOSTS", raising=False)
     # The module keeps its factory, settings and recently checked tokens for the process.
     monkeypatch.setattr(views.media, "_seen", views.media._SeenSessions())
-    views.media._sessions.cache_clear()
+    views.session_cookie.route_sessions.cache_clear()
     views.media._settings.cache_clear()
 
     def allow(host: str) -> None:
@@ -136,8 +137,8 @@ def media(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     app = Starlette(routes=views.media.media_routes("/"))
     with TestClient(app) as client:
         yield Media(sessions, client, item_ids, keys, thumbs, allow)
-    views.media._sessions().kw["bind"].dispose()
-    views.media._sessions.cache_clear()
+    views.session_cookie.route_sessions().kw["bind"].dispose()
+    views.session_cookie.route_sessions.cache_clear()
     views.media._settings.cache_clear()
     engine.dispose()
 
