@@ -9,11 +9,9 @@ loopback HTTP server.
 from __future__ import annotations
 
 import io
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -30,7 +28,7 @@ from db.models import Role, SitemapItem, Thumbnail, UserSession, utcnow
 from db.user_sessions import claim_handoff, open_session, revoke_session
 from tagging.ingest.originals import ORIGINAL_SIZE
 from tests.utils.factories import make_advertiser, make_scrape
-from tests.utils.servers import closed_port
+from tests.utils.servers import closed_port, static_server
 from views.common import SESSION_COOKIE, SESSION_IDLE, SESSION_MAX
 
 with warnings.catch_warnings():
@@ -54,28 +52,11 @@ def png(size: tuple[int, int]) -> bytes:
 ORIGINAL = png((1600, 1200))
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        found = self.path == "/original.png"
-        body = ORIGINAL if found else b"gone"
-        self.send_response(200 if found else 404)
-        self.send_header("Content-Type", "image/png" if found else "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def image_server() -> Iterator[str]:
     """``host:port`` of a loopback server of one original image, ``/original.png``."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with static_server({"/original.png": (ORIGINAL, "image/png")}) as host:
+        yield host
 
 
 @dataclass

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ from PIL import Image
 
 from tagging.errors import BlockedURLError, ImageDecodeError
 from tagging.ingest.originals import ORIGINAL_SIZE, fetch_original
-from tests.utils.servers import ml_settings
+from tests.utils.servers import ml_settings, static_server
 
 
 def _png(size: tuple[int, int]) -> bytes:
@@ -25,26 +23,10 @@ def _png(size: tuple[int, int]) -> bytes:
 BODIES = {"/big.png": (_png((1600, 1200)), "image/png"), "/page.png": (b"<html>", "image/png")}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body, content_type = BODIES.get(self.path, (b"", "text/plain"))
-        self.send_response(200 if body else 404)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with static_server(BODIES) as host:
+        yield host
 
 
 def test_the_original_is_a_jpeg_that_fits(server: str, tmp_path: Path) -> None:
