@@ -32,7 +32,7 @@ from db.review import (
 )
 from db.vocab import COLORS, IMAGE_TYPES, PLACEHOLDER
 from tagging.errors import PermissionDenied, TaggingError
-from tagging.fixes import save_fixes, undo_fixes
+from tagging.fixes import SavedFixes, save_fixes, undo_fixes
 from tagging.jobs.tasks import enqueue_scrape
 from views.common import (
     clear_query_cache,
@@ -111,13 +111,19 @@ def first_page() -> None:
 # --- actions ------------------------------------------------------------------------------------
 
 
+def after_fixes(saved: SavedFixes) -> None:
+    """After the grid's fixes were recorded: fresh queries now, fresh findings soon (in the
+    background, off the analyst's wait)."""
+    clear_query_cache()
+    if saved.fix_ids:
+        findings_refresher().request(saved.outcome.advertiser_ids if saved.outcome else ())
+
+
 def save(actor: Actor, changes: list[FixChange]) -> FixOutcome:
     """Record the changes in one transaction, push them, and leave the messages and a toast for
     the next run; the findings are refreshed in the background."""
     saved = save_fixes(session_factory(), ml_client(), actor, changes, refresh=False)
-    clear_query_cache()
-    if saved.fix_ids:
-        findings_refresher().request(saved.outcome.advertiser_ids if saved.outcome else ())
+    after_fixes(saved)
     outcome = saved.outcome or FixOutcome()
     st.session_state[FLASH] = describe(outcome, saved.push_error)
     st.session_state[TOAST] = toast_of(outcome, saved.push_error)
@@ -489,9 +495,7 @@ def on_grid_undo() -> None:
         actor = current_actor()
         saved = undo_fixes(session_factory(), ml_client(), actor, fix_ids, refresh=False)
         st.session_state.pop(LAST_UPDATE, None)
-        clear_query_cache()
-        if saved.fix_ids:
-            findings_refresher().request(saved.outcome.advertiser_ids if saved.outcome else ())
+        after_fixes(saved)
         outcome = saved.outcome or FixOutcome()
         st.session_state[FLASH] = [
             (kind, f"Undo: {text}") for kind, text in describe(outcome, saved.push_error)
