@@ -505,7 +505,6 @@ def _classified_batches(
     none once ``gate`` is closed (each batch then gets the gate's reason).
     """
     gate = gate or _Gate()
-    send_known = known_keys is not None
 
     def call(batch: list[ParsedItem], known: Collection[str]) -> Outcome:
         if gate.closed is not None:
@@ -521,7 +520,7 @@ def _classified_batches(
         try:
             for batch in _batches(items, config.batch_size):
                 known: Collection[str] = ()
-                if send_known and known_keys is not None and gate.closed is None:
+                if known_keys is not None and gate.closed is None:
                     # Past the cap (many versions of the same URLs) thumbnails just come again.
                     known = sorted(known_keys({item.image_url for item in batch}))
                     known = known[:MAX_KNOWN_KEYS]
