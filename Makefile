@@ -42,7 +42,11 @@ bench: install
 	$(PY) bench/review_bench.py
 	$(PY) bench/review_browser_bench.py
 	$(PY) bench/replicas_bench.py
+	$(PY) bench/cluster_bench.py
+	$(PY) bench/killed_worker_bench.py
+	$(PY) bench/memory_bench.py
 	$(PY) bench/charts_bench.py
+	$(PY) bench/dataset_bench.py
 
 clean-data:
 	rm -rf data/*.sqlite* data/demo data/models data/ml_token

@@ -14,7 +14,7 @@ from views.session_cookie import sync_session_cookie
 # Every page's URL path (its file's name). Before sign-in each one shows the sign-in page, so that
 # a link or a reload keeps its page and query parameters and opens them once signed in. (A comment,
 # not a docstring: Streamlit's magic would show a bare string on the page.)
-PAGE_URL_PATHS = ("home", "review", "history", "weird", "charts", "admin")
+PAGE_URL_PATHS = ("home", "review", "history", "weird", "charts", "curation", "admin")
 
 st.set_page_config(page_title="Tagdesk", page_icon="🏷️", layout="wide")
 
@@ -45,6 +45,10 @@ sections: dict[str, list[st.Page]] = {
 if actor.can(Permission.VIEW_CHARTS):
     sections["Insights"] = [
         st.Page("views/charts.py", title="Misclassification", icon=":material/monitoring:"),
+    ]
+if actor.can(Permission.MODELS):
+    sections["Models"] = [
+        st.Page("views/curation.py", title="Dataset curation", icon=":material/dataset:"),
     ]
 if actor.can(Permission.MANAGE_USERS):
     sections["Admin"] = [

@@ -9,9 +9,12 @@ every ``/classify`` at once with made-up results (and a 400-byte thumbnail each)
 own memory is measured below, and a real one would need 20 minutes for 500,000 new images. The
 child runs :func:`tagging.ingest.scrape.run_scrape` as ``python -m tagging scrape`` does, and
 reports its peak RSS (``ru_maxrss``) twice: once its items are stored, and after the weird-result
-findings are refreshed (:func:`after_scrape`), which reads every item of every latest scrape. A
-second child then re-scrapes the unchanged sitemap (every document answers 304, every image is
-fresh: the items are copied in one ``INSERT ... SELECT``). Target: the scrape's peak under
+findings are refreshed (:func:`after_scrape`): the scrape's whole peak. Then, in the same child,
+"before": the refresh with the detectors of :data:`BEFORE_COMMIT` (read with ``git show`` into a
+temporary package; they loaded every item of every latest scrape as Python objects), last because
+a peak only grows, its writes rolled back (``--skip-before``: not run). A second child then
+re-scrapes the unchanged sitemap (every document answers 304, every image is fresh: the items are
+copied in one ``INSERT ... SELECT``). Target: the scrape's whole peak, refresh included, under
 300 MiB at 500,000 items. The child is started by a small wrapper, as in ``scrape_bench.py``
 (Linux keeps a process's peak RSS across ``exec``).
 
@@ -35,7 +38,7 @@ stage. Every figure comes from this one run (the server part about a minute, plu
 model set-up the first time; the scrapes about 4 minutes per 500,000 items). Usage::
 
     .venv/bin/python bench/memory_bench.py [--quick] [--images N] [--image-mib M]
-        [--scrape-items 100000,500000] [--skip-scrape] [--skip-server]
+        [--scrape-items 100000,500000] [--skip-scrape] [--skip-server] [--skip-before]
 """
 
 from __future__ import annotations
@@ -171,6 +174,14 @@ ITEMS_PER_DOCUMENT = 50_000
 IMAGES_PER_PAGE = 5
 TARGET_SCRAPE_RSS = 300 * MIB
 
+BEFORE_COMMIT = "9c095499536ca7f43cc87b3d0e4546b4735d40c4"
+"""The last commit whose detectors loaded every latest item as Python objects: the "before"."""
+BEFORE_MODULES = (
+    "base", "common", "facts", "registry", "ml_outage", "advertiser_placeholder",
+    "legacy_placeholder", "shared_cdn_conflict", "fix_not_sticking", "near_duplicates",
+    "criteria_shift",
+)  # fmt: skip
+
 SCRAPE_CHILD = """
 import json, resource, sys, time
 from db.engine import make_engine, make_session_factory
@@ -191,10 +202,51 @@ summary = run_scrape(sessions, sys.argv[1], ml=ml, client=client,
 stored = peak()
 begun = time.perf_counter()
 after_scrape(sessions, summary.scrape_id, ml=ml)
-print(json.dumps({**summary.as_dict(), "peak_started": started, "peak_stored": stored,
-                  "peak_refreshed": peak(), "refresh_seconds": time.perf_counter() - begun}))
+result = {**summary.as_dict(), "peak_started": started, "peak_stored": stored,
+          "peak_refreshed": peak(), "refresh_seconds": time.perf_counter() - begun}
+if len(sys.argv) > 2:
+    # The same refresh with the detectors of BEFORE_COMMIT (sys.argv[2]: their package's parent),
+    # last: a process's peak only grows, so this one's is the scrape's peak as it was.
+    sys.path.insert(0, sys.argv[2])
+    from before_detectors.facts import load_facts
+    from before_detectors.registry import detect_all
+    from db.findings import store_candidates
+    from db.models import Scrape
+    begun = time.perf_counter()
+    with sessions() as session:
+        advertiser_id = session.get_one(Scrape, summary.scrape_id).advertiser_id
+        facts = load_facts(session, advertiser_id=advertiser_id, scrape_id=summary.scrape_id)
+        candidates = detect_all(facts)
+        store_candidates(session, candidates, advertiser_id=advertiser_id)
+        session.rollback()
+    result.update(peak_before=peak(), before_seconds=time.perf_counter() - begun,
+                  before_candidates=len(candidates))
+print(json.dumps(result))
 """
-"""What ``python -m tagging scrape NAME`` does, with the findings' refresh measured apart."""
+"""What ``python -m tagging scrape NAME`` does, with the findings' refresh measured apart; then,
+given a ``before_detectors`` package, the refresh as it was before (its writes rolled back)."""
+
+
+def before_detectors(target: Path) -> Path | None:
+    """The detectors of :data:`BEFORE_COMMIT` as the package ``before_detectors`` under
+    ``target`` (read with ``git show``; the work tree is not touched), or None without git."""
+    package = target / "before_detectors"
+    package.mkdir(parents=True, exist_ok=True)
+    for name in BEFORE_MODULES:
+        shown = subprocess.run(
+            ["git", "show", f"{BEFORE_COMMIT}:tagging/detectors/{name}.py"],
+            cwd=common.ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if shown.returncode != 0:
+            return None
+        code = shown.stdout.replace("tagging.detectors.", "before_detectors.")
+        (package / f"{name}.py").write_text(code)
+    (package / "__init__.py").write_text("")
+    return target
+
 
 WRAPPER = """
 import json, resource, subprocess, sys
@@ -326,10 +378,12 @@ class _DocumentHandler(BaseHTTPRequestHandler):
         pass
 
 
-def scrape_child(advertiser: str, env: dict[str, str], rusage_path: Path) -> dict[str, Any]:
+def scrape_child(
+    advertiser: str, env: dict[str, str], rusage_path: Path, before: Path | None = None
+) -> dict[str, Any]:
     """Run :data:`SCRAPE_CHILD` for ``advertiser`` under the wrapper; its summary and peaks."""
     rusage_path.unlink(missing_ok=True)
-    command = [sys.executable, "-c", SCRAPE_CHILD, advertiser]
+    command = [sys.executable, "-c", SCRAPE_CHILD, advertiser, *([str(before)] if before else [])]
     started = time.perf_counter()
     subprocess.run(
         [sys.executable, "-c", WRAPPER, str(rusage_path), *command],
@@ -348,9 +402,12 @@ def scrape_child(advertiser: str, env: dict[str, str], rusage_path: Path) -> dic
 
 
 def scrape_memory(
-    data: common.BenchData, counts: Sequence[int], max_wait: float
+    data: common.BenchData, counts: Sequence[int], max_wait: float, *, before: bool = True
 ) -> list[list[object]]:
     """Scrape a ``count``-item sitemap, then again unchanged, in child processes; table rows."""
+    before_path = before_detectors(data.work / "before") if before else None
+    if before and before_path is None:
+        print(f"no git or no commit {BEFORE_COMMIT[:7]}: no 'before' figures", file=sys.stderr)
     from db.advertisers import add_advertiser
     from db.engine import make_engine, make_session_factory
 
@@ -395,8 +452,11 @@ def scrape_memory(
             for label in ("first scrape", "re-scrape, unchanged"):
                 common.wait_for_quiet(max_wait)
                 print(f"{label}: {count:,} items in a child process", file=sys.stderr, flush=True)
-                result = scrape_child(name, env, data.path("logs", "memory-scrape-rusage.json"))
-                stored, refreshed = result["peak_stored"], result["peak_refreshed"]
+                result = scrape_child(
+                    name, env, data.path("logs", "memory-scrape-rusage.json"), before_path
+                )
+                refreshed = result["peak_refreshed"]
+                was = result.get("peak_before")
                 rows.append(
                     [
                         f"{count:,} items ({len(children)} documents, {size / 1e6:.0f} MB): "
@@ -404,12 +464,14 @@ def scrape_memory(
                         result["items"],
                         result["copied"],
                         f"{result['seconds']:.1f}",
-                        f"{result['refresh_seconds']:.1f}",
                         common.mib(result["peak_started"]),
-                        common.mib(stored),
+                        common.mib(result["peak_stored"]),
+                        f"{result['refresh_seconds']:.2f}",
                         common.mib(refreshed),
+                        f"{result['before_seconds']:.2f}" if was else "-",
+                        common.mib(was) if was else "-",
                         common.mib(result["peak_rss"]),
-                        "ok" if stored < TARGET_SCRAPE_RSS else "MISSED",
+                        "ok" if refreshed < TARGET_SCRAPE_RSS else "MISSED",
                     ]
                 )
     finally:
@@ -433,6 +495,11 @@ def main(argv: list[str] | None = None) -> int:
         "--quick 20000)",
     )
     parser.add_argument("--skip-scrape", action="store_true", help="only the ML server")
+    parser.add_argument(
+        "--skip-before",
+        action="store_true",
+        help=f"no refresh with the detectors of {BEFORE_COMMIT[:7]} (the 'before' figures)",
+    )
     parser.add_argument("--skip-server", action="store_true", help="only the scrape process")
     args = parser.parse_args(argv)
     if args.quick:
@@ -445,11 +512,14 @@ def main(argv: list[str] | None = None) -> int:
         counts = [int(n) for n in args.scrape_items.split(",") if n.strip()]
         common.print_table(
             "Scrape process (child, fresh SQLite app DB, stub ML server): peak RSS "
-            "(ru_maxrss) at its start, once its items are stored, after the findings' refresh",
-            ["sitemap", "items", "copied", "scrape s", "refresh s", "peak at start",
-             "peak, items stored", "peak, after refresh", "child ru_maxrss",
-             "< 300 MiB (stored)"],
-            scrape_memory(data, counts, args.max_wait),
+            "(ru_maxrss) at its start, once its items are stored, after the findings' refresh "
+            "(the scrape's whole peak); then, in the same process, the refresh as it was "
+            f"before (detectors of {BEFORE_COMMIT[:7]}, every latest item loaded; run last, "
+            "its writes rolled back)",
+            ["sitemap", "items", "copied", "scrape s", "peak at start",
+             "peak, items stored", "refresh s", "peak, after refresh", "before: refresh s",
+             "before: peak", "child ru_maxrss", "< 300 MiB (whole scrape)"],
+            scrape_memory(data, counts, args.max_wait, before=not args.skip_before),
         )  # fmt: skip
     if args.skip_server:
         return 0

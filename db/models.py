@@ -164,6 +164,13 @@ class Scrape(Base):
     """What the next scrape needs to tell that the sitemap did not change (migration 0009):
     ``documents`` (each one's URL, ETag, Last-Modified, SHA-256), the sitemap ``problems``,
     ``color_from_feed``; None when the sitemap could not be read whole."""
+    chunk_total: Mapped[int | None]
+    """A scrape split into chunks (migration 0010): how many, known once the coordinator has read
+    the whole sitemap; None while it reads, and for a scrape done in one process."""
+    fan_in_by: Mapped[str | None] = mapped_column(String(200))
+    """Who finishes a chunked scrape once its last chunk is done (the election of
+    ``db.chunks.elect_finisher``), until ``fan_in_until``; then anyone may take over."""
+    fan_in_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     advertiser: Mapped[Advertiser] = relationship(back_populates="scrapes")
 
@@ -207,7 +214,8 @@ class SitemapItem(Base):
     color_model_version: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
-        Index("ix_sitemap_items_scrape_position", "scrape_id", "position"),
+        # Unique (migration 0010): an item is stored once per scrape, whichever worker stores it.
+        Index("ix_sitemap_items_scrape_position", "scrape_id", "position", unique=True),
         Index("ix_sitemap_items_scrape_type", "scrape_id", "image_type"),
         # The review page sorted by confidence: a page is read off the index, not sorted.
         Index("ix_sitemap_items_scrape_confidence", "scrape_id", "ml_confidence", "position"),
@@ -222,6 +230,43 @@ class SitemapItem(Base):
             "color_model_version",
             "ml_color",
         ),
+    )
+
+
+class ChunkState(enum.StrEnum):
+    PENDING = "pending"
+    """Written, waiting for a worker (its task is queued)."""
+    RUNNING = "running"
+    """Claimed by ``claimed_by`` until ``lease_until`` (pushed forward while it works)."""
+    DONE = "done"
+
+
+class ScrapeChunk(Base):
+    """A slice of one scrape's sitemap that one queue worker classifies and stores (migration
+    0010): the coordinator writes them as it reads the sitemap, workers claim them."""
+
+    __tablename__ = "scrape_chunks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scrape_id: Mapped[int] = mapped_column(ForeignKey("scrapes.id", ondelete="CASCADE"))
+    number: Mapped[int]
+    """0-based, in sitemap order."""
+    items: Mapped[list[dict[str, object]]] = mapped_column(JSON)
+    """The parsed sitemap items: ``page_url``, ``image_url``, ``position``, ``title``,
+    ``feed_color``."""
+    item_count: Mapped[int]
+    state: Mapped[str] = mapped_column(String(16), default=ChunkState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    """How many times a worker claimed it: past a limit its items are stored as ML failures."""
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """When its task was last queued: a pending chunk queued long ago lost its message."""
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_scrape_chunks_scrape_number", "scrape_id", "number", unique=True),
+        Index("ix_scrape_chunks_state", "state", "scrape_id"),
     )
 
 
@@ -444,6 +489,93 @@ class Finding(Base):
         UniqueConstraint("detector", "subject"),
         Index("ix_findings_state_severity", "state", "severity"),
     )
+
+
+class DatasetState(enum.StrEnum):
+    DRAFT = "draft"
+    """Being built: its recipe and rows may still be replaced."""
+    FROZEN = "frozen"
+    """Final: its recipe, rows and manifest SHA-256 never change (``db.datasets``)."""
+
+
+class DatasetVersion(Base):
+    """One version of the training set (migration 0011): a recipe over its parent and inputs."""
+
+    __tablename__ = "dataset_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, unique=True)
+    """The version's public name (``dataset show 3``); 1, 2, … in order of creation."""
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("dataset_versions.id", ondelete="RESTRICT"), index=True
+    )
+    recipe: Mapped[dict[str, object]] = mapped_column(JSON)
+    """:meth:`tagging.curation.recipe.Recipe.to_json`, parsed; for a first version the
+    generator's description."""
+    inputs: Mapped[dict[str, object]] = mapped_column(JSON)
+    """What the recipe ran over: ``kind`` (``fixes`` or ``generated``), the fix window
+    (``cutoff``, ``until_fix_id``) and ``inputs_sha256``, so that a replay reads the same ones."""
+    state: Mapped[str] = mapped_column(String(16), default=DatasetState.DRAFT)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    frozen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    """SHA-256 of the full manifest CSV of its rows (``Manifest.manifest_sha256``)."""
+    counts: Mapped[dict[str, object]] = mapped_column(JSON)
+    """Rows, per split and class, exclusions by reason: what lists show without the rows."""
+
+
+class DatasetRow(Base):
+    """One image of one dataset version: a :class:`tagging.curation.manifest.ManifestRow`."""
+
+    __tablename__ = "dataset_rows"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id", ondelete="CASCADE"))
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    image_type: Mapped[str] = mapped_column(String(32))
+    color: Mapped[str | None] = mapped_column(String(32))
+    origin: Mapped[str] = mapped_column(Text)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    split: Mapped[str | None] = mapped_column(String(8))
+    advertiser: Mapped[str | None] = mapped_column(String(200))
+    page_url: Mapped[str | None] = mapped_column(Text)
+    cluster: Mapped[int | None] = mapped_column(Integer)
+    exclusion: Mapped[str | None] = mapped_column(Text)
+    phash: Mapped[str | None] = mapped_column(String(16))
+    crop: Mapped[str | None] = mapped_column(String(64))
+    """``left,top,right,bottom``, as in the manifest CSV; None for the whole image."""
+
+    __table_args__ = (
+        Index("ix_dataset_rows_version_sha256", "version_id", "sha256", unique=True),
+        # "Which versions hold this image?" (the page's image history).
+        Index("ix_dataset_rows_sha256", "sha256"),
+    )
+
+
+class ArchiveState(enum.StrEnum):
+    PENDING = "pending"
+    """Queued by a fix; not stored yet (or the last attempt failed: see ``last_error``)."""
+    STORED = "stored"
+
+
+class ArchiveEntry(Base):
+    """An image whose bytes the dataset archive must keep (migration 0011): queued in the
+    transaction of the fix that made it a training candidate, stored later (``db.datasets``)."""
+
+    __tablename__ = "archive_entries"
+
+    image_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    image_url: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    """The stored bytes' SHA-256 once stored (the archive's key)."""
+    state: Mapped[str] = mapped_column(String(16), default=ArchiveState.PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 __all__ = [

@@ -79,18 +79,26 @@ def store_batch(
     items: Sequence[dict[str, Any]],
     images: Sequence[dict[str, Any]],
     thumbnails: Sequence[dict[str, Any]],
+    *,
+    add: bool = False,
 ) -> None:
     """Store one batch: its items, the images they show, new thumbnails, the running counts.
 
     Args:
-        items: ``SitemapItem`` rows (column → value).
+        counts: the scrape's counts so far; with ``add``, this batch's, added in SQL to the stored
+            ones (several workers store batches of one scrape at once).
+        items: ``SitemapItem`` rows (column → value). A position the scrape holds already
+            violates ``ix_sitemap_items_scrape_position`` (``IntegrityError``): nothing is stored.
         images: ``Image`` rows; an image seen before only gets its ``last_seen`` (and, when the
             rows give it, ``fresh_until``) updated.
         thumbnails: ``Thumbnail`` rows; one that is stored already is left as it is.
     """
-    scrape = session.get_one(Scrape, scrape_id)
-    _set_counts(scrape, counts)
-    scrape.heartbeat_at = utcnow()
+    if add:
+        add_counts(session, scrape_id, counts)
+    else:
+        scrape = session.get_one(Scrape, scrape_id)
+        _set_counts(scrape, counts)
+        scrape.heartbeat_at = utcnow()
     if items:
         session.execute(insert(SitemapItem), list(items))
     # Rows that give no freshness (older callers) leave the stored one alone.
@@ -105,6 +113,24 @@ def store_batch(
         )
         fresh = [row for row in thumbnails if row["image_key"] not in known]
         upsert(session, Thumbnail.__table__, fresh, key=["image_key"], update=[])
+
+
+def add_counts(session: Session, scrape_id: int, delta: ScrapeCounts) -> None:
+    """Add one batch's counts to the scrape's in SQL (exact under concurrent writers); also a
+    heartbeat."""
+    session.execute(
+        update(Scrape)
+        .where(Scrape.id == scrape_id)
+        .values(
+            item_count=Scrape.item_count + delta.items,
+            cached_count=Scrape.cached_count + delta.cached,
+            classified_count=Scrape.classified_count + delta.classified,
+            failed_count=Scrape.failed_count + delta.failed,
+            ml_failure_count=Scrape.ml_failure_count + delta.ml_failures,
+            heartbeat_at=utcnow(),
+        )
+        .execution_options(synchronize_session=False)
+    )
 
 
 def set_counts(
@@ -127,13 +153,42 @@ def finish_scrape(
     seconds: float,
     error: str | None,
     sitemap_state: dict[str, Any] | None = None,
-) -> None:
-    """Mark the scrape finished with its final counts and problems.
+    finisher: str | None = None,
+) -> bool:
+    """Mark the scrape finished with its final counts and problems; returns whether it did.
 
     Args:
         sitemap_state: what the next scrape needs to tell that the sitemap did not change (see
             ``Scrape.sitemap_state``); None when it could not be read whole.
+        finisher: a chunked scrape's elected finisher (``db.chunks.elect_finisher``): the scrape
+            is finished only if it is unfinished and still this finisher's (False otherwise).
     """
+    if finisher is not None:
+        now = utcnow()
+        done = session.execute(
+            update(Scrape)
+            .where(
+                Scrape.id == scrape_id,
+                Scrape.finished_at.is_(None),
+                Scrape.fan_in_by == finisher,
+            )
+            .values(
+                finished_at=now,
+                heartbeat_at=now,
+                status=status,
+                item_count=counts.items,
+                failed_count=counts.failed,
+                cached_count=counts.cached,
+                classified_count=counts.classified,
+                ml_failure_count=counts.ml_failures,
+                expected_items=counts.items,
+                seconds=seconds,
+                error=error,
+                sitemap_state=sitemap_state,
+            )
+            .execution_options(synchronize_session="fetch")
+        )
+        return bool(cast("CursorResult[Any]", done).rowcount)
     scrape = session.get_one(Scrape, scrape_id)
     scrape.finished_at = utcnow()
     scrape.status = status
@@ -142,6 +197,7 @@ def finish_scrape(
     scrape.seconds = seconds
     scrape.error = error
     scrape.sitemap_state = sitemap_state
+    return True
 
 
 # --- re-scraping an unchanged sitemap -----------------------------------------------------------

@@ -12,6 +12,11 @@
 | ``TAGGING_ALLOWED_HOSTS`` | ``host`` or ``host:port`` entries allowed to be private | none |
 | ``TAGGING_COLOR_VENDOR_URL`` | the third-party color model's URL | the embedded model |
 | ``TAGGING_REDIS_URL`` | Redis for the task queue (several workers) | SQLite in the data dir |
+| ``TAGGING_QUEUE_NAME`` | prefix of the task queues' names (``<name>-scrapes``...) | ``tagdesk`` |
+| ``TAGGING_SCRAPE_CHUNK_SIZE`` | sitemap items per chunk of a queued scrape | ``500`` |
+| ``TAGGING_CHUNK_LEASE_SECONDS`` | a chunk's lease: a worker silent this long lost it | ``60`` |
+| ``TAGGING_RECLAIM_SECONDS`` | how often a scrapes worker re-queues lost chunks | half the lease |
+| ``TAGGING_ARCHIVE_DIR`` | the archive of fixed images' bytes | ``<data dir>/archive`` |
 | ``TAGGING_SESSION_IDLE_MINUTES`` | idle minutes before the app asks to sign in again | ``480`` |
 | ``TAGGING_SESSION_MAX_HOURS`` | hours after sign-in before the app asks again | ``12`` |
 | ``TAGGING_TEST_POSTGRES_URL`` | PostgreSQL for the test suite | tests skip PostgreSQL |
@@ -30,6 +35,9 @@ from tagging.errors import ConfigError
 DEFAULT_ML_URL = "http://127.0.0.1:8800"
 DEFAULT_SESSION_IDLE_MINUTES = 480
 DEFAULT_SESSION_MAX_HOURS = 12
+DEFAULT_QUEUE_NAME = "tagdesk"
+DEFAULT_SCRAPE_CHUNK_SIZE = 500
+DEFAULT_CHUNK_LEASE_SECONDS = 60.0
 
 
 def available_cores() -> int:
@@ -59,6 +67,20 @@ class Settings:
     :attr:`ml_replicas`."""
     ml_workers: int = field(default_factory=available_cores)
     """Worker processes of ``python -m tagging serve`` (``TAGGING_ML_WORKERS``)."""
+    queue_name: str = DEFAULT_QUEUE_NAME
+    """Prefix of the task queues' names (``TAGGING_QUEUE_NAME``): ``<name>-scrapes`` and so on,
+    so that two deployments (or test runs) can share one Redis."""
+    scrape_chunk_size: int = DEFAULT_SCRAPE_CHUNK_SIZE
+    """Sitemap items per chunk of a queued scrape (``TAGGING_SCRAPE_CHUNK_SIZE``)."""
+    chunk_lease_seconds: float = DEFAULT_CHUNK_LEASE_SECONDS
+    """A chunk's (and a finisher's) lease (``TAGGING_CHUNK_LEASE_SECONDS``): a worker that has
+    not pushed it forward for this long is taken for dead and its chunk is queued again."""
+    reclaim_seconds: float | None = None
+    """How often a scrapes worker looks for lost chunks (``TAGGING_RECLAIM_SECONDS``); None:
+    half the lease. See :attr:`reclaim_period`."""
+    archive_root: Path | None = None
+    """The archive of training images (``TAGGING_ARCHIVE_DIR``); None: ``<data dir>/archive``.
+    See :attr:`archive_dir`."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -101,6 +123,15 @@ class Settings:
             or DEFAULT_SESSION_MAX_HOURS,
             ml_urls=ml_urls,
             ml_workers=_positive_int(env, "TAGGING_ML_WORKERS") or available_cores(),
+            queue_name=(env.get("TAGGING_QUEUE_NAME") or "").strip() or DEFAULT_QUEUE_NAME,
+            scrape_chunk_size=_positive_int(env, "TAGGING_SCRAPE_CHUNK_SIZE")
+            or DEFAULT_SCRAPE_CHUNK_SIZE,
+            chunk_lease_seconds=_positive_float(env, "TAGGING_CHUNK_LEASE_SECONDS")
+            or DEFAULT_CHUNK_LEASE_SECONDS,
+            reclaim_seconds=_positive_float(env, "TAGGING_RECLAIM_SECONDS"),
+            archive_root=Path(env["TAGGING_ARCHIVE_DIR"]).resolve()
+            if (env.get("TAGGING_ARCHIVE_DIR") or "").strip()
+            else None,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -119,7 +150,14 @@ class Settings:
             "TAGGING_SESSION_IDLE_MINUTES": str(self.session_idle_minutes),
             "TAGGING_SESSION_MAX_HOURS": str(self.session_max_hours),
             "TAGGING_ML_WORKERS": str(self.ml_workers),
+            "TAGGING_QUEUE_NAME": self.queue_name,
+            "TAGGING_SCRAPE_CHUNK_SIZE": str(self.scrape_chunk_size),
+            "TAGGING_CHUNK_LEASE_SECONDS": repr(float(self.chunk_lease_seconds)),
         }
+        if self.reclaim_seconds is not None:
+            env["TAGGING_RECLAIM_SECONDS"] = repr(float(self.reclaim_seconds))
+        if self.archive_root is not None:
+            env["TAGGING_ARCHIVE_DIR"] = str(self.archive_root)
         if self.ml_urls:
             env["TAGGING_ML_URLS"] = ",".join(self.ml_urls)
         if self.ml_token:
@@ -146,9 +184,20 @@ class Settings:
         return self.database_url == self.default_database_url
 
     @property
+    def reclaim_period(self) -> float:
+        """Seconds between two looks for lost chunks: ``TAGGING_RECLAIM_SECONDS``, else half the
+        chunk lease (a dead worker's chunk is queued again within 1.5 leases)."""
+        return self.reclaim_seconds or self.chunk_lease_seconds / 2
+
+    @property
     def models_dir(self) -> Path:
         """Where model artifacts live, one folder per version."""
         return self.data_dir / "models"
+
+    @property
+    def archive_dir(self) -> Path:
+        """The content-addressed archive of training images (:mod:`tagging.datasets.archive`)."""
+        return self.archive_root or self.data_dir / "archive"
 
     @property
     def demo_dir(self) -> Path:
@@ -213,6 +262,24 @@ def _positive_int(env: Mapping[str, str], name: str) -> int | None:
         raise ConfigError(f"{name} must be a positive whole number, got {raw!r}") from None
     if value <= 0:
         raise ConfigError(f"{name} must be a positive whole number, got {raw!r}")
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str) -> float | None:
+    """``env[name]`` as a positive number of seconds, or None when it is unset or empty.
+
+    Raises:
+        ConfigError: the value is not a positive number.
+    """
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a positive number, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{name} must be a positive number, got {raw!r}")
     return value
 
 

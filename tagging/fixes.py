@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.accounts import Actor, account_actor
 from db.advertisers import get_advertiser
+from db.datasets import queue_archive
 from db.fixes import (
     FIELDS,
     FixChange,
@@ -118,6 +119,10 @@ def record_fixes(
     See :func:`db.fixes.apply_fixes` for the rules and the errors.
     """
     outcome = apply_fixes(session, actor, changes, source=source, advertiser_id=advertiser_id)
+    # A fixed image is a training candidate: queue its bytes for the dataset archive in this same
+    # transaction (one insert, no network), so the fix is never slowed down nor lost by the fetch,
+    # which a later round does (tagging.datasets.service.archive_pending).
+    queue_archive(session, outcome.fix_ids)
     if outcome.fix_ids and refresh:
         touched = outcome.advertiser_ids
         refresh_findings(session, advertiser_id=next(iter(touched)) if len(touched) == 1 else None)
@@ -139,6 +144,8 @@ def run_fix_action(
     """
     with sessions.begin() as session:
         outcome = action(session)
+        if outcome is not None:
+            queue_archive(session, outcome.fix_ids)  # as in record_fixes
         refresh_findings(session, advertiser_id=advertiser_id)
     fix_ids = outcome.fix_ids if outcome is not None else []
     push = push_pending(sessions, ml, fix_ids=fix_ids) if fix_ids else None

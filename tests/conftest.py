@@ -27,6 +27,8 @@ os.environ.pop("TAGGING_REDIS_URL", None)
 
 POSTGRES_URL = os.environ.get("TAGGING_TEST_POSTGRES_URL")
 REQUIRE_POSTGRES = os.environ.get("TAGGING_REQUIRE_POSTGRES") == "1"
+REDIS_URL = os.environ.get("TAGGING_TEST_REDIS_URL")
+REQUIRE_REDIS = os.environ.get("TAGGING_REQUIRE_REDIS") == "1"
 
 
 # --- databases ---------------------------------------------------------------------------------
@@ -65,6 +67,32 @@ def postgres_database() -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def redis_queue() -> Iterator[tuple[str, str]]:
+    """Redis for a queue test: its URL, and a queue name of its own (``TAGGING_QUEUE_NAME``), so
+    that parallel runs sharing the server do not collide; the name's keys are deleted after."""
+    if not REDIS_URL:
+        if REQUIRE_REDIS:
+            pytest.fail("TAGGING_REQUIRE_REDIS=1 but TAGGING_TEST_REDIS_URL is not set")
+        pytest.skip("Redis tests need TAGGING_TEST_REDIS_URL (CI sets it)")
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except Exception as exc:
+        if REQUIRE_REDIS:
+            pytest.fail(f"Redis at {REDIS_URL} is unreachable: {exc}")
+        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc}")
+    name = f"tagdesk-test-{uuid.uuid4().hex[:10]}"
+    try:
+        yield REDIS_URL, name
+    finally:
+        for key in client.scan_iter(f"*{name}*"):
+            client.delete(key)
+        client.close()
 
 
 def _truncate_all(url: str) -> None:

@@ -1,15 +1,20 @@
 """The cluster of ``deploy/compose.yaml``, tested with the same processes started by hand.
 
 Docker is not available where the suite runs, so the topology is rebuilt from real processes on
-loopback: ML server replicas (``python -m tagging serve``, each its own process group) sharing one
-PostgreSQL cache store in a database of their own, a scrape through ``MLClient`` given every
-replica's URL, and a replica killed mid-scrape. Also: ``serve`` in several worker processes on
-one SQLite store, the store created once however many processes open it at the same time, and the
-compose file itself (every service, every setting a known one).
+loopback. First the file itself, run as processes (:class:`LocalCompose`): every Tagdesk
+service's ``command`` with its ``environment``, in its ``depends_on`` order, N copies of the
+scrape worker, the demo profile; then the demo is scraped through the queue, across the workers
+and both ML replicas, with nothing lost. Then by hand: ML server replicas (``python -m tagging
+serve``, each its own process group) sharing one PostgreSQL cache store in a database of their
+own, a scrape through ``MLClient`` given every replica's URL, and a replica killed mid-scrape.
+Also: ``serve`` in several worker processes on one SQLite store, the store created once however
+many processes open it at the same time, and the compose file's text (every service, every
+setting a known one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -17,9 +22,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -27,8 +35,9 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+import db.models
 from db.engine import make_engine, make_session_factory
-from db.models import ItemStatus, Scrape, SitemapItem
+from db.models import Advertiser, ItemStatus, Scrape, SitemapItem
 from tagging.cli.up import ROOT
 from tagging.config import Settings
 from tagging.demo.generate import DemoInventory
@@ -207,6 +216,431 @@ def scrape_everything(
     finally:
         client.close()
     return summaries
+
+
+# --- the cluster from the compose file, as processes -------------------------------------------
+
+EXTERNAL = ("postgres", "redis")
+"""Compose services this machine runs already: the test's PostgreSQL server and Redis."""
+
+DOTENV = {"POSTGRES_PASSWORD": "unused-here", "TAGGING_ML_TOKEN": ML_TOKEN}
+"""What ``deploy/.env`` gives compose (README, "Running a cluster")."""
+
+ENQUEUE = """
+from db.accounts import Actor
+from db.advertisers import advertiser_names
+from db.engine import make_engine, make_session_factory
+from db.models import Role
+from tagging.config import Settings
+from tagging.jobs.tasks import enqueue_scrape
+
+settings = Settings.from_env()
+engine = make_engine(settings.database_url)
+with make_session_factory(engine)() as session:
+    names = advertiser_names(session)
+engine.dispose()
+for name in names:
+    print(enqueue_scrape(settings, Actor("analyst", Role.ANALYST), name).advertiser)
+"""
+"""An analyst's "Relaunch scrape" of every advertiser, run in the app's environment (what
+``docker compose exec app python -c ...`` would run)."""
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Compose's variables: ``${X}``, ``${X:-default}``, ``${X-default}``, ``${X:?error}``,
+    ``${X?error}`` (with a colon, an empty value counts as unset)."""
+
+    def one(match: re.Match[str]) -> str:
+        name, operator, argument = match.group(1), match.group(2) or "", match.group(3) or ""
+        value = env.get(name)
+        if operator.startswith(":") and value == "":
+            value = None
+        if value is not None:
+            return value
+        if operator.endswith("?"):
+            raise AssertionError(f"compose needs {name}: {argument}")
+        return argument if operator.endswith("-") else ""
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}", one, text)
+
+
+def container_ports(command: list[str]) -> list[int]:
+    """The ports a service's command listens on (``--port N``, ``--server.port N``)."""
+    return [int(command[i + 1]) for i, arg in enumerate(command[:-1]) if arg in PORT_OPTIONS]
+
+
+PORT_OPTIONS = ("--port", "--server.port")
+HOST_OPTIONS = ("--host", "--server.address")
+
+
+@dataclass
+class Started:
+    service: str
+    name: str
+    """``worker-2`` for the second copy of a replicated service."""
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self) -> str:
+        return f"--- {self.name} ({self.log})\n{self.log.read_text(errors='replace')[-3000:]}"
+
+
+class LocalCompose:
+    """``deploy/compose.yaml``'s Tagdesk services as processes on this machine.
+
+    What compose gives a container, this gives a process: the service's ``command`` (``python``
+    is the venv's, first on ``PATH``, as the image's is its own), its ``environment``, the
+    ``depends_on`` order and conditions (started; healthy by its own ``healthcheck``; completed
+    successfully), ``deploy.replicas`` copies, and the active profiles. What only a container
+    network has is mapped: every service name becomes 127.0.0.1 and every container port a free
+    local port (so ``--host 0.0.0.0`` listens on loopback only), the ``postgres`` and ``redis``
+    services are this machine's (a fresh database for each database the file names, the test
+    Redis), and ``/data`` (the shared volume) is ``data_dir``.
+    """
+
+    def __init__(
+        self,
+        compose: dict[str, Any],
+        *,
+        data_dir: Path,
+        database: Callable[[str], str],
+        redis_url: str,
+        profiles: tuple[str, ...] = (),
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.services: dict[str, dict[str, Any]] = {
+            name: spec
+            for name, spec in compose["services"].items()
+            if name not in EXTERNAL and set(spec.get("profiles", [])) <= set(profiles)
+        }
+        self.data_dir, self.database, self.redis_url = data_dir, database, redis_url
+        self.extra_env = dict(extra_env or {})
+        self.ports = {
+            (name, port): free_port()
+            for name, spec in self.services.items()
+            for port in container_ports(spec["command"])
+        }
+        self.started: dict[str, list[Started]] = {}
+        self._healthy: set[str] = set()
+        self._checked: dict[str, float] = {}
+
+    # -- names on the compose network -> this machine ------------------------------------------
+
+    def localize(self, value: str, service: str) -> str:
+        def postgres(match: re.Match[str]) -> str:
+            return self.database(str(make_url(match.group(0)).database))
+
+        value = re.sub(r"postgresql\+psycopg://[^\s,'\"]+", postgres, value)
+        value = re.sub(r"redis://redis:6379/\d+", self.redis_url, value)
+        for (name, port), local in self.ports.items():
+            value = re.sub(rf"(?<![\w.-]){re.escape(name)}:{port}\b", f"127.0.0.1:{local}", value)
+            if name == service:  # the container's own port, as its healthcheck reaches it
+                value = re.sub(
+                    rf"\b(?:127\.0\.0\.1|localhost):{port}\b", f"127.0.0.1:{local}", value
+                )
+        return re.sub(r"(?<![\w./-])/data(?![\w.-])", str(self.data_dir), value)
+
+    def url(self, service: str, port: int) -> str:
+        return f"http://127.0.0.1:{self.ports[(service, port)]}"
+
+    def command(self, service: str) -> list[str]:
+        original = [str(arg) for arg in self.services[service]["command"]]
+        argv = [self.localize(arg, service) for arg in original]
+        for i, arg in enumerate(original[:-1]):
+            if arg in HOST_OPTIONS and argv[i + 1] == "0.0.0.0":  # noqa: S104 - replaced, not bound
+                argv[i + 1] = "127.0.0.1"
+            if arg in PORT_OPTIONS:
+                argv[i + 1] = str(self.ports[(service, int(original[i + 1]))])
+        return argv
+
+    def env(self, service: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TAGGING_")}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["PYTHONUNBUFFERED"] = "1"  # the Dockerfile's ENV
+        for name, value in (self.services[service].get("environment") or {}).items():
+            env[str(name)] = self.localize(str(value), service)
+        env.update(self.extra_env)
+        return env
+
+    # -- up and down ---------------------------------------------------------------------------
+
+    def up(self, timeout: float = 240.0) -> None:
+        """Start every service once its dependencies allow, as ``docker compose up`` does."""
+        pending = list(self.services)
+        deadline = time.monotonic() + timeout
+        while pending:
+            for name in [n for n in pending if self._ready_to_start(n)]:
+                self._start(name)
+                pending.remove(name)
+            self.check()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"never started: {pending}\n{self.tails()}")
+            time.sleep(0.3)
+
+    def _start(self, service: str) -> None:
+        copies = int((self.services[service].get("deploy") or {}).get("replicas", 1))
+        for number in range(1, copies + 1):
+            name = service if copies == 1 else f"{service}-{number}"
+            log = self.data_dir.parent / f"{name}.log"
+            with log.open("wb") as out:
+                process = subprocess.Popen(
+                    self.command(service),
+                    env=self.env(service),
+                    cwd=ROOT,  # the image's WORKDIR: the repository
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            self.started.setdefault(service, []).append(Started(service, name, process, log))
+
+    def _ready_to_start(self, service: str) -> bool:
+        needs = self.services[service].get("depends_on") or {}
+        if isinstance(needs, list):
+            needs = {name: {} for name in needs}
+        for dependency, spec in needs.items():
+            if dependency in EXTERNAL:
+                continue  # the test's own servers, up and healthy already
+            if dependency not in self.started:
+                return False
+            condition = (spec or {}).get("condition", "service_started")
+            if condition == "service_completed_successfully" and not self._completed(dependency):
+                return False
+            if condition == "service_healthy" and not self.healthy(dependency):
+                return False
+        return True
+
+    def _completed(self, service: str) -> bool:
+        processes = [s.process for s in self.started[service]]
+        return all(p.poll() == 0 for p in processes)
+
+    def healthy(self, service: str) -> bool:
+        """The service's own ``healthcheck`` (its ``test`` command, localized) passes."""
+        if service in self._healthy:
+            return True
+        # Not more often than every 2 s (compose: `interval`): each check starts an interpreter,
+        # and the services starting meanwhile need the two cores.
+        if time.monotonic() - self._checked.get(service, 0.0) < 2.0:
+            return False
+        self._checked[service] = time.monotonic()
+        test = [str(arg) for arg in self.services[service]["healthcheck"]["test"]]
+        argv = test[1:] if test[0] == "CMD" else ["sh", "-c", test[1]]
+        argv = [self.localize(arg, service) for arg in argv]
+        env = self.env(service)
+        result = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, timeout=30)
+        if result.returncode == 0:
+            self._healthy.add(service)
+        return result.returncode == 0
+
+    def check(self) -> None:
+        """Fail on a service that stopped: a one-shot (``restart: "no"``) may end, with 0."""
+        for service, copies in self.started.items():
+            one_shot = self.services[service].get("restart") == "no"
+            for started in copies:
+                code = started.process.poll()
+                if code is not None and not (one_shot and code == 0):
+                    raise AssertionError(f"{started.name} exited ({code})\n{started.tail()}")
+
+    def tails(self) -> str:
+        return "\n".join(s.tail() for copies in self.started.values() for s in copies)
+
+    def down(self) -> None:
+        everything = [s.process for copies in self.started.values() for s in copies]
+        for process in everything:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10  # for all of them together: a test waits on none long
+        for process in everything:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+
+
+@pytest.fixture
+def postgres_databases() -> Iterator[Callable[[str], str]]:
+    """``database(name)``: the URL of a fresh PostgreSQL database standing for the compose
+    file's database ``name`` (the same one for the same name); all dropped after the test."""
+    base = os.environ.get("TAGGING_TEST_POSTGRES_URL")
+    if not base:
+        if os.environ.get("TAGGING_REQUIRE_POSTGRES") == "1":
+            pytest.fail("TAGGING_REQUIRE_POSTGRES=1 but TAGGING_TEST_POSTGRES_URL is not set")
+        pytest.skip("PostgreSQL tests need TAGGING_TEST_POSTGRES_URL (CI sets it)")
+    admin = make_engine(base, isolation_level="AUTOCOMMIT")
+    made: dict[str, str] = {}
+
+    def database(name: str) -> str:
+        if name not in made:
+            real = f"tagdesk_compose_{name}_{uuid.uuid4().hex[:8]}"
+            with admin.connect() as connection:
+                connection.execute(text(f'CREATE DATABASE "{real}"'))
+            made[name] = make_url(base).set(database=real).render_as_string(hide_password=False)
+        return made[name]
+
+    yield database
+    with admin.connect() as connection:
+        for url in made.values():
+            real = make_url(url).database
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{real}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def wait_http(url: str, cluster: LocalCompose, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cluster.check()
+        try:
+            if requests.get(url, timeout=3).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer in {timeout:.0f}s\n{cluster.tails()}")
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live children (a replica's uvicorn workers)."""
+    total = 0.0
+    for process in [pid, *children(pid)]:
+        with contextlib.suppress(OSError):  # a process that has just exited
+            total += cpu_seconds(process)
+    return total
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_the_cluster_starts_from_the_compose_file_and_scrapes_the_demo_with_nothing_lost(
+    redis_queue: tuple[str, str],  # first: without Redis or PostgreSQL it skips before training
+    postgres_databases: Callable[[str], str],
+    tmp_path: Path,
+    models_dir: Path,
+    demo_dir: Path,
+) -> None:
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load(interpolate(compose_text(), DOTENV))
+    data = tmp_path / "data"  # the tagdesk-data volume: the model made by `init`, the demo
+    data.mkdir()
+    (data / "models").symlink_to(models_dir, target_is_directory=True)
+    (data / "demo").symlink_to(demo_dir, target_is_directory=True)  # `demo` finds it drawn
+    redis_url, queue = redis_queue
+    cluster = LocalCompose(
+        compose,
+        data_dir=data,
+        database=postgres_databases,
+        redis_url=redis_url,
+        profiles=("demo",),
+        extra_env={
+            # Queues of this test alone in the shared test Redis (a deployment has its own).
+            "TAGGING_QUEUE_NAME": queue,
+            # The suite's demo is a tenth of the real one: chunks of 10 items split each
+            # advertiser's scrape, so the workers share every scrape, not just the six of them.
+            "TAGGING_SCRAPE_CHUNK_SIZE": "10",
+        },
+    )
+    try:
+        cluster.up()
+        assert len(cluster.started["worker"]) >= 2 and len(cluster.started) >= 8
+        replicas = [s for s in cluster.started if re.fullmatch(r"ml-\d+", s)]
+        assert len(replicas) >= 2
+        for replica in replicas:
+            wait_http(cluster.url(replica, 8800) + "/health", cluster)
+        generations = {
+            requests.get(cluster.url(r, 8800) + "/health", timeout=10).json()["cache_generation"]
+            for r in replicas
+        }
+        assert len(generations) == 1  # one shared PostgreSQL store
+        wait_http(cluster.url("app", 8501) + "/_stcore/health", cluster)
+        wait_http(cluster.url("api", 8810) + "/health", cluster)
+        cdn = cluster.url("cdn", 8765)
+        wait_http(cdn + "/sitemap_index.xml", cluster)
+
+        workers = [s.process.pid for s in cluster.started["worker"]]
+        ml_pids = {r: cluster.started[r][0].process.pid for r in replicas}
+        ml_before = {r: tree_cpu(pid) for r, pid in ml_pids.items()}
+        queued = subprocess.run(
+            [sys.executable, "-c", ENQUEUE],
+            env=cluster.env("app"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert queued.returncode == 0, queued.stderr
+        inventory = DemoInventory.load(demo_dir)
+        listed = {
+            a.name: [cdn + p for v in a.vehicles for p in v.images] for a in inventory.advertisers
+        }
+        assert sorted(queued.stdout.splitlines()) == sorted(listed)
+
+        engine = make_engine(postgres_databases("tagdesk"))
+        try:
+            scrapes = wait_for_scrapes(engine, set(listed), cluster)
+            with engine.connect() as connection:
+                for name, scrape in scrapes.items():
+                    assert scrape.status != "failed", (name, scrape.error)
+                    rows = connection.execute(
+                        select(SitemapItem.image_url, SitemapItem.status).where(
+                            SitemapItem.scrape_id == scrape.id
+                        )
+                    ).all()
+                    # Every item of the sitemap stored exactly once: nothing lost, none twice.
+                    assert Counter(r.image_url for r in rows) == Counter(listed[name]), name
+                    assert not [r for r in rows if r.status == ItemStatus.ML_FAILURE], name
+                    assert scrape.item_count == scrape.expected_items == len(listed[name])
+                claimers = chunk_claimers(connection, [s.id for s in scrapes.values()])
+        finally:
+            engine.dispose()
+        # The scrape workers shared the scrapes: chunks claimed by two worker processes.
+        if claimers is not None:
+            assert claimers <= set(workers) and len(claimers) >= 2, (claimers, workers)
+        # The replicas did the classifying. Not asserted per replica: each task builds a new
+        # MLClient, whose first batch always goes to the first URL of TAGGING_ML_URLS, and the
+        # suite's small demo makes one batch per chunk, so ml-1 gets them all.
+        ml_used = {r: tree_cpu(pid) - ml_before[r] for r, pid in ml_pids.items()}
+        assert sum(ml_used.values()) > 0.3, ml_used
+        cluster.check()  # and nothing fell over meanwhile
+    finally:
+        cluster.down()
+
+
+def wait_for_scrapes(engine: Any, names: set[str], cluster: LocalCompose) -> dict[str, Any]:
+    """Each advertiser's scrape once none is running (the workers finish them)."""
+    deadline = time.monotonic() + 180
+    found: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                select(
+                    Advertiser.name,
+                    Scrape.id,
+                    Scrape.status,
+                    Scrape.error,
+                    Scrape.item_count,
+                    Scrape.expected_items,
+                    Scrape.finished_at,
+                ).join(Scrape, Scrape.advertiser_id == Advertiser.id)
+            ).all()
+        found = {row.name: row for row in rows}
+        if set(found) == names and all(s.finished_at is not None for s in found.values()):
+            assert len(rows) == len(names)  # one scrape each: none retried, none started twice
+            return found
+        cluster.check()
+        time.sleep(0.3)
+    raise AssertionError(f"the scrapes did not finish: {found}\n{cluster.tails()}")
+
+
+def chunk_claimers(connection: Any, scrape_ids: list[int]) -> set[int] | None:
+    """The process ids that stored the scrapes' chunks; None when scrapes are not chunked."""
+    chunk = getattr(db.models, "ScrapeChunk", None)
+    if chunk is None:
+        return None
+    claimed = connection.scalars(
+        select(chunk.claimed_by).where(chunk.scrape_id.in_(scrape_ids))
+    ).all()
+    assert claimed and all(claimed)
+    states = connection.scalars(select(chunk.state).where(chunk.scrape_id.in_(scrape_ids))).all()
+    assert set(states) == {"done"}
+    return {int(worker.split(":")[1]) for worker in claimed}  # host:pid:thread:…
 
 
 # --- the cluster: replicas on a shared PostgreSQL store, one killed mid-scrape ------------------

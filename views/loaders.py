@@ -42,6 +42,7 @@ from db.charts import (
     most_fixed_images,
     period_rates,
 )
+from db.datasets import VersionSummary
 from db.findings import FindingView, list_findings
 from db.history import (
     HISTORY_COLUMNS,
@@ -68,7 +69,20 @@ from db.review import (
     thumbnails,
 )
 from db.scrapes import latest_scrape, recent_scrapes, running_scrape, scrapes_of
-from views.common import QUERY_TTL_SECONDS, session_factory
+from tagging.curation.manifest import Box
+from tagging.datasets.archive import ArchiveStore, archive_from_settings
+from tagging.datasets.drafts import (
+    DraftView,
+    StepParams,
+    StepPreview,
+    current_draft,
+    preview_pull,
+    preview_step,
+    thumbnail,
+)
+from tagging.datasets.service import list_versions
+from tagging.errors import TaggingError
+from views.common import QUERY_TTL_SECONDS, session_factory, settings
 
 # --- accounts (not cached: an admin must see every change at once) ----------------------------
 
@@ -430,3 +444,63 @@ def load_thumbnail_urls(image_keys: tuple[str, ...]) -> dict[str, str]:
         key: "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
         for key, jpeg in found.items()
     }
+
+
+# --- dataset curation --------------------------------------------------------------------------
+
+
+def curation_archive() -> ArchiveStore:
+    """The archive of training images the settings name (a folder: cheap to make per call)."""
+    return archive_from_settings(settings())
+
+
+def load_current_draft(actor: Actor) -> DraftView | None:
+    # Not cached: the draft changes with every click of any developer, and a stale one would
+    # offer a step that is not the next any more (the use cases would refuse it).
+    return current_draft(session_factory(), actor)
+
+
+@st.cache_data(ttl=QUERY_TTL_SECONDS)
+def load_dataset_versions() -> list[VersionSummary]:
+    return list_versions(session_factory())
+
+
+@st.cache_data(ttl=QUERY_TTL_SECONDS)
+def load_pull_preview(
+    actor: Actor, parent: int | str | None, since: datetime | None
+) -> StepPreview:
+    return preview_pull(session_factory(), actor, curation_archive(), parent=parent, since=since)
+
+
+@st.cache_data(ttl=600, max_entries=16)
+def load_step_preview(
+    actor: Actor, number: int, state: str, params: StepParams, rank: bool
+) -> StepPreview:
+    """A step's preview, cached per draft state (``state``: its recipe and pending decisions, so
+    any change computes it again) and parameters; ``rank`` asks for cleanlab's ranking."""
+    return preview_step(
+        session_factory(),
+        actor,
+        curation_archive(),
+        number,
+        params,
+        models_dir=settings().models_dir if rank else None,
+    )
+
+
+@st.cache_data(ttl=3600, max_entries=256)
+def load_curation_thumbnail(sha256: str, image_key: str | None, crop: Box | None) -> bytes:
+    """An example's picture: from the archived bytes (cut to ``crop``), else the app's thumbnail
+    by image_key, else "no image". Content-addressed: it never changes, so cache it long."""
+    archive = curation_archive()
+    if archive.has(sha256):
+        try:
+            return thumbnail(archive, sha256, crop)
+        except TaggingError:
+            pass  # a corrupt archive entry: the app's thumbnail, if any
+    if image_key is not None:
+        with session_factory()() as session:
+            found = thumbnails(session, [image_key]).get(image_key)
+        if found is not None:
+            return found
+    return missing_thumbnail()

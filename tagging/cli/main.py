@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tagging.cli.console import progress_bar
+from tagging.cli.datasets import add_dataset_parser, cmd_dataset
 from tagging.cli.users import add_users_parser, cmd_users
 from tagging.cli.weird import add_weird_parser, cmd_weird
 from tagging.config import Settings
@@ -37,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     cdn = sub.add_parser("cdn", help="serve the demo sitemaps and images over HTTP")
     cdn.add_argument("--host", default="127.0.0.1")
     cdn.add_argument("--port", type=int, default=8765)
+    cdn.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="milliseconds added before every response, like a CDN far away (benchmarks)",
+    )
 
     serve = sub.add_parser("serve", help="run the ML server")
     serve.add_argument("--host", default="127.0.0.1")
@@ -93,8 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", help="bring the app database to the newest schema")
 
-    worker = sub.add_parser("worker", help="run the task queue's worker (relaunches, fix push)")
-    worker.add_argument("--workers", type=int, default=2)
+    worker = sub.add_parser(
+        "worker", help="run the task queues' workers (scrapes, fix pushes, training)"
+    )
+    worker.add_argument(
+        "--queue",
+        choices=("all", "scrapes", "pushes", "training"),
+        default="all",
+        help="the queue to consume (default: all, one child process per queue)",
+    )
+    worker.add_argument(
+        "--workers", type=int, default=2, help="worker threads (of the scrapes queue with all)"
+    )
 
     sync = sub.add_parser("sync", help="push the manual fixes the ML server has not acknowledged")
     sync.add_argument(
@@ -109,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_users_parser(sub)
     add_weird_parser(sub)
+    add_dataset_parser(sub)
 
     up = sub.add_parser("up", help="set up and run everything (what `make run` does)")
     up.add_argument("--app-port", type=int, default=8501)
@@ -154,7 +173,17 @@ def cmd_cdn(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     token = admin_token(settings.data_dir)  # what tagging.demo.stage sends to re-publish
-    run(settings.demo_dir, host=args.host, port=args.port, admin_token=token)
+    if not math.isfinite(args.latency_ms) or args.latency_ms < 0:
+        raise InvalidInput(
+            f"--latency-ms must be a finite number, 0 or more; got {args.latency_ms:g}"
+        )
+    run(
+        settings.demo_dir,
+        host=args.host,
+        port=args.port,
+        admin_token=token,
+        latency_ms=args.latency_ms,
+    )
     return 0
 
 
@@ -338,12 +367,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from tagging.jobs.tasks import task_queue
+    from tagging.jobs.worker import run_worker
 
-    huey = task_queue().huey
-    consumer = huey.create_consumer(workers=args.workers, worker_type="thread", periodic=True)
-    consumer.run()
-    return 0
+    return run_worker(args.queue, args.workers)
 
 
 def cmd_fixes(args: argparse.Namespace) -> int:
@@ -426,4 +452,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "api": cmd_api,
     "users": cmd_users,
     "weird": cmd_weird,
+    "dataset": cmd_dataset,
 }

@@ -11,24 +11,19 @@ share the listening socket (the kernel hands each connection to one of them) and
 * PostgreSQL (``TAGGING_ML_CACHE_URL``): for several machines, shared by every replica.
 
 Creating a store is the one step that must not run twice at once (a store of another schema
-version is emptied and rebuilt, which a second process doing the same would undo). So the
-command opens the store once, before any worker starts, under a lock that other ``serve``
-processes respect too (a PostgreSQL advisory lock, or a lock file beside the SQLite file); the
-workers then find it current and only read its generation.
+version is emptied and rebuilt, which a second process doing the same would undo). Every opener
+of a store takes a lock for it (:func:`tagging.server.cache.store_lock`, inside
+:class:`~tagging.server.cache.MLCache`: a PostgreSQL advisory lock, or a lock file beside the
+SQLite file), so the workers, replicas and other ``serve`` processes may open it at once. The
+command still opens it once before any worker starts, so that a store error stops it there
+instead of in every worker, and the workers find the store current.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING
+import os
 
 from tagging.config import Settings
-
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
 
 APP_FACTORY = "tagging.server.app:create_app"
 """What each uvicorn worker process imports and calls: ``create_app()`` reads the settings from
@@ -41,6 +36,11 @@ def run_ml_server(settings: Settings, *, host: str, port: int, workers: int) -> 
     Args:
         workers: uvicorn worker processes; 1 serves in this process.
     """
+    # numpy's OpenBLAS would start a thread per core for every matrix product (the perceptual
+    # hash is two small ones per image): with the fetch threads and the workers already sharing
+    # the cores, that made a product 100x slower. Set before the app (and numpy) is imported;
+    # uvicorn's worker processes inherit it.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import uvicorn
 
     prepare_cache_store(settings.ml_cache_url)
@@ -55,50 +55,12 @@ def run_ml_server(settings: Settings, *, host: str, port: int, workers: int) -> 
 
 
 def prepare_cache_store(url: str) -> str:
-    """Create or upgrade the ML cache store at ``url``, one process at a time; its generation."""
+    """Create or upgrade the ML cache store at ``url`` (under its lock); its generation."""
     from db.engine import make_engine
     from tagging.server.cache import MLCache
 
     engine = make_engine(url, create=True)
     try:
-        with store_lock(url, engine):
-            return MLCache(engine).generation
+        return MLCache(engine).generation
     finally:
         engine.dispose()
-
-
-@contextmanager
-def store_lock(url: str, engine: Engine) -> Iterator[None]:
-    """Hold a lock that every ``serve`` opening the store at ``url`` takes.
-
-    PostgreSQL: a session advisory lock (released when its connection closes, also when the
-    process dies). SQLite: ``flock`` on ``<file>.lock`` (a SQLite store is one machine's).
-    Anything else: no lock.
-    """
-    from sqlalchemy import text
-
-    from db.engine import create_private_file, sqlite_file
-
-    if engine.dialect.name == "postgresql":
-        key = int.from_bytes(hashlib.sha256(b"tagdesk ml cache store").digest()[:8], "big") >> 1
-        with engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-            connection.commit()
-            try:
-                yield
-            finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                connection.commit()
-        return
-    path = sqlite_file(url)
-    if path is None:
-        yield
-        return
-    lock = path.with_name(path.name + ".lock")
-    create_private_file(lock)
-    with lock.open("rb") as file:
-        fcntl.flock(file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(file, fcntl.LOCK_UN)

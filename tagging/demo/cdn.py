@@ -9,6 +9,12 @@ Routes (``GET`` and ``HEAD``):
 * ``/sitemaps/<slug>.xml`` and ``/sitemaps/<slug>.xml.gz``: the advertiser's sitemap with the
   Google image extension; feed colors as ``<tagdesk:color>`` when the advertiser has
   ``color_from_feed``.
+* ``/sitemaps/big-<N>.xml`` (``N`` from 1 to :data:`BIG_SITEMAP_MAX`): a synthetic sitemap of ``N``
+  image items, 5 per vehicle page, for scrapes larger than the demo (benchmarks, queue tests). The
+  demo's decodable images (kind ``ok``) are listed again and again, each time under another query
+  string: ``/cdn/sunrise/1-1.jpg?copy=1707``. The CDN ignores the query string (the bytes and
+  headers are the demo image's), but every URL is distinct, so every item is its own image_key
+  (the key hashes the URL) that an ML server fetches, decodes and classifies. Not in the index.
 * ``/sitemap_index.xml`` (all sitemaps) and ``/robots.txt``.
 
 Images are sent with ``Cache-Control: public, max-age=3600`` (``image_max_age``), as image CDNs
@@ -42,6 +48,7 @@ import logging
 import os
 import posixpath
 import random
+import re
 import secrets
 import socket
 import threading
@@ -75,6 +82,12 @@ IMAGE_MAX_AGE = 3600
 """Seconds an image response may be reused without asking again (``Cache-Control: max-age``)."""
 REPUBLISH_STEP = timedelta(days=45)
 """How much later each republication's Last-Modified is than the previous publication's."""
+BIG_SITEMAP_MAX = 1_000_000
+"""The most items ``/sitemaps/big-<N>.xml`` lists (its document is kept in memory, ~150 bytes an
+item, until the next republication)."""
+BIG_IMAGES_PER_PAGE = 5
+"""Images per vehicle page of the big sitemap (as many as a demo vehicle has, at most)."""
+_BIG_SITEMAP = re.compile(r"/sitemaps/big-([1-9][0-9]{0,6})\.xml")
 
 
 @dataclass(frozen=True)
@@ -283,6 +296,20 @@ class CdnState:
             f"sitemap.gz:{slug}", lambda: gzip.compress(self.sitemap(slug), 6, mtime=0)
         )
 
+    def big_sitemap(self, count: int) -> bytes:
+        """A synthetic sitemap of ``count`` distinct image URLs (``/sitemaps/big-<N>.xml``).
+
+        Item ``n`` is the ``n % k``-th of the ``k`` decodable demo images (kind ``ok``, sorted by
+        path) at its current URL plus ``?copy=n``: the same bytes as the demo image, another URL,
+        hence another image_key.
+
+        Raises:
+            NotFoundError: ``count`` is not between 1 and :data:`BIG_SITEMAP_MAX`.
+        """
+        if not 1 <= count <= BIG_SITEMAP_MAX:
+            raise NotFoundError(f"a big sitemap lists 1 to {BIG_SITEMAP_MAX} items, not {count}")
+        return self._document(f"big:{count}", lambda: self._render_big_sitemap(count))
+
     def sitemap_index(self) -> bytes:
         """A ``<sitemapindex>`` that lists every advertiser's sitemap."""
         return self._document("index", self._render_index)
@@ -327,6 +354,27 @@ class CdnState:
                 etree.SubElement(image, f"{{{NS_IMAGE}}}loc").text = self.current_url(p)
                 # lxml escapes the text, so a title with markup stays text.
                 etree.SubElement(image, f"{{{NS_IMAGE}}}title").text = veh.title
+        return etree.tostring(urlset, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+
+    def _render_big_sitemap(self, count: int) -> bytes:
+        # Only files that decode into pictures of a normal size, so that a scrape of it stores
+        # every item without an image error (a broken or tiny demo file would fail N / k times).
+        originals = sorted(p for p, img in self.inventory.images.items() if img.kind == "ok")
+        urls = [self.current_url(p) for p in originals]
+        urlset = etree.Element(
+            f"{{{NS_SITEMAP}}}urlset", nsmap={None: NS_SITEMAP, "image": NS_IMAGE}
+        )
+        for first in range(0, count, BIG_IMAGES_PER_PAGE):
+            page = first // BIG_IMAGES_PER_PAGE
+            url = etree.SubElement(urlset, f"{{{NS_SITEMAP}}}url")
+            loc = f"{self._public_url}/vehicles/big-{page}"
+            etree.SubElement(url, f"{{{NS_SITEMAP}}}loc").text = loc
+            for n in range(first, min(first + BIG_IMAGES_PER_PAGE, count)):
+                image = etree.SubElement(url, f"{{{NS_IMAGE}}}image")
+                etree.SubElement(
+                    image, f"{{{NS_IMAGE}}}loc"
+                ).text = f"{urls[n % len(urls)]}?copy={n}"
+                etree.SubElement(image, f"{{{NS_IMAGE}}}title").text = f"Big sitemap vehicle {page}"
         return etree.tostring(urlset, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
     def _render_index(self) -> bytes:
@@ -440,6 +488,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path == "/sitemap_index.xml":
                 self._send_document(state.sitemap_index(), "application/xml", head)
+            elif big := _BIG_SITEMAP.fullmatch(path):
+                # Before the advertisers' route: no demo slug starts with "big-".
+                self._send_document(state.big_sitemap(int(big[1])), "application/xml", head)
             elif path.startswith("/sitemaps/") and path.endswith(".xml"):
                 slug = path.removeprefix("/sitemaps/").removesuffix(".xml")
                 self._send_document(state.sitemap(slug), "application/xml", head)

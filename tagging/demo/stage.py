@@ -82,6 +82,8 @@ class WeirdDemoReport:
     """Why nothing was staged, if nothing was."""
     findings: dict[str, int] = field(default_factory=dict)
     """Open findings by detector afterwards."""
+    dataset: dict[str, str] = field(default_factory=dict)
+    """What was staged for dataset curation (:func:`_dataset_fixes`): not a detector's case."""
 
 
 @dataclass
@@ -154,6 +156,7 @@ def stage_weird_cases(
         _fixes_that_do_not_stick(stage)
         _ml_outage(stage)
         _legacy_placeholders(stage)
+        _dataset_fixes(stage)
     finally:
         client.close()
         ml.client.close()
@@ -405,6 +408,102 @@ def _legacy_placeholders(stage: _Stage) -> None:
     stage.report.staged["legacy_placeholder"] = (
         f"{len(chosen)} {METRO} placeholders carry the legacy Color 'N/A'"
     )
+
+
+DATASET_PER_CLASS = 6
+"""Images per Image Type the analyst fixes for the demo's dataset version (on several pages, so
+that the grouped split can put every class on both sides)."""
+
+
+def _dataset_fixes(stage: _Stage) -> None:
+    """Team fixes for a meaningful dataset version (``python -m tagging dataset build``).
+
+    A fix that sets the label an item has already is no fix (nothing is recorded), and the demo's
+    model is right about these images; so the analyst's corrections here are a mistaken fix and
+    its correction, the latest being the image's true type, as in a real review session. On top:
+
+    - **a conflicting near-duplicate cluster**: a Sunrise photo and Summit's re-encoded copy of
+      it, fixed to two different types (the copy wrongly);
+    - **a flipped label**: a Dealer photo the analyst labels Placeholder on purpose, which
+      cleanlab's ranking must put near the top.
+
+    Staged last, on Sunrise images no other case uses, so every detector's case stays as it was.
+    """
+    with stage.sessions() as session:
+        fixed_before = set(session.scalars(select(ManualFix.image_key)))
+    used: set[str] = set(fixed_before)
+    pool: list[SitemapItem] = []
+    # One advertiser only: the criteria-shift case compares Harbor's fix rate with the median
+    # advertiser's, which fixes spread over three advertisers would raise to Harbor's.
+    for name in (SUNRISE,):
+        for item in _latest(stage, name):
+            if (
+                item.status == ItemStatus.OK
+                and item.image_key
+                and item.image_type in ("Dealer", "Stock", "Placeholder")
+                and item.color != "N/A"
+                and item.image_key not in used
+            ):
+                used.add(item.image_key)
+                pool.append(item)
+    pair = _dataset_near_pair(stage, fixed_before)
+    if pair is not None:
+        pool = [i for i in pool if i.image_key not in {pair[0].image_key, pair[1].image_key}]
+    chosen: list[SitemapItem] = []
+    for image_type in ("Dealer", "Stock", "Placeholder"):
+        of_type = [i for i in pool if i.image_type == image_type]
+        chosen += of_type[:DATASET_PER_CLASS]
+    flipped = next(
+        (i for i in pool if i.image_type == "Dealer" and i not in chosen and i.color), None
+    )
+    wrong = [
+        FixChange(i.id, "image_type", _other(i.image_type) if i.color else "Dealer") for i in chosen
+    ]
+    right = [FixChange(i.id, "image_type", i.image_type) for i in chosen]
+    if pair is not None:
+        original, copy = pair
+        wrong.append(FixChange(original.id, "image_type", _other(original.image_type)))
+        right.append(FixChange(original.id, "image_type", original.image_type))
+        right.append(FixChange(copy.id, "image_type", _other(copy.image_type)))
+    _fix(stage, ANALYST, wrong)
+    _fix(stage, ANALYST, right)
+    if flipped is not None:
+        _fix(stage, ANALYST, [FixChange(flipped.id, "image_type", "Placeholder")])
+    stage.report.dataset["classes"] = f"{len(chosen)} images fixed to their true type"
+    if pair is not None:
+        stage.report.dataset["conflict"] = (
+            f"{pair[0].image_key} ({pair[0].image_type}) and its copy {pair[1].image_key} "
+            f"fixed as {_other(pair[1].image_type)}"
+        )
+    if flipped is not None:
+        stage.report.dataset["flipped"] = f"Dealer {flipped.image_key} fixed as Placeholder"
+
+
+def _dataset_near_pair(
+    stage: _Stage, fixed_before: set[str]
+) -> tuple[SitemapItem, SitemapItem] | None:
+    """A Sunrise photo and Summit's near-identical copy (pHash ≤ 6), neither fixed yet."""
+    summit = [i for i in _photos(_latest(stage, SUMMIT)) if i.image_key not in fixed_before]
+    sunrise = [i for i in _photos(_latest(stage, SUNRISE)) if i.image_key not in fixed_before]
+    with stage.sessions() as session:
+        facts = load_facts(session)
+        hashes = {
+            i.image_key: facts.images[i.image_key].phash if i.image_key in facts.images else None
+            for i in (*summit, *sunrise)
+            if i.image_key
+        }
+    by_key = {i.image_key: i for i in (*summit, *sunrise)}
+    summit_keys = {i.image_key for i in summit}
+    best: tuple[int, str, str] | None = None
+    for a, b, distance in near_pairs(hashes, 6):
+        if (a in summit_keys) == (b in summit_keys):
+            continue
+        copy, original = (a, b) if a in summit_keys else (b, a)
+        if by_key[copy].image_type != by_key[original].image_type:
+            continue
+        if best is None or (distance, copy, original) < best:
+            best = (distance, copy, original)
+    return (by_key[best[2]], by_key[best[1]]) if best else None
 
 
 __all__ = ["WeirdDemoReport", "advertiser_actor", "stage_weird_cases"]

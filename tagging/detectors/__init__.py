@@ -27,7 +27,9 @@ The other modules, from the bottom up:
 - :mod:`.base`: the facts' dataclasses and the :class:`~tagging.detectors.base.Thresholds`.
 - :mod:`.common`: label constants, perceptual-hash pairing (``near_pairs``) and the helpers that
   word explanations and evidence alike in every case.
-- :mod:`.facts`: ``load_facts``, the only module that reads the database for the detectors.
+- :mod:`.facts`: ``load_facts``, the only module that reads the database for the detectors: the
+  scrapes' counts and the fix history up front; items only through ``Facts.source``, in bounded
+  pages and lookups (a scrape may hold 500,000 items: never all of them as Python objects).
 - :mod:`.registry`: ``DETECTORS`` (name → detector) and ``detect_all``.
 - :mod:`.refresh` and :mod:`.remedies`: running the detectors, and the fixes that settle a finding.
 
@@ -36,9 +38,11 @@ A new detector:
 1. add its name and its case title to ``db/vocab.py`` (a constant and an entry of ``CASES``);
 2. add a module here with ``detect_x(facts: Facts, t: Thresholds = DEFAULT_THRESHOLDS) ->
    list[Candidate]``, importing only :mod:`.base`, :mod:`.common` and ``db`` (never another case);
-   new facts it needs go to :mod:`.base` and are loaded in :mod:`.facts`. It skips advertisers
-   outside ``facts.in_scope`` unless it compares advertisers with each other: then it judges all
-   of them and its name goes to ``GLOBAL_DETECTORS`` in ``db/vocab.py`` too;
+   new facts it needs go to :mod:`.base` and are loaded in :mod:`.facts` (items: through
+   ``facts.source``, as counts, filtered streams or lookups by image_key, never a whole scrape).
+   It skips advertisers outside ``facts.in_scope`` unless it compares advertisers with each
+   other: then it judges all of them and its name goes to ``GLOBAL_DETECTORS`` in
+   ``db/vocab.py`` too;
 3. register it in ``DETECTORS`` in :mod:`.registry`;
 4. add ``tests/tagging/detectors/test_x.py``: what it flags, and what it must not (the crafted data
    of ``tests/utils/world.py`` builds both).

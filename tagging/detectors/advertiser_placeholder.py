@@ -7,8 +7,8 @@ from __future__ import annotations
 from db.findings import Candidate
 from db.models import Severity
 from db.vocab import ADVERTISER_PLACEHOLDER, CASES, DEFAULT_IMAGE_TYPE
-from tagging.detectors.base import DEFAULT_THRESHOLDS, Facts, Thresholds
-from tagging.detectors.common import LEGACY_COLORS, evidence_image, latest_fixes, unique_by_key
+from tagging.detectors.base import DEFAULT_THRESHOLDS, Facts, ItemFilter, Thresholds
+from tagging.detectors.common import LEGACY_COLORS, evidence_image, latest_fixes
 
 
 def detect_advertiser_placeholders(
@@ -24,11 +24,13 @@ def detect_advertiser_placeholders(
         key: fix for (key, name), fix in latest_fixes(facts.fixes).items() if name == "image_type"
     }
     found = []
-    for advertiser_id, items in facts.items.items():
+    # Only these can be flagged; each must be the first item of its image_key in the scrape.
+    colored = ItemFilter(image_type=DEFAULT_IMAGE_TYPE, color_is_not_null=True)
+    for advertiser_id, latest in facts.listed():
         if not facts.in_scope(advertiser_id):
             continue
         advertiser = facts.advertisers.get(advertiser_id)
-        for item in unique_by_key(items):
+        for item in facts.source.items(latest.id, colored, first_of_key=True):
             if item.image_type != DEFAULT_IMAGE_TYPE or item.color is None:
                 continue
             if item.color.strip().lower() in LEGACY_COLORS:

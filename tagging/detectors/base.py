@@ -1,15 +1,19 @@
 """What every detector takes: the :class:`Facts` the database holds and the :class:`Thresholds`.
 
 The facts are plain frozen dataclasses, filled by :func:`tagging.detectors.facts.load_facts`
-(the only module here that reads the database); a detector only reads them.
+(the only module here that reads the database); a detector only reads them. The items of the
+latest scrapes are not among them: a scrape may hold 500,000. A detector asks for the few it
+needs through :attr:`Facts.source` (an :class:`ItemSource`: counts, filtered pages, lookups by
+image_key), so that memory stays bounded whatever the size of a scrape.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -72,6 +76,8 @@ class ScrapeFacts:
     ok: int
     ok_types: Mapping[str, int]
     """Items with status ok by the Image Type the ML server returned."""
+    counts: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """Items by (status, Image Type the ML server returned or the default it got)."""
 
 
 @dataclass(frozen=True)
@@ -114,22 +120,98 @@ class FixFacts:
     created_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class ItemFilter:
+    """Which items of a scrape a detector asks for: every condition set must hold.
+
+    Plain data, translated into SQL by :mod:`tagging.detectors.facts`.
+    """
+
+    statuses: tuple[str, ...] | None = None
+    with_key: bool = False
+    """Only items with an image_key."""
+    image_type: str | None = None
+    ml_image_type: str | None = None
+    ml_color_is_null: bool = False
+    color_is_not_null: bool = False
+    color_contains: str | None = None
+    """Lower-cased, the color contains this (a coarse filter: the detector decides exactly)."""
+    photo_before_in: tuple[int, ...] = ()
+    """Only items whose image URL was a Dealer or Stock photo the ML server answered for (status
+    ok) in one of these scrapes."""
+    image_sha256_in: Collection[str] | None = None
+    """Only items whose image (by image_key) has one of these content hashes."""
+
+
+class ItemSource(Protocol):
+    """The items of scrapes and the images they show, read in bounded pieces.
+
+    Items come in sitemap order (position, then id) unless said otherwise.
+    """
+
+    def items(
+        self, scrape_id: int, where: ItemFilter, *, first_of_key: bool = False
+    ) -> Iterator[ItemFacts]:
+        """The items of ``scrape_id`` that ``where`` selects, streamed in pages.
+
+        Args:
+            first_of_key: only items that are the first of their image_key in the whole scrape
+                (whatever ``where`` says about the earlier ones); items without a key are left out.
+        """
+        ...
+
+    def count(self, scrape_id: int, where: ItemFilter) -> int:
+        """How many items of ``scrape_id`` ``where`` selects."""
+        ...
+
+    def ids(self, scrape_id: int, where: ItemFilter) -> list[int]:
+        """The ids of the items of ``scrape_id`` that ``where`` selects, in sitemap order."""
+        ...
+
+    def first_items(self, scrape_id: int, keys: Collection[str]) -> dict[str, ItemFacts]:
+        """The first item of ``scrape_id`` (any status) of each of these image_keys it lists."""
+        ...
+
+    def first_items_of(
+        self, scrape_ids: Collection[int], keys: Collection[str]
+    ) -> dict[tuple[int, str], ItemFacts]:
+        """:meth:`first_items` of several scrapes at once, by (scrape id, image_key)."""
+        ...
+
+    def first_item_by_url(self, scrape_id: int, url: str) -> ItemFacts | None:
+        """The first item of ``scrape_id`` with an image_key whose image URL is ``url``."""
+        ...
+
+    def keys_in(self, scrape_id: int, keys: Collection[str]) -> set[str]:
+        """Which of these image_keys ``scrape_id`` lists."""
+        ...
+
+    def distinct_keys(self, scrape_id: int) -> int:
+        """How many different image_keys ``scrape_id`` lists."""
+        ...
+
+    def images(self, keys: Collection[str]) -> dict[str, ImageFacts]:
+        """The stored images of these image_keys (missing ones are left out)."""
+        ...
+
+    def item_images(
+        self, scrape_id: int, where: ItemFilter
+    ) -> Iterator[tuple[int, str, ImageFacts]]:
+        """``(item id, image URL, image)`` of the items ``where`` selects that have a stored
+        image, streamed in pages, in no particular order (an image may come more than once)."""
+        ...
+
+
 @dataclass
 class Facts:
     """What the detectors know. ``scrapes[a][0]`` is advertiser ``a``'s latest scrape."""
 
     advertisers: dict[int, AdvertiserFacts]
     scrapes: dict[int, list[ScrapeFacts]]
-    items: dict[int, list[ItemFacts]]
-    """The items of each advertiser's latest scrape, in sitemap order."""
-    images: dict[str, ImageFacts] = field(default_factory=dict)
+    source: ItemSource
+    """The items of the scrapes and their images, read on demand in bounded pieces."""
     fixes: list[FixFacts] = field(default_factory=list)
     """The manual-fix history, oldest first."""
-    seen_before: dict[int, dict[str, str]] = field(default_factory=dict)
-    """Per advertiser: image URL → a Dealer/Stock type the ML server gave it in a previous scrape
-    (only for URLs that came back as Placeholder with no color in the latest scrape)."""
-    previous_keys: dict[int, set[str]] = field(default_factory=dict)
-    """Per advertiser: the image_keys of its previous scrape."""
     settled: dict[str, int] = field(default_factory=dict)
     """Shared-CDN subjects → the last fix id a "choose one value" settled."""
     scope: frozenset[int] | None = None
@@ -137,6 +219,40 @@ class Facts:
     thumbnails: Callable[[Sequence[str]], Mapping[str, bytes]] | None = None
     """Loads thumbnail JPEGs by image_key, only for the few pairs a hash says look alike."""
     _signatures: dict[str, np.ndarray | None] = field(default_factory=dict, repr=False)
+    _items: dict[int, list[ItemFacts]] | None = field(default=None, repr=False)
+    _images: dict[str, ImageFacts] | None = field(default=None, repr=False)
+
+    def listed(self) -> list[tuple[int, ScrapeFacts]]:
+        """``(advertiser, its latest scrape)`` of every advertiser whose latest scrape has items.
+
+        In the order the detectors have always reported in: by latest scrape id within each run
+        of 500 advertisers (by advertiser id).
+        """
+        latest = [(a, s[0]) for a, s in self.scrapes.items() if s]
+        ordered: list[tuple[int, ScrapeFacts]] = []
+        for start in range(0, len(latest), 500):
+            ordered += sorted(latest[start : start + 500], key=lambda pair: pair[1].id)
+        return [(a, s) for a, s in ordered if s.items]
+
+    @property
+    def items(self) -> dict[int, list[ItemFacts]]:
+        """Every item of each advertiser's latest scrape, in sitemap order, as Python objects.
+
+        For tools over small databases (the demo's staging): a large scrape does not fit. The
+        detectors ask :attr:`source` for what they need instead.
+        """
+        if self._items is None:
+            self._items = {a: list(self.source.items(s.id, ItemFilter())) for a, s in self.listed()}
+        return self._items
+
+    @property
+    def images(self) -> dict[str, ImageFacts]:
+        """The images of :attr:`items` and of the fixes (small databases only, as :attr:`items`)."""
+        if self._images is None:
+            keys = {i.image_key for its in self.items.values() for i in its if i.image_key}
+            keys |= {f.image_key for f in self.fixes}
+            self._images = self.source.images(keys)
+        return self._images
 
     def look_alike(self, key_a: str, key_b: str, t: Thresholds) -> bool:
         """Whether two images' thumbnails confirm what their perceptual hashes say.
@@ -184,6 +300,8 @@ __all__ = [
     "FixFacts",
     "ImageFacts",
     "ItemFacts",
+    "ItemFilter",
+    "ItemSource",
     "ScrapeFacts",
     "Thresholds",
 ]

@@ -3,6 +3,7 @@ that word a finding's explanation and evidence the same way in every case."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -72,6 +73,51 @@ def near_pairs(
                         yield (a, b, distance) if a < b else (b, a, distance)
 
 
+class HashIndex:
+    """Keys by 64-bit perceptual hash, to find those near a hash seen later (one at a time).
+
+    The multi-index hashing of :func:`near_pairs` with one side held in memory: a stream of
+    hashes (a whole scrape's) is matched against a few (the fixed images') without holding it.
+    """
+
+    def __init__(self, hashes: Mapping[str, str | None], max_distance: int) -> None:
+        self._max = max_distance
+        self._by_hash: dict[str, list[str]] = defaultdict(list)
+        for key, value in hashes.items():
+            if valid_phash(value):
+                self._by_hash[value].append(key)
+        bands = max_distance + 1
+        self._bands = [
+            (low, high - low)
+            for low, high in itertools.pairwise(round(64 * i / bands) for i in range(bands + 1))
+            if high > low
+        ]
+        self._buckets: dict[tuple[int, int], list[str]] = defaultdict(list)
+        for value in self._by_hash:
+            for band, bits in self._band_bits(int(value, 16)):
+                self._buckets[(band, bits)].append(value)
+
+    def _band_bits(self, number: int) -> Iterator[tuple[int, int]]:
+        for low, width in self._bands:
+            yield low, (number >> low) & ((1 << width) - 1)
+
+    def near(self, value: str | None) -> Iterator[tuple[str, int]]:
+        """``(key, distance)`` of the keys whose hash is at most ``max_distance`` bits from
+        ``value`` (none when ``value`` is not a valid hash)."""
+        if not self._by_hash or not valid_phash(value):
+            return
+        seen: set[str] = set()
+        for band in self._band_bits(int(value, 16)):
+            for other in self._buckets.get(band, ()):
+                if other in seen:
+                    continue
+                seen.add(other)
+                distance = hash_distance(value, other)
+                if distance <= self._max:
+                    for key in self._by_hash[other]:
+                        yield key, distance
+
+
 def each_pair(values: list[str]) -> Iterator[tuple[str, str]]:
     """Every pair of ``values``, once each, in their order."""
     for i, a in enumerate(values):
@@ -132,6 +178,7 @@ __all__ = [
     "LEGACY_COLORS",
     "PHOTO_TYPES",
     "SEVERITY_ORDER",
+    "HashIndex",
     "each_pair",
     "evidence_image",
     "latest_fixes",

@@ -10,14 +10,20 @@ from collections import defaultdict
 from db.findings import Candidate
 from db.models import Severity
 from db.vocab import CASES, CRITERIA_SHIFT
-from tagging.detectors.base import DEFAULT_THRESHOLDS, Facts, ItemFacts, ScrapeFacts, Thresholds
+from tagging.detectors.base import (
+    DEFAULT_THRESHOLDS,
+    Facts,
+    ItemFacts,
+    ItemFilter,
+    ScrapeFacts,
+    Thresholds,
+)
 from tagging.detectors.common import (
     PHOTO_TYPES,
     evidence_image,
     pct,
     possessive,
     review_query,
-    unique_by_key,
 )
 
 
@@ -63,9 +69,13 @@ def detect_criteria_shifts(facts: Facts, t: Thresholds = DEFAULT_THRESHOLDS) -> 
         ):
             continue
         name = facts.name(advertiser_id)
-        items = [
-            i for i in facts.items.get(advertiser_id, []) if i.image_type == grown and i.image_key
-        ]
+        shown: dict[str, ItemFacts] = {}  # the first 12 images of that class, in sitemap order
+        latest_id = facts.latest_scrape_id(advertiser_id)
+        if latest_id is not None:
+            for item in facts.source.items(latest_id, ItemFilter(image_type=grown, with_key=True)):
+                shown.setdefault(item.image_key or "", item)
+                if len(shown) == 12:
+                    break
         explanation = (
             f"{CASES[CRITERIA_SHIFT]}: {possessive(name)} share of {grown} photos (of its "
             f"Dealer and Stock photos) went from {pct(before[grown])} in its earlier scrapes to "
@@ -91,7 +101,7 @@ def detect_criteria_shifts(facts: Facts, t: Thresholds = DEFAULT_THRESHOLDS) -> 
                     "fleet_change": round(fleet[grown], 3),
                     "remedy": "open_sitemap",
                     "review": review_query(name, type=[grown]),
-                    "images": [evidence_image(i, facts) for i in unique_by_key(items)[:12]],
+                    "images": [evidence_image(i, facts) for i in shown.values()],
                 },
                 identity={"class": grown, "band": round(excess * 10)},
             )
@@ -119,12 +129,26 @@ def _fix_rate_shifts(facts: Facts, t: Thresholds) -> list[Candidate]:
             fixed_for[fix.advertiser_id].add(fix.image_key)
             if fix.field == "image_type" and fix.new_value:
                 fixed_to[fix.advertiser_id][fix.new_value] += 1
+    listed = facts.listed()
+    present = {
+        advertiser_id: facts.source.keys_in(latest.id, fixed_for[advertiser_id])
+        for advertiser_id, latest in listed
+        if fixed_for.get(advertiser_id)
+    }
+    if all(len(keys) < t.fix_rate_min_items for keys in present.values()):
+        return []  # no advertiser has enough fixed images to be flagged
     rates: dict[int, tuple[float, list[ItemFacts]]] = {}
-    for advertiser_id, items in facts.items.items():
-        unique = unique_by_key(items)
-        if unique:
-            fixed = [i for i in unique if i.image_key in fixed_for.get(advertiser_id, set())]
-            rates[advertiser_id] = (len(fixed) / len(unique), fixed)
+    for advertiser_id, latest in listed:
+        keys = present.get(advertiser_id)
+        if keys:
+            # Its current images: the first item of each image_key, in sitemap order.
+            fixed = sorted(
+                facts.source.first_items(latest.id, keys).values(),
+                key=lambda i: (i.position, i.id),
+            )
+            rates[advertiser_id] = (len(fixed) / facts.source.distinct_keys(latest.id), fixed)
+        elif next(facts.source.items(latest.id, ItemFilter(with_key=True)), None) is not None:
+            rates[advertiser_id] = (0.0, [])
     found = []
     for advertiser_id, (rate, fixed) in rates.items():
         peers = [r for other, (r, _) in rates.items() if other != advertiser_id]

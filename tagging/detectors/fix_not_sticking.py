@@ -5,12 +5,19 @@ its URL or headers) with the ML label the fix had corrected.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 from db.findings import Candidate
 from db.models import ItemStatus, Severity
 from db.vocab import CASES, FIX_NOT_STICKING
-from tagging.detectors.base import DEFAULT_THRESHOLDS, Facts, ItemFacts, Thresholds
-from tagging.detectors.common import evidence_image, latest_fixes, near_pairs, unique_by_key
+from tagging.detectors.base import (
+    DEFAULT_THRESHOLDS,
+    Facts,
+    ImageFacts,
+    ItemFilter,
+    Thresholds,
+)
+from tagging.detectors.common import HashIndex, evidence_image, latest_fixes
 
 
 def detect_unstuck_fixes(facts: Facts, t: Thresholds = DEFAULT_THRESHOLDS) -> list[Candidate]:
@@ -27,22 +34,33 @@ def detect_unstuck_fixes(facts: Facts, t: Thresholds = DEFAULT_THRESHOLDS) -> li
     for key, field_name in latest:
         fixed_fields[key].add(field_name)
     found = []
-    for advertiser_id, items in facts.items.items():
+    for advertiser_id, scrape in facts.listed():
         if not facts.in_scope(advertiser_id):
             continue
-        current_keys = {i.image_key for i in items if i.image_key}
-        own = {
+        mine = {
             (key, field_name): fix
             for (key, field_name), fix in latest.items()
-            if fix.advertiser_id == advertiser_id
-            and key not in current_keys
-            and fix.new_value is not None
+            if fix.advertiser_id == advertiser_id and fix.new_value is not None
         }
+        if not mine:
+            continue
+        current_keys = facts.source.keys_in(scrape.id, {key for key, _ in mine})
+        own = {k: fix for k, fix in mine.items() if k[0] not in current_keys}
         if not own:
             continue
         old_keys = sorted({key for key, _ in own})
-        new_items = [i for i in unique_by_key(items) if i.status == ItemStatus.OK and i.image_key]
-        matches = _content_matches(facts, old_keys, new_items, advertiser_id, t)
+        matches = _content_matches(facts, old_keys, advertiser_id, scrape.id, t)
+        if not matches:
+            continue
+        # The new images: the first item of each matched key, if ok, in sitemap order.
+        new_items = sorted(
+            (
+                i
+                for i in facts.source.first_items(scrape.id, matches).values()
+                if i.status == ItemStatus.OK
+            ),
+            key=lambda i: (i.position, i.id),
+        )
         advertiser = facts.advertisers.get(advertiser_id)
         for item in new_items:
             match = matches.get(item.image_key or "")
@@ -137,48 +155,66 @@ def detect_unstuck_fixes(facts: Facts, t: Thresholds = DEFAULT_THRESHOLDS) -> li
 def _content_matches(
     facts: Facts,
     old_keys: list[str],
-    new_items: list[ItemFacts],
     advertiser_id: int,
+    scrape_id: int,
     t: Thresholds,
 ) -> dict[str, tuple[list[str], str, int]]:
-    """New key → (the old keys with its content, "sha256" or "phash", distance)."""
+    """New key → (the old keys with its content, "sha256" or "phash", distance).
+
+    New keys are those of the ok items of ``scrape_id``; the caller keeps the ones whose first
+    item of the key is ok.
+    """
+    old_images = facts.source.images(old_keys)
     by_sha: dict[str, list[str]] = defaultdict(list)
     for key in old_keys:
-        image = facts.images.get(key)
+        image = old_images.get(key)
         if image is not None and image.sha256:
             by_sha[image.sha256].append(key)
+    ok = ItemFilter(statuses=(ItemStatus.OK,), with_key=True)
     matches: dict[str, tuple[list[str], str, int]] = {}
-    for item in new_items:
-        image = facts.images.get(item.image_key or "")
-        if image is not None and image.sha256 and image.sha256 in by_sha:
-            matches[item.image_key or ""] = (sorted(by_sha[image.sha256]), "sha256", 0)
+    if by_sha:
+        same_bytes = replace(ok, image_sha256_in=frozenset(by_sha))
+        for _, _, image in facts.source.item_images(scrape_id, same_bytes):
+            if image.sha256 and image.sha256 in by_sha:
+                matches[image.image_key] = (sorted(by_sha[image.sha256]), "sha256", 0)
 
     # Perceptual matches only for a swap seen between two consecutive scrapes: the fixed image
     # left the sitemap as the new one arrived, both have the same size, and nothing else matches.
-    previous = facts.previous_keys.get(advertiser_id, set())
-    gone = [k for k in old_keys if k in previous]
-    arrived = [
-        i.image_key
-        for i in new_items
-        if i.image_key and i.image_key not in previous and i.image_key not in matches
-    ]
-    if not gone or not arrived:
+    scrapes = facts.scrapes.get(advertiser_id, [])
+    previous = scrapes[1].id if len(scrapes) > 1 else None
+    if previous is None:
         return matches
-    hashes = {k: (facts.images[k].phash if k in facts.images else None) for k in gone + arrived}
-    gone_set = set(gone)
+    gone = sorted(facts.source.keys_in(previous, old_keys) & set(old_keys))
+    if not gone:
+        return matches
+    index = HashIndex(
+        {k: (old_images[k].phash if k in old_images else None) for k in gone},
+        t.max_phash_distance,
+    )
+    # Every near image of the scrape, then only those that arrived (not in the previous scrape).
+    near: dict[str, tuple[ImageFacts, list[tuple[str, int]]]] = {}
+    for _, _, image in facts.source.item_images(scrape_id, ok):
+        if image.image_key in matches or image.image_key in near:
+            continue
+        close = list(index.near(image.phash))
+        if close:
+            near[image.image_key] = (image, close)
+    # New images only: the key's first item is ok, and the previous scrape did not list it.
+    firsts = facts.source.first_items(scrape_id, near)
+    listed = {key for key, item in firsts.items() if item.status == ItemStatus.OK}
+    arrived = listed - facts.source.keys_in(previous, listed)
     links: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for a, b, distance in near_pairs(hashes, t.max_phash_distance):
-        if (a in gone_set) == (b in gone_set):
-            continue
-        old, new = (a, b) if a in gone_set else (b, a)
-        old_image, new_image = facts.images[old], facts.images[new]
-        if (old_image.width, old_image.height) != (new_image.width, new_image.height):
-            continue
-        if not facts.look_alike(old, new, t):
-            continue
-        links[old].append((new, distance))
-        links[new].append((old, distance))
-    for new in arrived:
+    for new in sorted(arrived):
+        new_image, close = near[new]
+        for old, distance in close:
+            old_image = old_images[old]
+            if (old_image.width, old_image.height) != (new_image.width, new_image.height):
+                continue
+            if not facts.look_alike(old, new, t):
+                continue
+            links[old].append((new, distance))
+            links[new].append((old, distance))
+    for new in sorted(arrived):
         candidates = links.get(new, [])
         if len(candidates) != 1:
             continue

@@ -5,21 +5,27 @@ from __future__ import annotations
 from db.findings import Candidate
 from db.models import Severity
 from db.vocab import CASES, LEGACY_PLACEHOLDER
-from tagging.detectors.base import DEFAULT_THRESHOLDS, Facts, Thresholds
-from tagging.detectors.common import LEGACY_COLORS, evidence_image, unique_by_key
+from tagging.detectors.base import DEFAULT_THRESHOLDS, Facts, ItemFilter, Thresholds
+from tagging.detectors.common import LEGACY_COLORS, evidence_image
 
 
 def detect_legacy_placeholders(facts: Facts, t: Thresholds = DEFAULT_THRESHOLDS) -> list[Candidate]:
     """Images with Color "N/A": placeholders as the old system cached them."""
     found = []
-    for advertiser_id, items in facts.items.items():
+    # A coarse filter in the database (every legacy color contains one of them), the exact
+    # test here; only the first item of each image_key counts.
+    coarse = [ItemFilter(color_contains=c) for c in sorted(LEGACY_COLORS)]
+    for advertiser_id, latest in facts.listed():
         if not facts.in_scope(advertiser_id):
             continue
         legacy = [
             i
-            for i in unique_by_key(items)
+            for where in coarse
+            for i in facts.source.items(latest.id, where, first_of_key=True)
             if i.color is not None and i.color.strip().lower() in LEGACY_COLORS
         ]
+        if len(coarse) > 1:  # the order of the scrape, each item once
+            legacy = sorted({i.id: i for i in legacy}.values(), key=lambda i: (i.position, i.id))
         if not legacy:
             continue
         name = facts.name(advertiser_id)

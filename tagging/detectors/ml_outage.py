@@ -5,11 +5,12 @@
 from __future__ import annotations
 
 import statistics
+from itertools import islice
 
 from db.findings import Candidate
 from db.models import ItemStatus, Severity
 from db.vocab import CASES, DEFAULT_IMAGE_TYPE, ML_OUTAGE
-from tagging.detectors.base import DEFAULT_THRESHOLDS, Facts, Thresholds
+from tagging.detectors.base import DEFAULT_THRESHOLDS, Facts, ItemFilter, Thresholds
 from tagging.detectors.common import evidence_image, pct, possessive, review_query, share_of
 
 
@@ -21,24 +22,16 @@ def detect_ml_outage(facts: Facts, t: Thresholds = DEFAULT_THRESHOLDS) -> list[C
     Image errors (404, corrupt files) are not the ML system's fault and are left out.
     """
     found = []
-    for advertiser_id, items in facts.items.items():
+    for advertiser_id, latest in facts.listed():
         if not facts.in_scope(advertiser_id):
             continue
-        scrapes = facts.scrapes.get(advertiser_id) or []
-        counted = [i for i in items if i.status != ItemStatus.ERROR]
-        n = len(counted)
-        if not n or not scrapes:
+        scrapes = facts.scrapes[advertiser_id]
+        # Counted from the scrape's counts: image errors (404, corrupt files) are left out.
+        counted = {k: c for k, c in latest.counts.items() if k[0] != ItemStatus.ERROR}
+        n = sum(counted.values())
+        if not n:
             continue
-        seen = facts.seen_before.get(advertiser_id, {})
-        failed = [i for i in counted if i.status == ItemStatus.ML_FAILURE]
-        lost = [
-            i
-            for i in counted
-            if i.status == ItemStatus.OK
-            and i.ml_image_type == DEFAULT_IMAGE_TYPE
-            and i.ml_color is None
-            and i.image_url in seen
-        ]
+        failed_count = latest.ml_failures
         history = [s for s in scrapes[1 : 1 + t.history] if s.ok]
         baseline = (
             statistics.fmean(share_of(s.ok_types.get(DEFAULT_IMAGE_TYPE, 0), s.ok) for s in history)
@@ -46,17 +39,34 @@ def detect_ml_outage(facts: Facts, t: Thresholds = DEFAULT_THRESHOLDS) -> list[C
             else None
         )
         # ML failures count as placeholders: that is the default they were given.
-        placeholders = sum(1 for i in counted if i.ml_image_type == DEFAULT_IMAGE_TYPE)
+        placeholders = sum(
+            c for (_, ml_type), c in counted.items() if ml_type == DEFAULT_IMAGE_TYPE
+        )
         share = share_of(placeholders, n)
         enough = min(t.outage_min_items, n)
-        by_failure = len(failed) >= enough and share_of(len(failed), n) >= t.outage_min_share
-        by_baseline = (
-            baseline is not None
-            and len(lost) >= enough
-            and share - baseline >= t.outage_excess_share
+        by_failure = failed_count >= enough and share_of(failed_count, n) >= t.outage_min_share
+        could_be_baseline = baseline is not None and share - baseline >= t.outage_excess_share
+        if not (by_failure or could_be_baseline):
+            continue  # nothing more to read: neither test can pass
+        # The Placeholders without color whose URL was a Dealer or Stock photo before.
+        lost_filter = ItemFilter(
+            statuses=(ItemStatus.OK,),
+            ml_image_type=DEFAULT_IMAGE_TYPE,
+            ml_color_is_null=True,
+            photo_before_in=tuple(s.id for s in scrapes[1:]),
         )
+        lost_count = facts.source.count(latest.id, lost_filter) if len(scrapes) > 1 else 0
+        by_baseline = could_be_baseline and lost_count >= enough
         if not (by_failure or by_baseline):
             continue
+        failed_filter = ItemFilter(statuses=(ItemStatus.ML_FAILURE,))
+        suspect_ids = facts.source.ids(latest.id, failed_filter)
+        if lost_count:
+            suspect_ids += facts.source.ids(latest.id, lost_filter)
+        shown = list(islice(facts.source.items(latest.id, failed_filter), t.evidence_limit))
+        if lost_count and len(shown) < t.evidence_limit:
+            rest = t.evidence_limit - len(shown)
+            shown += islice(facts.source.items(latest.id, lost_filter), rest)
         previous = scrapes[1] if len(scrapes) > 1 else None
         again = (
             previous is not None
@@ -64,13 +74,12 @@ def detect_ml_outage(facts: Facts, t: Thresholds = DEFAULT_THRESHOLDS) -> list[C
             and previous.ml_failures >= min(t.outage_min_items, previous.items)
             and share_of(previous.ml_failures, previous.items) >= t.outage_min_share
         )
-        suspects = failed + lost
         name = facts.name(advertiser_id)
-        parts = [f"{len(failed):,} got no answer from the ML server"] if failed else []
-        if lost:
-            parts.append(f"{len(lost):,} were Dealer or Stock photos in earlier scrapes")
+        parts = [f"{failed_count:,} got no answer from the ML server"] if failed_count else []
+        if lost_count:
+            parts.append(f"{lost_count:,} were Dealer or Stock photos in earlier scrapes")
         explanation = (
-            f"{CASES[ML_OUTAGE]}: {len(suspects):,} of the {n:,} images of "
+            f"{CASES[ML_OUTAGE]}: {len(suspect_ids):,} of the {n:,} images of "
             f"{possessive(name)} scrape #{scrapes[0].id} came back as Placeholder with no "
             f"color ({'; '.join(parts)}). "
         )
@@ -81,7 +90,7 @@ def detect_ml_outage(facts: Facts, t: Thresholds = DEFAULT_THRESHOLDS) -> list[C
         # Most of the sitemap without answers is urgent at once; a relaunch that fails too is
         # critical whatever its size. The process stays: relaunch, and only if it fails again
         # tell the dev team.
-        most = share_of(len(suspects), n) >= t.outage_critical_share
+        most = share_of(len(suspect_ids), n) >= t.outage_critical_share
         if again and previous is not None:  # ``again`` implies a previous scrape
             severity = Severity.CRITICAL
             explanation += (
@@ -106,21 +115,21 @@ def detect_ml_outage(facts: Facts, t: Thresholds = DEFAULT_THRESHOLDS) -> list[C
                 evidence={
                     "scrape_id": scrapes[0].id,
                     "items": n,
-                    "count": len(suspects),
-                    "ml_failures": len(failed),
-                    "lost": len(lost),
+                    "count": len(suspect_ids),
+                    "ml_failures": failed_count,
+                    "lost": lost_count,
                     "placeholder_share": round(share, 3),
                     "baseline_share": round(baseline, 3) if baseline is not None else None,
                     "failed_again_after": previous.id if again and previous else None,
                     "remedy": "relaunch",
-                    "images": [evidence_image(i, facts) for i in suspects[: t.evidence_limit]],
+                    "images": [evidence_image(i, facts) for i in shown],
                     "review": review_query(
-                        name, status=[ItemStatus.ML_FAILURE.value] if failed else []
+                        name, status=[ItemStatus.ML_FAILURE.value] if failed_count else []
                     ),
                 },
                 identity={
                     "scrape": scrapes[0].id,
-                    "items": sorted(i.id for i in suspects),
+                    "items": sorted(suspect_ids),
                     "again": again,
                 },
             )

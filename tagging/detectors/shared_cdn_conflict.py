@@ -32,13 +32,18 @@ def detect_shared_cdn_conflicts(
         if len({f.image_key for f in fixes}) > 1:
             groups[(field_name, "url", url)] = fixes
 
-    item_by_key: dict[tuple[int, str], ItemFacts] = {}
-    item_by_url: dict[tuple[int, str], ItemFacts] = {}
-    for advertiser_id, items in facts.items.items():
-        for item in items:
-            if item.image_key:
-                item_by_key.setdefault((advertiser_id, item.image_key), item)
-                item_by_url.setdefault((advertiser_id, item.image_url), item)
+    # What each advertiser lists now, looked up only for the conflicts found.
+    latest_ids = {advertiser_id: latest.id for advertiser_id, latest in facts.listed()}
+
+    def listed_by_key(advertiser_id: int, key: str) -> ItemFacts | None:
+        scrape_id = latest_ids.get(advertiser_id)
+        if scrape_id is None:
+            return None
+        return facts.source.first_items(scrape_id, [key]).get(key)
+
+    def listed_by_url(advertiser_id: int, url: str) -> ItemFacts | None:
+        scrape_id = latest_ids.get(advertiser_id)
+        return facts.source.first_item_by_url(scrape_id, url) if scrape_id is not None else None
 
     found = []
     for (field_name, kind, value), fixes in groups.items():
@@ -63,10 +68,12 @@ def detect_shared_cdn_conflicts(
         current = {}
         images = []
         for advertiser_id in advertisers:
-            lookup = item_by_key if kind == "key" else item_by_url
-            listed = lookup.get((advertiser_id, value))
-            if listed is None and kind == "key":
-                listed = item_by_url.get((advertiser_id, fixes[-1].image_url))
+            if kind == "key":
+                listed = listed_by_key(advertiser_id, value)
+                if listed is None:
+                    listed = listed_by_url(advertiser_id, fixes[-1].image_url)
+            else:
+                listed = listed_by_url(advertiser_id, value)
             if listed is not None:
                 current[facts.name(advertiser_id)] = getattr(listed, field_name)
                 images.append(evidence_image(listed, facts))

@@ -29,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import islice
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -81,8 +81,10 @@ STALE_PAGE = 1_000
 class ScrapeConfig:
     batch_size: int = 64
     """Image URLs per ``/classify`` call."""
-    in_flight: int = 2
-    """Batches the ML server works on while the previous one is written to the database."""
+    in_flight: int = 4
+    """Batches the ML server works on while the previous one is written to the database. Four,
+    not two: with two, the kernel sometimes handed both to one of the ML server's two worker
+    processes and the other core idled (cold demo scrape 293 vs 271 images/s, same machine)."""
     max_consecutive_ml_failures: int = 3
     """After this many failed batches in a row the rest are not sent: the server is down."""
     trigger: str = "cli"
@@ -93,6 +95,9 @@ class ScrapeConfig:
     :func:`run_scrapes` turns it off and does it once for all its scrapes."""
     limits: SitemapLimits = field(default_factory=SitemapLimits)
     """The sitemap's caps (a change of them means the sitemap is read again in full)."""
+    chunk_size: int = 500
+    """Items per chunk of a scrape split among queue workers (:mod:`tagging.ingest.chunks`;
+    ``TAGGING_SCRAPE_CHUNK_SIZE``). A scrape run in one process does not use it."""
 
 
 @dataclass
@@ -195,6 +200,54 @@ def run_scrape(
     """
     config = config or ScrapeConfig()
     started = time.perf_counter()
+    start = _start(sessions, advertiser_name, ml, config)
+    job, summary, sitemap_url = start.job, start.job.summary, start.sitemap_url
+    job.progress = progress
+
+    # The scrape's lease (db.scrapes.LEASE): a thread beats while this process works, so a
+    # scrape whose process died stops blocking relaunches soon after.
+    with Heartbeat(sessions, summary.scrape_id):
+        copied = _copy_if_unchanged(start, client, config)
+        if copied is not None:
+            since, state = copied
+        else:
+            try:
+                sitemap = read_sitemap(sitemap_url, client, config.limits)
+            except TaggingError as exc:
+                summary.problems.append(f"the sitemap could not be read: {exc}")
+                return _finish(sessions, summary, started, failed=True)
+            try:
+                job.classify_and_store(sitemap.items, lambda: max(sitemap.expected, summary.items))
+            except TaggingError as exc:  # every document was checked whole: not expected
+                summary.problems.append(f"the sitemap could not be read to its end: {exc}")
+                return _finish(sessions, summary, started, failed=True)
+            problems = [f"{p.url}: {p.message}" for p in sitemap.problems]
+            summary.problems.extend(problems)
+            since = start.started_at - FIX_MARGIN
+            state = _sitemap_state(
+                sitemap.documents, problems, config, color_from_feed=job.color_from_feed
+            )
+        return conclude(job, since, started, state)
+
+
+@dataclass
+class _Start:
+    """A scrape just started: its job, where its sitemap is, and the previous scrape."""
+
+    job: _Job
+    sitemap_url: str
+    started_at: datetime
+    prior: _Prior | None
+
+
+def _start(
+    sessions: sessionmaker[Session], advertiser_name: str, ml: MLClient, config: ScrapeConfig
+) -> _Start:
+    """Start a scrape of the advertiser (in one transaction).
+
+    Raises:
+        NotFoundError: no such advertiser.
+    """
     with sessions.begin() as session:
         advertiser = get_advertiser(session, advertiser_name)
         prior = _Prior.of(
@@ -209,52 +262,66 @@ def run_scrape(
             scrape_id=scrape.id, advertiser=advertiser.name, status=ScrapeStatus.RUNNING
         )
         job = _Job(sessions, summary, advertiser.id, advertiser.color_from_feed, ml, config)
-        job.progress = progress
-        sitemap_url = advertiser.sitemap_url
-        scrape_started = as_utc(scrape.started_at) or utcnow()
+        return _Start(
+            job=job,
+            sitemap_url=advertiser.sitemap_url,
+            started_at=as_utc(scrape.started_at) or utcnow(),
+            prior=prior,
+        )
 
-    # The scrape's lease (db.scrapes.LEASE): a thread beats while this process works, so a
-    # scrape whose process died stops blocking relaunches soon after.
-    with Heartbeat(sessions, summary.scrape_id):
-        documents = unchanged_documents(prior.documents, client, config.limits) if prior else None
-        if prior is not None and documents is not None:
-            summary.sitemap_unchanged = True
-            summary.problems.extend(prior.problems)
-            job.copy_then_recheck(prior)
-            since = prior.started_at - FIX_MARGIN
-            state = _sitemap_state(
-                documents, prior.problems, config, color_from_feed=job.color_from_feed
-            )
-        else:
-            try:
-                sitemap = read_sitemap(sitemap_url, client, config.limits)
-            except TaggingError as exc:
-                summary.problems.append(f"the sitemap could not be read: {exc}")
-                return _finish(sessions, summary, started, failed=True)
-            try:
-                job.classify_and_store(sitemap.items, lambda: max(sitemap.expected, summary.items))
-            except TaggingError as exc:  # every document was checked whole: not expected
-                summary.problems.append(f"the sitemap could not be read to its end: {exc}")
-                return _finish(sessions, summary, started, failed=True)
-            problems = [f"{p.url}: {p.message}" for p in sitemap.problems]
-            summary.problems.extend(problems)
-            since = scrape_started - FIX_MARGIN
-            state = _sitemap_state(
-                sitemap.documents, problems, config, color_from_feed=job.color_from_feed
-            )
-        # Fixes recorded while this scrape (or the one it copied) ran: their items again.
-        with sessions.begin() as session:
-            job.carried += job.resolve_again(session, since)
-        if summary.ml_failures:
-            summary.problems.append(
-                f"{summary.ml_failures} items got no answer from the ML server: relaunch the scrape"
-            )
-        if job.carried:  # fixes carried to re-published images: the ML cache learns them at once
-            summary.carried = len(job.carried)
-            push_pending(sessions, ml, fix_ids=job.carried)
-        if config.refresh_findings:
-            after_scrape(sessions, summary.scrape_id, ml=ml)  # carry fixes, refresh weird results
-        return _finish(sessions, summary, started, failed=False, sitemap_state=state)
+
+def _copy_if_unchanged(
+    start: _Start, client: GuardedClient, config: ScrapeConfig
+) -> tuple[datetime, dict[str, Any]] | None:
+    """When the sitemap did not change since the previous scrape: copy its fresh items, check
+    the others again, and return since when fixes must be resolved again and the sitemap state.
+    None (nothing done) when it changed, or is not known."""
+    prior, job = start.prior, start.job
+    documents = unchanged_documents(prior.documents, client, config.limits) if prior else None
+    if prior is None or documents is None:
+        return None
+    job.summary.sitemap_unchanged = True
+    job.summary.problems.extend(prior.problems)
+    job.copy_then_recheck(prior)
+    state = _sitemap_state(documents, prior.problems, config, color_from_feed=job.color_from_feed)
+    return prior.started_at - FIX_MARGIN, state
+
+
+def conclude(
+    job: _Job,
+    since: datetime,
+    started: float,
+    state: dict[str, Any] | None,
+    *,
+    finisher: str | None = None,
+) -> ScrapeSummary:
+    """The end of a scrape whose items are stored: resolve again the items fixed meanwhile, push
+    the fixes carried over, carry fixes and refresh the findings (:func:`after_scrape`), finish.
+
+    Every step can run again (a finisher that died is replaced), so a chunked scrape's fan-in
+    calls it too (:func:`tagging.ingest.chunks.fan_in`).
+
+    Args:
+        since: fixes recorded from then on may have missed the stored items.
+        started: ``time.perf_counter()`` when the scrape started (for its duration).
+        state: the sitemap state for the next scrape (see ``Scrape.sitemap_state``).
+        finisher: a chunked scrape's elected finisher: it finishes the scrape only if it is
+            still the one (``db.scrapes.finish_scrape``).
+    """
+    sessions, summary, config = job.sessions, job.summary, job.config
+    # Fixes recorded while this scrape (or the one it copied) ran: their items again.
+    with sessions.begin() as session:
+        job.carried += job.resolve_again(session, since)
+    if summary.ml_failures:
+        summary.problems.append(
+            f"{summary.ml_failures} items got no answer from the ML server: relaunch the scrape"
+        )
+    if job.carried:  # fixes carried to re-published images: the ML cache learns them at once
+        summary.carried = len(job.carried)
+        push_pending(sessions, job.ml, fix_ids=job.carried)
+    if config.refresh_findings:
+        after_scrape(sessions, summary.scrape_id, ml=job.ml)  # carry fixes, refresh weird results
+    return _finish(sessions, summary, started, failed=False, sitemap_state=state, finisher=finisher)
 
 
 def run_scrapes(
@@ -295,22 +362,32 @@ def run_scrapes(
     return summaries
 
 
-class Heartbeat:
-    """A thread that beats for a running scrape every ``LEASE / 4`` until the block ends.
+class Beat:
+    """A thread that runs ``push`` in its own transaction every ``every`` seconds until the block
+    ends (a heartbeat, a lease pushed forward).
 
-    ``store_batch`` beats too; this thread covers the waits between (a slow sitemap, an ML
-    server at its timeout, the findings' refresh). A failed beat is logged and retried.
+    ``lost`` once a push returns False (the thing beaten for is gone, e.g. another worker took the
+    lease over): the thread stops then. A push that raises is logged (``failure``) and retried at
+    the next beat.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], scrape_id: int) -> None:
-        self.sessions, self.scrape_id = sessions, scrape_id
-        self.every = LEASE.total_seconds() / 4
+    def __init__(
+        self,
+        push: Callable[[Session], bool],
+        sessions: sessionmaker[Session],
+        *,
+        every: float,
+        thread: str,
+        failure: str,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.push, self.sessions, self.every, self.failure = push, sessions, every, failure
+        self.lost = False
+        self._log = logger or log
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"scrape-{scrape_id}-heartbeat", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=thread, daemon=True)
 
-    def __enter__(self) -> Heartbeat:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -322,9 +399,35 @@ class Heartbeat:
         while not self._stop.wait(self.every):
             try:
                 with self.sessions.begin() as session:
-                    beat(session, self.scrape_id)
+                    if not self.push(session):
+                        self.lost = True
+                        return
             except Exception:  # the next beat tries again
-                log.warning("scrape %s: heartbeat failed", self.scrape_id, exc_info=True)
+                self._log.warning("%s", self.failure, exc_info=True)
+
+
+def beat_scrape(session: Session, scrape_id: int) -> bool:
+    """Beat for scrape ``scrape_id`` (a :class:`Beat`'s push: it never finds it lost)."""
+    beat(session, scrape_id)
+    return True
+
+
+class Heartbeat(Beat):
+    """A thread that beats for a running scrape every ``LEASE / 4`` until the block ends.
+
+    ``store_batch`` beats too; this thread covers the waits between (a slow sitemap, an ML
+    server at its timeout, the findings' refresh). A failed beat is logged and retried.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], scrape_id: int) -> None:
+        super().__init__(
+            lambda session: beat_scrape(session, scrape_id),
+            sessions,
+            every=LEASE.total_seconds() / 4,
+            thread=f"scrape-{scrape_id}-heartbeat",
+            failure=f"scrape {scrape_id}: heartbeat failed",
+        )
+        self.scrape_id = scrape_id
 
 
 Outcome = ClassifyResponse | MLServerError
@@ -351,6 +454,12 @@ class _Job:
         self.progress: Progress | None = None
         self.carried: list[int] = []
         """Fixes carried over to images whose content was fixed under another key (to push)."""
+        self.guard: Callable[[Session], None] | None = None
+        """Called first in every batch's transaction (a chunk's worker checks that it still
+        holds its chunk); it raises to store nothing more."""
+        self.increment = False
+        """Add each batch's counts to the stored ones in SQL (several workers store one scrape's
+        batches), instead of writing this job's running totals."""
         self._expected = 0
 
     def copy_then_recheck(self, prior: _Prior) -> None:
@@ -389,14 +498,24 @@ class _Job:
                 return
             after = page[-1].position
 
-    def classify_and_store(self, items: Iterable[ParsedItem], total: Callable[[], int]) -> None:
+    def classify_and_store(
+        self,
+        items: Iterable[ParsedItem],
+        total: Callable[[], int] | None,
+        gate: _Gate | None = None,
+    ) -> None:
         """Send ``items`` in batches (``in_flight`` at once) and store each batch's answers.
 
         After ``max_consecutive_ml_failures`` failed batches in a row, the rest are not sent
         (the server is down): they are stored as ML failures, still in batches.
+
+        Args:
+            total: how many items the scrape has (it may grow as the sitemap is read), for the
+                progress; None when someone else keeps it (a chunk of a scrape).
+            gate: closed already, nothing is sent: every item is stored as an ML failure.
         """
         summary, config = self.summary, self.config
-        gate = _Gate()
+        gate = gate or _Gate()
         consecutive_failures = 0
         batches = _classified_batches(
             items,
@@ -412,15 +531,23 @@ class _Job:
                 consecutive_failures += 1
             else:
                 consecutive_failures = 0
-            expected = total()
+            expected = total() if total is not None else self._expected
             with self.sessions.begin() as session:
+                if self.guard is not None:
+                    self.guard(session)
                 self.carried += _store_batch(
-                    session, summary, self.advertiser_id, batch, outcome, self.color_from_feed
+                    session,
+                    summary,
+                    self.advertiser_id,
+                    batch,
+                    outcome,
+                    self.color_from_feed,
+                    increment=self.increment,
                 )
                 if expected != self._expected:
                     set_counts(session, summary.scrape_id, summary.counts(), expected=expected)
                     self._expected = expected
-            if self.progress:
+            if self.progress and expected:
                 self.progress(min(summary.items, expected), expected)
             if consecutive_failures >= config.max_consecutive_ml_failures and gate.closed is None:
                 gate.closed = MLServerError(
@@ -543,13 +670,20 @@ def _store_batch(
     batch: list[ParsedItem],
     outcome: Outcome,
     color_from_feed: bool,
+    *,
+    increment: bool = False,
 ) -> list[int]:
     """Store one batch; every item's values resolved from the fixes this database holds.
 
     Returns the ids of the fixes carried over to images whose content was fixed under another
     image_key (recorded as ``carry_over``, to push).
+
+    Args:
+        increment: add this batch's counts to the stored ones in SQL (see ``_Job.increment``);
+            ``summary`` still gets them added.
     """
     now = utcnow()
+    before = summary.counts()
     results: dict[str, ImageResult] = (
         {r.url: r for r in outcome.results} if isinstance(outcome, ClassifyResponse) else {}
     )
@@ -653,15 +787,25 @@ def _store_batch(
             (f, row["image_key"], row["image_url"], advertiser_id) for f in resolution.carried
         ]
     summary.items += len(batch)
+    after = summary.counts()
+    counts = (
+        ScrapeCounts(*(getattr(after, f) - getattr(before, f) for f in _COUNT_FIELDS))
+        if increment
+        else after
+    )
     store_batch(
         session,
         summary.scrape_id,
-        summary.counts(),
+        counts,
         rows,
         list(images.values()),
         list(thumbnails.values()),
+        add=increment,
     )
     return carry_over(session, to_carry) if to_carry else []
+
+
+_COUNT_FIELDS = ("items", "cached", "classified", "failed", "ml_failures")
 
 
 def _normalize_color(value: str | None) -> str | None:
@@ -681,6 +825,7 @@ def _finish(
     *,
     failed: bool,
     sitemap_state: dict[str, Any] | None = None,
+    finisher: str | None = None,
 ) -> ScrapeSummary:
     summary.seconds = round(time.perf_counter() - started, 3)
     if failed:
@@ -698,6 +843,7 @@ def _finish(
             seconds=summary.seconds,
             error="\n".join(summary.problems)[:10_000] or None,
             sitemap_state=sitemap_state,
+            finisher=finisher,
         )
     return summary
 

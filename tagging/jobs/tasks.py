@@ -1,22 +1,47 @@
-"""Background work through a task queue (huey): scrape relaunches and the fix push retries.
+"""Background work through task queues (huey): one queue per workload, so none starves another.
 
-Embedded default: a SQLite queue in the data dir, served by one worker process
-(``python -m tagging worker``). With ``TAGGING_REDIS_URL`` set, Redis carries the queue instead, so
-several workers on several machines can share it.
+| queue | tasks | periodic |
+| --- | --- | --- |
+| ``scrapes`` | ``scrape_task`` (coordinator), ``scrape_chunk_task``, ``scrape_fan_in_task`` | — |
+| ``pushes`` | ``push_pending_task``, ``expire_scrapes_task``, ``archive_pending_task`` | 1/min |
+| ``training`` | ``train_task`` | — |
+
+A scrape is split into chunks of its sitemap (:mod:`tagging.ingest.chunks`): the coordinator
+queues one chunk task per ``TAGGING_SCRAPE_CHUNK_SIZE`` items as it reads, so every scrapes worker
+works on one big advertiser; the last chunk's worker finishes the scrape, exactly once.
+
+Embedded default: one SQLite queue per workload in the data dir (``tasks-scrapes.sqlite``...). With
+``TAGGING_REDIS_URL`` set, Redis carries them instead (huey names ``tagdesk-scrapes``...; the prefix
+is ``TAGGING_QUEUE_NAME``), so workers on several machines share them. ``python -m tagging worker``
+runs the consumers (:func:`run_worker`).
+
+**The reclaimer** runs as a thread in every scrapes worker (:class:`Reclaimer`), every
+``TAGGING_RECLAIM_SECONDS`` (default half the chunk lease), not as a huey periodic task: huey
+schedules those per minute, in the queue behind the chunks it must rescue, and once per consumer.
+The thread runs whatever the queue holds, as often as a benchmark needs, and each of its actions is
+elected by a conditional UPDATE, so N workers queue each lost chunk once.
+
+**Periodic tasks** run on the pushes queue only; every pushes consumer schedules them (huey's
+scheduler is per consumer), so each run first takes the minute's slot in the queue's storage
+(``put_if_empty`` of a key naming the minute): with N workers, each still runs once a minute.
 
 The queue carries only names and ids; the work reads everything else from the database, so a
-task retried after a crash does the same thing. It is built on first use (:func:`task_queue`),
-never at import time: importing this module opens no file and no connection.
+task retried after a crash does the same thing. The queues are built on first use
+(:func:`task_queue`), never at import time: importing this module opens no file and no connection.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any
 
-from huey import Huey, RedisHuey, SqliteHuey, crontab
-from huey.api import Task, TaskWrapper
+from huey import Huey, PriorityRedisHuey, SqliteHuey, crontab
+from huey.api import TaskWrapper
 
 from db.accounts import Actor, Permission, require
 from db.advertisers import get_advertiser
@@ -25,65 +50,200 @@ from db.scrapes import expire_abandoned_scrapes, running_scrape
 from tagging.config import Settings
 from tagging.errors import Conflict
 
+log = logging.getLogger(__name__)
 
-def make_huey(settings: Settings) -> Huey:
-    """The queue: Redis when ``settings.redis_url`` is set, else SQLite in the data dir."""
+QUEUES = ("scrapes", "pushes", "training")
+"""The workloads, one queue each."""
+RECLAIMED_PRIORITY = 10
+"""Of a chunk (or fan-in) the reclaimer queues again: ahead of the chunks still waiting, so a
+killed worker's chunk is redone within a lease or two, not after the whole backlog."""
+
+
+def make_huey(settings: Settings, queue: str = "scrapes") -> Huey:
+    """The queue of one workload: Redis when ``settings.redis_url`` is set, else SQLite in the
+    data dir (one file per queue)."""
+    name = f"{settings.queue_name}-{queue}"
     if settings.redis_url:
-        return RedisHuey("tagdesk", url=settings.redis_url)
-    queue_file = settings.data_dir / "tasks.sqlite"
+        # The priority flavour (a sorted set; Redis 5+): a reclaimed chunk jumps the queue.
+        return PriorityRedisHuey(name, url=settings.redis_url)
+    queue_file = settings.data_dir / f"tasks-{queue}.sqlite"
     create_private_file(queue_file)  # 0600 before SQLite creates it (an empty file is valid)
-    return SqliteHuey("tagdesk", filename=str(queue_file))
+    return SqliteHuey(name, filename=str(queue_file))
 
 
 @dataclass(frozen=True)
 class TaskQueue:
-    """The queue and the tasks registered on it (call a task to enqueue it)."""
+    """The queues and the tasks registered on them (call a task to enqueue it)."""
 
-    huey: Huey
+    scrapes: Huey
+    pushes: Huey
+    training: Huey
     scrape: TaskWrapper
+    scrape_chunk: TaskWrapper
+    scrape_fan_in: TaskWrapper
     push_pending: TaskWrapper
     expire_scrapes: TaskWrapper
+    train: TaskWrapper
+    archive_pending: TaskWrapper | None = None
+    """The periodic archiving of the images queued at fix time (:func:`archive_pending_task`)."""
+
+    @property
+    def huey(self) -> Huey:
+        """The scrapes queue, where the app's relaunches go."""
+        return self.scrapes
+
+    def of(self, queue: str) -> Huey:
+        """The huey instance of ``queue`` (one of :data:`QUEUES`)."""
+        return {"scrapes": self.scrapes, "pushes": self.pushes, "training": self.training}[queue]
+
+
+def build_queues(settings: Settings) -> TaskQueue:
+    """The three queues of ``settings`` with every task registered (a test builds its own)."""
+    scrapes = make_huey(settings, "scrapes")
+    pushes = make_huey(settings, "pushes")
+    training = make_huey(settings, "training")
+    # A coordinator retried after a crash starts a new scrape; the one it left is expired.
+    scrape = scrapes.task(retries=1, retry_delay=30, name="scrape_task")(scrape_task)
+    # No retries for chunks and fan-ins: a failed one keeps its lease until it expires, then the
+    # reclaimer queues it again (the same path as a worker killed mid-chunk).
+    chunk = scrapes.task(name="scrape_chunk_task")(scrape_chunk_task)
+    fan = scrapes.task(name="scrape_fan_in_task")(scrape_fan_in_task)
+    push = pushes.periodic_task(crontab(minute="*"), name="push_pending_task")(
+        _once_a_minute(pushes, "push_pending_task", push_pending_task)
+    )
+    expire = pushes.periodic_task(crontab(minute="*"), name="expire_scrapes_task")(
+        _once_a_minute(pushes, "expire_scrapes_task", expire_scrapes_task)
+    )
+    train = training.task(name="train_task")(train_task)
+    # An image queued at fix time is archived within a minute, whatever the consumers.
+    archive = pushes.periodic_task(crontab(minute="*"), name="archive_pending_task")(
+        _once_a_minute(pushes, "archive_pending_task", archive_pending_task)
+    )
+    return TaskQueue(
+        scrapes=scrapes,
+        pushes=pushes,
+        training=training,
+        scrape=scrape,
+        scrape_chunk=chunk,
+        scrape_fan_in=fan,
+        push_pending=push,
+        expire_scrapes=expire,
+        train=train,
+        archive_pending=archive,
+    )
 
 
 @functools.cache
 def task_queue() -> TaskQueue:
-    """The process's queue, built from the settings on first use, with its tasks registered.
+    """The process's queues, built from the settings on first use, with their tasks registered.
 
-    The worker (``python -m tagging worker``) and every producer call this, so both sides know
+    The workers (``python -m tagging worker``) and every producer call this, so both sides know
     the same task names.
     """
-    huey = make_huey(Settings.from_env())
-    scrape = huey.task(retries=1, retry_delay=30, context=True, name="scrape_task")(scrape_task)
-    push = huey.periodic_task(crontab(minute="*"), name="push_pending_task")(push_pending_task)
-    expire = huey.periodic_task(crontab(minute="*"), name="expire_scrapes_task")(
-        expire_scrapes_task
-    )
-    return TaskQueue(huey=huey, scrape=scrape, push_pending=push, expire_scrapes=expire)
+    return build_queues(Settings.from_env())
 
 
-def scrape_task(
-    advertiser_name: str, requested_by: str | None, task: Task | None = None
-) -> dict[str, Any]:
-    """Scrape one advertiser (the app's "Relaunch scrape")."""
+def _once_a_minute(huey: Huey, name: str, function: Any) -> Any:
+    """``function`` run at most once per minute across every consumer of ``huey``."""
+
+    @functools.wraps(function)
+    def once() -> Any:
+        minute = int(time.time() // 60)
+        if not huey.put_if_empty(f"periodic:{name}:{minute}", b"1"):
+            return None  # another consumer ran it this minute
+        for earlier in range(minute - 3, minute):  # not every storage expires keys: tidy up
+            huey.delete(f"periodic:{name}:{earlier}")
+        return function()
+
+    return once
+
+
+# --- the tasks -----------------------------------------------------------------------------------
+
+
+def _scrape_context(settings: Settings) -> Any:
+    from tagging.ingest.scrape import ScrapeConfig
+
+    return ScrapeConfig(chunk_size=settings.scrape_chunk_size)
+
+
+def scrape_task(advertiser_name: str, requested_by: str | None) -> dict[str, Any]:
+    """Scrape one advertiser (the app's "Relaunch scrape"): the coordinator, which splits the
+    sitemap into chunks for the scrapes workers."""
+    from dataclasses import replace
+
+    from tagging.ingest.chunks import coordinate_scrape
     from tagging.ingest.fetch import client_from_settings
-    from tagging.ingest.scrape import ScrapeConfig, run_scrape
     from tagging.server.client import MLClient
 
     settings = Settings.from_env()
     engine = make_engine(settings.database_url)
     client = client_from_settings(settings)
     ml = MLClient.from_settings(settings)
+    queues = task_queue()
     try:
-        summary = run_scrape(
+        summary = coordinate_scrape(
             make_session_factory(engine),
             advertiser_name,
             ml=ml,
             client=client,
-            config=ScrapeConfig(trigger="app", requested_by=requested_by),
+            enqueue_chunk=queues.scrape_chunk,
+            config=replace(_scrape_context(settings), trigger="app", requested_by=requested_by),
+            lease=timedelta(seconds=settings.chunk_lease_seconds),
         )
         return summary.as_dict()
     finally:
         client.close()
+        ml.client.close()
+        engine.dispose()
+
+
+def scrape_chunk_task(chunk_id: int) -> dict[str, Any]:
+    """Classify and store one chunk of a scrape; finish the scrape if it was the last."""
+    from tagging.ingest.chunks import run_chunk
+    from tagging.server.client import MLClient
+
+    settings = Settings.from_env()
+    engine = make_engine(settings.database_url)
+    ml = MLClient.from_settings(settings)
+    try:
+        outcome = run_chunk(
+            make_session_factory(engine),
+            chunk_id,
+            ml=ml,
+            config=_scrape_context(settings),
+            lease=timedelta(seconds=settings.chunk_lease_seconds),
+        )
+        return {
+            **{k: v for k, v in asdict(outcome).items() if k != "finished"},
+            "finished": outcome.finished.status if outcome.finished else None,
+        }
+    finally:
+        ml.client.close()
+        engine.dispose()
+
+
+def scrape_fan_in_task(scrape_id: int, finisher: str) -> str | None:
+    """Finish a chunked scrape the reclaimer elected ``finisher`` for (its last chunk's worker
+    died before finishing it); returns its status, or None when it was no longer this one's."""
+    from tagging.ingest.chunks import fan_in
+    from tagging.server.client import MLClient
+
+    settings = Settings.from_env()
+    engine = make_engine(settings.database_url)
+    ml = MLClient.from_settings(settings)
+    try:
+        summary = fan_in(
+            make_session_factory(engine),
+            scrape_id,
+            ml=ml,
+            config=_scrape_context(settings),
+            lease=timedelta(seconds=settings.chunk_lease_seconds),
+            finisher=finisher,
+            elected=True,
+        )
+        return summary.status if summary else None
+    finally:
         ml.client.close()
         engine.dispose()
 
@@ -118,6 +278,128 @@ def expire_scrapes_task() -> list[int]:
         engine.dispose()
 
 
+def archive_pending_task() -> dict[str, Any]:
+    """Every minute: fetch the fixed images queued for the training-image archive.
+
+    A fix queues its image in its own transaction, with no network; this round fetches them
+    through the guarded client and stores them (:func:`tagging.datasets.service.archive_pending`).
+    A failed fetch stays queued for the next minute.
+    """
+    from tagging.datasets.archive import archive_from_settings
+    from tagging.datasets.service import archive_pending
+    from tagging.ingest.fetch import client_from_settings
+
+    settings = Settings.from_env()
+    engine = make_engine(settings.database_url)
+    try:
+        with client_from_settings(settings) as client:
+            report = archive_pending(
+                make_session_factory(engine), archive_from_settings(settings), client
+            )
+        return {"stored": report.stored, "failed": report.failed}
+    finally:
+        engine.dispose()
+
+
+def train_task(
+    quick: bool = False,
+    promote: bool = False,
+    seed: int | None = None,
+    epochs: int | None = None,
+) -> dict[str, Any]:
+    """Train an Image Type model, as ``python -m tagging train`` does (on the training queue, so
+    a long training delays no scrape or push).
+
+    Returns:
+        The new model's ``version``, whether it was ``promoted``, its ``val_accuracy`` and
+        ``seconds`` per phase.
+    """
+    from tagging.ml.train import TrainConfig, train
+
+    settings = Settings.from_env()
+    config = TrainConfig.quick() if quick else TrainConfig()
+    overrides = {k: v for k, v in (("seed", seed), ("epochs", epochs)) if v is not None}
+    if overrides:
+        config = config.replace(**overrides)
+    result = train(config, settings.models_dir, promote=promote)
+    return {
+        "version": result.version,
+        "promoted": result.promoted,
+        "val_accuracy": result.val_accuracy,
+        "seconds": result.seconds,
+    }
+
+
+# --- the reclaimer -------------------------------------------------------------------------------
+
+
+def queued_chunks(queues: TaskQueue) -> set[int]:
+    """The chunks whose task waits in the scrapes queue (not taken by a worker yet)."""
+    return {
+        int(task.args[0])
+        for task in queues.scrapes.pending()
+        if task.name == queues.scrape_chunk.name and task.args
+    }
+
+
+class Reclaimer:
+    """A thread of a scrapes worker running :func:`tagging.ingest.chunks.reclaim` every
+    ``settings.reclaim_period`` seconds until stopped (a failed pass is logged and retried)."""
+
+    def __init__(self, settings: Settings, queues: TaskQueue) -> None:
+        self.settings, self.queues = settings, queues
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chunk-reclaimer", daemon=True)
+
+    def start(self) -> Reclaimer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        engine = make_engine(self.settings.database_url)
+        try:
+            sessions = make_session_factory(engine)
+            while not self._stop.wait(self.settings.reclaim_period):
+                try:
+                    self.run_once(sessions)
+                except Exception:
+                    log.warning("chunk reclaim failed (retried next period)", exc_info=True)
+        finally:
+            engine.dispose()
+
+    def run_once(self, sessions: Any) -> Any:
+        """One pass (see :func:`tagging.ingest.chunks.reclaim`); its report."""
+        from tagging.ingest.chunks import reclaim
+
+        queues = self.queues
+        report = reclaim(
+            sessions,
+            enqueue_chunk=lambda chunk_id: queues.scrapes.enqueue(
+                queues.scrape_chunk.s(chunk_id, priority=RECLAIMED_PRIORITY)
+            ),
+            enqueue_fan_in=lambda scrape_id, finisher: queues.scrapes.enqueue(
+                queues.scrape_fan_in.s(scrape_id, finisher, priority=RECLAIMED_PRIORITY)
+            ),
+            lease=timedelta(seconds=self.settings.chunk_lease_seconds),
+            in_queue=queued_chunks(queues),
+        )
+        if report.expired or report.lost or report.fan_ins:
+            log.info(
+                "reclaimed: chunks %s (lease expired), %s (message lost); fan-ins %s",
+                report.expired,
+                report.lost,
+                report.fan_ins,
+            )
+        return report
+
+
+# --- producers -----------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Queued:
     task_id: str
@@ -126,6 +408,9 @@ class Queued:
 
 def enqueue_scrape(settings: Settings, actor: Actor | None, advertiser_name: str) -> Queued:
     """Queue a scrape of ``advertiser_name`` on behalf of ``actor``.
+
+    Its completion shows in the database: the scrape's status leaves "running" once its last
+    chunk is stored and the fan-in has finished it.
 
     Raises:
         PermissionDenied: the actor may not relaunch scrapes.
@@ -150,3 +435,8 @@ def enqueue_scrape(settings: Settings, actor: Actor | None, advertiser_name: str
         engine.dispose()
     result = task_queue().scrape(name, actor.username)
     return Queued(task_id=result.id, advertiser=name)
+
+
+def enqueue_training(*, quick: bool = False, promote: bool = False, seed: int | None = None) -> str:
+    """Queue a training run on the training queue (:func:`train_task`); its task id."""
+    return str(task_queue().train(quick=quick, promote=promote, seed=seed).id)

@@ -10,8 +10,11 @@ bumps :data:`SCHEMA_VERSION`.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import ClassVar, Literal, cast
@@ -30,11 +33,12 @@ from sqlalchemy import (
     func,
     inspect,
     select,
+    text,
 )
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from db.engine import make_session_factory, upsert
+from db.engine import create_private_file, make_session_factory, sqlite_file, upsert
 from db.models import as_utc, utcnow
 from db.vocab import DEFAULT_IMAGE_TYPE, PLACEHOLDER
 from tagging.server.schemas import ColorSource, ImageFix, ImageRecord, ImageResult, TypeSource
@@ -224,8 +228,15 @@ class MLCache:
         """Create the tables (emptying a store of another schema version); the generation id.
 
         A store of this version that lacks a nullable column added since is given it in place:
-        its entries stay (with NULL there), and so does its generation.
+        its entries stay (with NULL there), and so does its generation. All of it runs under
+        :func:`store_lock`, so that any number of processes may open one store at once (uvicorn's
+        workers, replicas, ``serve`` commands, tests): a rebuild is never undone by another
+        opener's, and every opener reads the same generation.
         """
+        with store_lock(self.engine):
+            return self._open_locked()
+
+    def _open_locked(self) -> str:
         CacheBase.metadata.create_all(self.engine)
         with self._sessions.begin() as session:
             version = session.get(CacheMeta, "schema")
@@ -251,7 +262,6 @@ class MLCache:
                 update=[],
             )
         with self._sessions() as session:
-            # Several server processes may open one store at once: every one reads the winner.
             return session.get_one(CacheMeta, "generation").value
 
     def _add_new_columns(self) -> bool:
@@ -472,6 +482,48 @@ class MLCache:
     def count(self) -> int:
         with self._sessions() as session:
             return session.scalar(select(func.count()).select_from(CachedImage)) or 0
+
+
+STORE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"tagdesk ml cache store").digest()[:8], "big") >> 1
+"""The PostgreSQL advisory lock every opener of a store takes (a positive 63-bit key)."""
+
+
+@contextmanager
+def store_lock(engine: Engine) -> Iterator[None]:
+    """Hold the lock that every opener of the store behind ``engine`` takes.
+
+    Creating a store is the one step that must not run twice at once: a store of another schema
+    version is emptied and rebuilt, which a second process doing the same would undo (and on
+    PostgreSQL two ``CREATE TABLE`` at once fail). Opening a current store under the lock costs
+    a few milliseconds, once per process.
+
+    PostgreSQL: a session advisory lock (released when its connection closes, also when the
+    process dies). SQLite: ``flock`` on ``<file>.lock`` beside the file (a SQLite store is one
+    machine's; the lock is released when the process dies). Anything else (in-memory SQLite):
+    no lock.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STORE_LOCK_KEY})
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": STORE_LOCK_KEY})
+                connection.commit()
+        return
+    path = sqlite_file(engine.url.render_as_string(hide_password=False))
+    if path is None:
+        yield
+        return
+    lock = path.with_name(path.name + ".lock")
+    create_private_file(lock)
+    with lock.open("rb") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
 
 
 def _entry(row: CachedImage) -> CacheEntry:

@@ -39,6 +39,7 @@ again.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -143,7 +144,9 @@ class MLClient:
         self.max_retry_after = max_retry_after
         self.connection_per_batch = connection_per_batch
         self._lock = threading.Lock()
-        self._turn = 0
+        # Each task of a worker builds its own client: starting every one at the first replica
+        # sent every small scrape (one batch) to it. A random first turn spreads them.
+        self._turn = random.randrange(len(self.replicas))
 
     @classmethod
     def from_settings(cls, settings: Settings, client: GuardedClient | None = None) -> MLClient:

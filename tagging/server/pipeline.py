@@ -45,6 +45,7 @@ from tagging.ml.color import ColorModel
 from tagging.ml.inference import PROBABILITY_PLACES, TypeClassifier
 from tagging.server.cache import CacheEntry, MLCache, UrlState
 from tagging.server.schemas import ImageResult
+from tagging.server.stages import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,11 @@ class ClassificationPipeline:
         color_model: ColorModel,
         cache: MLCache,
         config: PipelineConfig | None = None,
+        clock: StageClock | None = None,
     ) -> None:
         self.client = client
+        self.clock = clock or StageClock()
+        """CPU per stage, for the benchmarks (off unless given one that is on)."""
         self.classifier = classifier
         self.color_model = color_model
         self.cache = cache
@@ -165,9 +169,11 @@ class ClassificationPipeline:
         Args:
             known_keys: image_keys the caller has a thumbnail for already: none is sent for them.
         """
+        clock = self.clock
         unique = list(dict.fromkeys(urls))
-        states = self.cache.url_states(unique)
-        known = self.cache.get_many(state.image_key for state in states.values())
+        with clock.stage("cache reads"):
+            states = self.cache.url_states(unique)
+            known = self.cache.get_many(state.image_key for state in states.values())
         works = [_Work(url) for url in unique]
 
         # 1. Recognise. A fresh answer needs no request; a stale one a conditional GET (or a HEAD
@@ -178,7 +184,8 @@ class ClassificationPipeline:
 
         # 2. A GET may still land on a cached key (the URL moved back, or the URL table was lost).
         fetched = [w for w in works if w.error is None and w.cached is None]
-        hits = self.cache.get_many(w.key for w in fetched if w.key)
+        with clock.stage("cache reads"):
+            hits = self.cache.get_many(w.key for w in fetched if w.key)
         for work in fetched:
             work.cached = hits.get(work.key) if work.key else None
 
@@ -204,16 +211,21 @@ class ClassificationPipeline:
 
         # 4. Classify in one batch per model.
         entries = self._classify(decoded, color=color)
-        if entries:
-            entries = self.cache.store(entries, {w.url: w.seen or w.key for w in decoded if w.key})
-        # Answers of the CDN about images already cached (HEAD, 304, a GET landing on a known
-        # key): their key and freshness. A fresh answer made no request and has nothing new.
-        self.cache.touch_urls({w.url: w.seen for w in works if w.cached and w.seen})
+        clock.classified(len(entries))
+        with clock.stage("cache writes"):
+            if entries:
+                entries = self.cache.store(
+                    entries, {w.url: w.seen or w.key for w in decoded if w.key}
+                )
+            # Answers of the CDN about images already cached (HEAD, 304, a GET landing on a
+            # known key): their key and freshness. A fresh answer made no request, nothing new.
+            self.cache.touch_urls({w.url: w.seen for w in works if w.cached and w.seen})
 
-        fresh = {entry.image_key: entry for entry in entries}
-        skip = set(known_keys)
-        by_url = {w.url: self._result(w, fresh, thumbnails, skip) for w in works}
-        return [by_url[url] for url in urls]
+        with clock.stage("results (thumbnails in base64)"):
+            fresh = {entry.image_key: entry for entry in entries}
+            skip = set(known_keys)
+            by_url = {w.url: self._result(w, fresh, thumbnails, skip) for w in works}
+            return [by_url[url] for url in urls]
 
     @staticmethod
     def _fresh(
@@ -233,7 +245,8 @@ class ClassificationPipeline:
             self._get(work, known, stored=state)
         else:
             try:
-                head = self.client.head(work.url)
+                with self.clock.stage("fetch (HTTP client)"):
+                    head = self.client.head(work.url)
                 key = image_key(work.url, head.headers)
                 if key == state.image_key:
                     work.key, work.cached = key, known[key]
@@ -297,14 +310,15 @@ class ClassificationPipeline:
             conditions["If-Modified-Since"] = stored.last_modified
         try:
             try:
-                response: FetchResult = self.client.get(
-                    work.url,
-                    accept=IMAGE_CONTENT_TYPES,
-                    max_bytes=cap,
-                    before_body=reserve,
-                    headers=conditions,
-                    not_modified=bool(conditions),
-                )
+                with self.clock.stage("fetch (HTTP client)"):
+                    response: FetchResult = self.client.get(
+                        work.url,
+                        accept=IMAGE_CONTENT_TYPES,
+                        max_bytes=cap,
+                        before_body=reserve,
+                        headers=conditions,
+                        not_modified=bool(conditions),
+                    )
             except TaggingError as exc:
                 work.error = exc
                 return
@@ -328,30 +342,37 @@ class ClassificationPipeline:
             self.budget.release(reserved)
 
     def _decode(self, work: _Work, body: bytes) -> None:
+        clock = self.clock
         try:
-            decoded = decode_image(body, draft_size=self.config.draft_size)
+            with clock.stage("decode"):
+                decoded = decode_image(body, draft_size=self.config.draft_size)
         except ImageDecodeError as exc:
             work.error = exc
             return
-        work.sha256 = content_sha256(body)
-        work.phash = perceptual_hash(decoded.image)
+        with clock.stage("sha256"):
+            work.sha256 = content_sha256(body)
+        with clock.stage("perceptual hash"):
+            work.phash = perceptual_hash(decoded.image)
         # Until inference the batch keeps a small image, not the decoded original; the thumbnail
         # (smaller still) is made from it too, which saves a copy of the original.
-        work.decoded = replace(
-            decoded, image=model_image(decoded.image, self.config.model_image_size)
-        )
-        work.thumbnail = make_thumbnail(work.decoded.image)
+        with clock.stage("thumbnail (and reduction for the models)"):
+            work.decoded = replace(
+                decoded, image=model_image(decoded.image, self.config.model_image_size)
+            )
+            work.thumbnail = make_thumbnail(work.decoded.image)
 
     def _classify(self, works: list[_Work], *, color: bool) -> list[CacheEntry]:
         if not works:
             return []
         images = [w.decoded.image for w in works if w.decoded is not None]
-        types = self.classifier.predict(images)
+        with self.clock.stage("Image Type model (resize + forward)", len(images)):
+            types = self.classifier.predict(images)
         needs_color = [i for i, t in enumerate(types) if color and t.label != PLACEHOLDER]
         colors: dict[int, str | None] = {}
         if needs_color:
             try:
-                predicted = self.color_model.predict([images[i] for i in needs_color])
+                with self.clock.stage("color model", len(needs_color)):
+                    predicted = self.color_model.predict([images[i] for i in needs_color])
                 colors = dict(zip(needs_color, predicted, strict=True))
             except TaggingError as exc:
                 # The vendor failed: keep the Image Types, leave Color None (the seed's default)

@@ -502,3 +502,114 @@ def test_store_batch_renews_the_freshness_it_is_given(sessions: sessionmaker[Ses
         store_batch(session, scrape.id, ScrapeCounts(), [], [renewed], [])
         session.expire_all()
         assert session.get_one(Image, key(1)).fresh_until is None  # stale now: check it again
+
+
+# --- migration 0010: chunks, and one item per position -------------------------------------------
+
+
+def test_migration_0010_keeps_the_items_and_makes_positions_unique(database_url: str) -> None:
+    """Down to 0009 with a scrape and its items stored, then up: they stay, the chunk columns are
+    NULL (a scrape done in one process), and a position can no longer be stored twice."""
+    import pytest
+    from alembic import command
+    from sqlalchemy import insert, inspect
+    from sqlalchemy.exc import IntegrityError
+
+    from db.engine import alembic_config, make_engine, make_session_factory, migrate
+    from db.models import Advertiser, Scrape, SitemapItem
+
+    engine = make_engine(database_url)
+    sessions = make_session_factory(engine)
+    item = {
+        "page_url": "http://a/v/1",
+        "image_url": "http://a/1.jpg",
+        "ml_image_type": "Dealer",
+        "image_type": "Dealer",
+        "image_type_source": "ml",
+        "color_source": "ml",
+        "status": "ok",
+        "cached": False,
+    }
+    command.downgrade(alembic_config(database_url), "0009")
+    try:
+        assert "scrape_chunks" not in inspect(engine).get_table_names()
+        with sessions.begin() as session:
+            # Core, naming the columns: the model has the columns of 0010.
+            advertiser_id = session.execute(
+                insert(Advertiser)
+                .values(name="a", sitemap_url="http://a/")
+                .returning(Advertiser.id)
+            ).scalar_one()
+            scrape_id = session.execute(
+                insert(Scrape.__table__)
+                .values(advertiser_id=advertiser_id, status="succeeded", trigger="cli")
+                .returning(Scrape.__table__.c.id)
+            ).scalar_one()
+            rows = [
+                {**item, "scrape_id": scrape_id, "advertiser_id": advertiser_id, "position": p}
+                for p in (0, 1)
+            ]
+            session.execute(insert(SitemapItem.__table__), rows)
+        migrate(database_url)
+        assert "scrape_chunks" in inspect(engine).get_table_names()
+        indexes = {i["name"]: i for i in inspect(engine).get_indexes("sitemap_items")}
+        assert indexes["ix_sitemap_items_scrape_position"]["unique"]
+        with sessions() as session:
+            scrape = session.get_one(Scrape, scrape_id)
+            assert (scrape.chunk_total, scrape.fan_in_by, scrape.fan_in_until) == (None,) * 3
+            positions = session.scalars(
+                select(SitemapItem.position).where(SitemapItem.scrape_id == scrape_id)
+            ).all()
+            assert sorted(positions) == [0, 1]
+        with pytest.raises(IntegrityError), sessions.begin() as session:
+            session.execute(insert(SitemapItem.__table__), [rows[1]])
+    finally:
+        migrate(database_url)  # the PostgreSQL database is shared by the session's tests
+        engine.dispose()
+
+
+def test_a_batch_holding_a_stored_position_stores_nothing(sessions: sessionmaker[Session]) -> None:
+    """The last guard of a chunk's worker that lost its chunk: its whole batch rolls back."""
+    import pytest
+    from sqlalchemy import func
+    from sqlalchemy.exc import IntegrityError
+
+    from db.models import Advertiser, Scrape, SitemapItem
+    from db.scrapes import ScrapeCounts, store_batch
+
+    with sessions.begin() as session:
+        advertiser = Advertiser(name="a", sitemap_url="http://a/")
+        session.add(advertiser)
+        session.flush()
+        scrape = Scrape(advertiser_id=advertiser.id)
+        session.add(scrape)
+        session.flush()
+        ids = (advertiser.id, scrape.id)
+
+    def rows(*positions: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "scrape_id": ids[1],
+                "advertiser_id": ids[0],
+                "position": p,
+                "page_url": "http://a/v",
+                "image_url": f"http://a/{p}.jpg",
+                "ml_image_type": "Dealer",
+                "image_type": "Dealer",
+                "status": "ok",
+            }
+            for p in positions
+        ]
+
+    with sessions.begin() as session:
+        store_batch(
+            session, ids[1], ScrapeCounts(items=2, classified=2), rows(0, 1), [], [], add=True
+        )
+    with pytest.raises(IntegrityError), sessions.begin() as session:
+        store_batch(
+            session, ids[1], ScrapeCounts(items=2, classified=2), rows(1, 2), [], [], add=True
+        )
+    with sessions() as session:
+        count = select(func.count()).select_from(SitemapItem)
+        assert session.scalar(count) == 2
+        assert session.get_one(Scrape, ids[1]).item_count == 2  # the counts rolled back too

@@ -134,6 +134,34 @@ class TestHashes:
         assert hash_distance(a, b) <= 4
         assert hash_distance(a, c) > 12  # another car of the same color on another lot
 
+    @pytest.mark.parametrize(
+        "size",
+        [(480, 360), (240, 180), (160, 120), (640, 20), (33, 31), (32, 32), (300, 300),
+         (360, 480), (309, 618), (5, 40), (31, 33), (1, 1), (1000, 700)],
+    )  # fmt: skip
+    def test_perceptual_hash_is_imagehash_phash_bit_for_bit(self, size: tuple[int, int]) -> None:
+        """The hashes stored before the faster implementation stay comparable: the same bits as
+        ``imagehash.phash`` on photos, noise, flat images, landscape, portrait and tiny ones."""
+        import imagehash
+
+        rng = random.Random(size[0] * 1000 + size[1])
+        images = [
+            render("Dealer", "Red", rng).resize(size),
+            Image.effect_noise(size, 5).convert("RGB"),
+            Image.effect_noise(size, 80).convert("RGB"),
+            Image.new("RGB", size, (200, 10, 10)),
+            decode_image(encode(render("Stock", "Blue", rng).resize(size), quality=60)).image,
+        ]
+        for image in images:
+            assert perceptual_hash(image) == str(imagehash.phash(image))
+
+
+def test_a_thumbnail_of_an_image_that_fits_leaves_it_untouched() -> None:
+    image = car_like((240, 180))
+    before = image.tobytes()
+    thumb = Image.open(io.BytesIO(make_thumbnail(image)))
+    assert thumb.size == (240, 180) and image.tobytes() == before
+
 
 def test_thumbnail_is_a_small_jpeg() -> None:
     data = make_thumbnail(car_like((480, 360)))

@@ -140,7 +140,8 @@ def test_importing_the_tasks_builds_no_queue(tmp_path: Path) -> None:
         "import tagging.jobs.tasks as t, pathlib, sys; "
         "assert not pathlib.Path(sys.argv[1]).exists(); "
         "q = t.task_queue(); assert q is t.task_queue(); "
-        "assert (pathlib.Path(sys.argv[1]) / 'tasks.sqlite').exists(); "
+        "assert all((pathlib.Path(sys.argv[1]) / f'tasks-{n}.sqlite').exists() "
+        "for n in ('scrapes', 'pushes', 'training')); "
         "assert q.scrape.name == 'scrape_task'"
     )
     result = subprocess.run(

@@ -183,6 +183,32 @@ def test_openapi_docs(ml_server: object) -> None:
     assert requests.get(f"{ml_server.url}/docs", timeout=5).status_code == 200  # type: ignore[attr-defined]
 
 
+def test_with_a_profile_dir_the_server_writes_its_cpu_per_stage(
+    tmp_path: Path,
+    cdn: object,
+    demo_dir: Path,
+    classifier: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``TAGGING_ML_PROFILE_DIR`` (the benchmarks' switch): each call rewrites the process's
+    totals; the answer is the same JSON as without it."""
+    from tagging.server.app import create_app
+    from tagging.server.stages import PROFILE_DIR_ENV, read_profiles
+    from tagging.testing import UvicornThread
+
+    monkeypatch.setenv(PROFILE_DIR_ENV, str(tmp_path / "profiles"))
+    settings = ml_settings(tmp_path, f"sqlite:///{tmp_path / 'p.sqlite'}", cdn_host(cdn))
+    app = create_app(settings, classifier=classifier)  # type: ignore[arg-type]
+    with UvicornThread(app) as server:
+        body = classify(server, demo_urls(cdn, demo_dir, limit=4))
+    assert all(r["error"] is None and r["thumbnail_b64"] for r in body["results"])
+    (profile,) = read_profiles(tmp_path / "profiles")
+    stages = profile["stages"]
+    assert isinstance(stages, dict) and profile["images"] == 4
+    assert {"fetch (HTTP client)", "decode", "perceptual hash", "response JSON"} <= set(stages)
+    assert all(seconds >= 0 for seconds in stages.values())
+
+
 def test_color_vendor_down_keeps_types_and_leaves_color_none(
     tmp_path: Path, cdn: object, demo_dir: Path, classifier: object
 ) -> None:

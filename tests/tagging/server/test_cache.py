@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import inspect, text
 
 from db.engine import make_engine
-from tagging.server.cache import CacheEntry, MLCache, UrlState
+from tagging.server.cache import SCHEMA_VERSION, CacheEntry, MLCache, UrlState
 from tagging.server.schemas import ImageFix
 
 
@@ -230,3 +230,57 @@ def test_a_store_without_the_freshness_columns_gets_them_and_keeps_its_urls(
     state = after.url_states(["http://cdn.test/a.jpg"])["http://cdn.test/a.jpg"]
     assert (state.image_key, state.fresh_until, state.etag) == ("a" * 32, None, None)
     engine.dispose()
+
+
+def test_opening_a_store_waits_for_its_lock(cache_url: str) -> None:
+    """Every opener takes the store's lock (not only ``serve``): while another holds it, opening
+    waits, and it goes ahead once the lock is released."""
+    import threading
+
+    from tagging.server.cache import store_lock
+
+    holder = make_engine(cache_url, create=True)
+    opener = make_engine(cache_url, create=True)
+    opened = threading.Event()
+    generations: list[str] = []
+
+    def open_store() -> None:
+        generations.append(MLCache(opener).generation)
+        opened.set()
+
+    try:
+        with store_lock(holder):
+            thread = threading.Thread(target=open_store)
+            thread.start()
+            assert not opened.wait(0.5), "the store was opened while another held its lock"
+        assert opened.wait(30)
+        thread.join()
+        assert len(generations[0]) == 32
+        assert MLCache(holder).generation == generations[0]
+    finally:
+        holder.dispose()
+        opener.dispose()
+
+
+def test_many_openers_of_an_old_store_rebuild_it_once(cache_url: str) -> None:
+    """Openers racing on a store of another schema version: one rebuilds it, all of them then
+    read the same generation, which is the one stored."""
+    engine = make_engine(cache_url, create=True)
+    with engine.begin() as connection:  # written by another version: its meta says so
+        connection.execute(text("CREATE TABLE cache_meta (key TEXT PRIMARY KEY, value TEXT)"))
+        connection.execute(text("INSERT INTO cache_meta VALUES ('schema', '0')"))
+    engines = [make_engine(cache_url) for _ in range(4)]
+    try:
+        with ThreadPoolExecutor(len(engines)) as pool:
+            generations = list(pool.map(lambda e: MLCache(e).generation, engines))
+        assert len(set(generations)) == 1
+        with engine.connect() as connection:
+            stored = connection.scalar(
+                text("SELECT value FROM cache_meta WHERE key = 'generation'")
+            )
+            schema = connection.scalar(text("SELECT value FROM cache_meta WHERE key = 'schema'"))
+        assert stored == generations[0] and schema == SCHEMA_VERSION
+    finally:
+        for other in engines:
+            other.dispose()
+        engine.dispose()

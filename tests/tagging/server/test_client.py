@@ -152,6 +152,18 @@ def test_batches_take_turns_and_the_store_is_shared(
     )
 
 
+def test_fresh_clients_start_at_any_replica(tmp_path: Path, cdn: object) -> None:
+    # Every task of a worker builds its own client; when each started at the first replica,
+    # every one-batch scrape (a small chunk) went there and the second replica idled.
+    urls = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+    firsts = set()
+    for _ in range(40):
+        ml = client_of(cdn, tmp_path, urls)
+        firsts.add(ml._order(ml.replicas)[0].url)
+        ml.client.close()
+    assert firsts == set(urls)
+
+
 def test_the_least_busy_replica_gets_the_batch(
     replicas: Replicas, tmp_path: Path, cdn: object, demo_dir: Path
 ) -> None:

@@ -1,0 +1,190 @@
+"""The Dataset curation page's use cases, on SQLite and PostgreSQL, over real JPEG bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import ManualFix
+from tagging.curation.duplicates import CONFLICT
+from tagging.curation.split import find_leaks
+from tagging.datasets.drafts import (
+    PAGE_STEPS,
+    BalanceParams,
+    CropParams,
+    DecisionRequest,
+    ExtendParams,
+    PruneParams,
+    SizeParams,
+    SplitParams,
+    apply_step,
+    current_draft,
+    decide,
+    freeze,
+    preview_pull,
+    preview_step,
+    start_draft,
+    thumbnail,
+    undo_step,
+)
+from tagging.datasets.service import replay_version, version_manifest
+from tagging.errors import Conflict, InvalidInput, PermissionDenied
+from tests.tagging.datasets.world import ANALYST, DEVELOPER, World, build_world
+
+
+@pytest.fixture
+def world(sessions: sessionmaker[Session], tmp_path: Path) -> World:
+    return build_world(sessions, tmp_path)
+
+
+def walk(sessions: sessionmaker[Session], world: World, number: int) -> None:
+    """Apply every step after the prune with its defaults."""
+    for params in (CropParams(), SplitParams(), ExtendParams(), BalanceParams()):
+        apply_step(sessions, DEVELOPER, world.archive, number, params)
+
+
+def test_preview_then_apply_then_undo_then_freeze(
+    sessions: sessionmaker[Session], world: World
+) -> None:
+    pulled = preview_pull(sessions, DEVELOPER, world.archive, parent="latest")
+    assert sum(pulled.counts["by class"].values()) == 30
+    assert pulled.counts["by analyst"] == {"alice": 30}
+    assert set(pulled.counts["by advertiser"]) == {"Sunrise Motors", "Summit Auto Group"}
+    assert len(pulled.examples) == 12 and all(e.archived for e in pulled.examples)
+
+    draft = start_draft(sessions, DEVELOPER, world.archive, "latest", None, seed=3)
+    assert draft.applied == ("pull",) and draft.next_step == "size"
+    assert current_draft(sessions, DEVELOPER) == draft
+
+    # The size preview shows what would go, and stores nothing.
+    preview = preview_step(sessions, DEVELOPER, world.archive, 1, SizeParams(310, 0))
+    assert "Excludes 2 of 30" in preview.summary
+    assert {e.sha256 for e in preview.examples} == {world.shas[28], world.shas[29]}
+    assert version_manifest(sessions, 1).included().__len__() == 30
+    draft = apply_step(sessions, DEVELOPER, world.archive, 1, SizeParams(310, 0))
+    assert len(version_manifest(sessions, 1).included()) == 28
+    # Undo gives them back, with the same manifest as before.
+    before_sha = draft.version.manifest_sha256
+    undone = undo_step(sessions, DEVELOPER, world.archive, 1)
+    assert undone is not None and undone.applied == ("pull",)
+    assert len(version_manifest(sessions, 1).included()) == 30
+    draft = apply_step(sessions, DEVELOPER, world.archive, 1, SizeParams(100, 100))
+    assert draft.version.manifest_sha256 != before_sha
+
+    # Prune: the conflicting pair comes first in the review.
+    prune = preview_step(sessions, DEVELOPER, world.archive, 1, PruneParams())
+    conflict = [r for r in prune.review if r.kind == "conflict"]
+    assert {r.example.sha256 for r in conflict} == {world.shas[1], world.shas[29]}
+    assert prune.counts["excluded by reason"] == {CONFLICT: 2}
+    # Keep the original, drop one other image: pending until the step is applied.
+    outcome = decide(
+        sessions,
+        DEVELOPER,
+        1,
+        [
+            DecisionRequest(world.shas[1], "keep"),
+            DecisionRequest(world.shas[5], "drop", reason="blurry"),
+        ],
+    )
+    assert set(outcome.draft.pending) == {world.shas[1], world.shas[5]}
+    with pytest.raises(InvalidInput):
+        decide(sessions, DEVELOPER, 1, [DecisionRequest(world.shas[6], "drop")])
+    draft = apply_step(sessions, DEVELOPER, world.archive, 1, PruneParams())
+    assert draft.pending == {}
+    rows = version_manifest(sessions, 1).by_sha256()
+    assert rows[world.shas[1]].exclusion is None
+    assert (rows[world.shas[29]].exclusion or "").startswith(CONFLICT)
+    assert rows[world.shas[5]].exclusion == "pruned: blurry"
+    # Undoing the prune gives its decisions back as pending.
+    undone = undo_step(sessions, DEVELOPER, world.archive, 1)
+    assert undone is not None and set(undone.pending) == {world.shas[1], world.shas[5]}
+    apply_step(sessions, DEVELOPER, world.archive, 1, PruneParams())
+
+    with pytest.raises(Conflict):
+        freeze(sessions, DEVELOPER, 1)  # steps left
+    with pytest.raises(Conflict):
+        apply_step(sessions, DEVELOPER, world.archive, 1, SplitParams())  # crop is next
+    split = None
+    apply_step(sessions, DEVELOPER, world.archive, 1, CropParams())
+    split = preview_step(sessions, DEVELOPER, world.archive, 1, SplitParams())
+    assert split.warnings == () and split.balance is not None
+    apply_step(sessions, DEVELOPER, world.archive, 1, SplitParams())
+    manifest = version_manifest(sessions, 1)
+    assert find_leaks(manifest) == []
+    extend = preview_step(sessions, DEVELOPER, world.archive, 1, ExtendParams())
+    assert extend.counts["composition"]["new (team fixes)"] == 30
+    apply_step(sessions, DEVELOPER, world.archive, 1, ExtendParams())
+    apply_step(sessions, DEVELOPER, world.archive, 1, BalanceParams())
+    frozen = freeze(sessions, DEVELOPER, 1)
+    assert frozen.state == "frozen" and frozen.manifest_sha256 == manifest.manifest_sha256()
+    assert current_draft(sessions, DEVELOPER) is None
+    with pytest.raises(Conflict):
+        undo_step(sessions, DEVELOPER, world.archive, 1)
+    # The recipe replays to the same manifest.
+    assert replay_version(sessions, world.archive, 1).same
+
+
+def test_a_relabel_is_a_team_fix_in_the_history(
+    sessions: sessionmaker[Session], world: World
+) -> None:
+    start_draft(sessions, DEVELOPER, world.archive, None, None, seed=1)
+    apply_step(sessions, DEVELOPER, world.archive, 1, SizeParams())
+    with sessions() as session:
+        before = session.scalar(select(ManualFix.id).order_by(ManualFix.id.desc()).limit(1))
+    outcome = decide(
+        sessions, DEVELOPER, 1, [DecisionRequest(world.shas[29], "relabel", image_type="Dealer")]
+    )
+    assert outcome.fix_ids
+    with sessions() as session:
+        fix = session.get(ManualFix, outcome.fix_ids[0])
+        assert fix is not None and fix.id > (before or 0)
+        assert (fix.user, fix.field, fix.new_value) == ("dev", "image_type", "Dealer")
+    apply_step(sessions, DEVELOPER, world.archive, 1, PruneParams())
+    row = version_manifest(sessions, 1).by_sha256()[world.shas[29]]
+    assert row.image_type == "Dealer" and f"fix:{outcome.fix_ids[0]} by dev" in row.origin
+    walk(sessions, world, 1)
+    freeze(sessions, DEVELOPER, 1)
+    # Replay reads the recorded window: the relabel's fix (after it) changes nothing.
+    assert replay_version(sessions, world.archive, 1).same
+    # The next version pulls that fix, carrying the parent's row with its label.
+    child = start_draft(sessions, DEVELOPER, world.archive, "latest", None, seed=1)
+    assert child.version.parent == 1 and child.version.inputs["new_rows"] >= 1
+    assert child.named_test_sets == ()
+
+
+def test_crop_preview_shows_the_letterbox(
+    sessions: sessionmaker[Session], world: World, tmp_path: Path
+) -> None:
+    import io
+
+    from PIL import Image as PILImage
+
+    start_draft(sessions, DEVELOPER, world.archive, None, None, seed=1)
+    for params in (SizeParams(), PruneParams()):
+        apply_step(sessions, DEVELOPER, world.archive, 1, params)
+    preview = preview_step(sessions, DEVELOPER, world.archive, 1, CropParams())
+    for example in preview.examples:
+        assert example.crop is not None
+        after = PILImage.open(io.BytesIO(thumbnail(world.archive, example.sha256, example.crop)))
+        assert after.width <= 240
+
+
+def test_roles_and_one_draft_at_a_time(sessions: sessionmaker[Session], world: World) -> None:
+    with pytest.raises(PermissionDenied):
+        preview_pull(sessions, ANALYST, world.archive)
+    with pytest.raises(PermissionDenied):
+        start_draft(sessions, ANALYST, world.archive, None, None, seed=1)
+    start_draft(sessions, DEVELOPER, world.archive, None, None, seed=1)
+    with pytest.raises(PermissionDenied):
+        apply_step(sessions, ANALYST, world.archive, 1, SizeParams())
+    with pytest.raises(Conflict):
+        start_draft(sessions, DEVELOPER, world.archive, None, None, seed=1)
+    with pytest.raises(Conflict):
+        decide(sessions, DEVELOPER, 1, [DecisionRequest(world.shas[0], "keep")])  # size first
+    # Undoing the pull throws the draft away.
+    assert undo_step(sessions, DEVELOPER, world.archive, 1) is None
+    assert current_draft(sessions, DEVELOPER) is None
+    assert len(PAGE_STEPS) == 7
