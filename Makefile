@@ -19,13 +19,14 @@ install: $(STAMP)
 run: install
 	$(PY) -m tagging up
 
-## Lint, format check, and the whole test suite (PostgreSQL too when TAGGING_TEST_POSTGRES_URL is set).
+## Lint, format check, and the whole test suite (PostgreSQL too when TAGGING_TEST_POSTGRES_URL is set);
+## the 30 slowest tests are listed at the end, to keep the suite well under 15 minutes.
 test: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=30 $(PYTEST_ARGS)
 
 ## The fast suite while developing (under two minutes): no model training, whole-demo runs or browser.
 test-fast: install
