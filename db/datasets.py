@@ -11,6 +11,9 @@ source but ``advertiser``, in either scope: an analyst's re-tag of an override i
 decision too) and advertisers' overrides an analyst accepted. It is deterministic for a window of
 fix ids, so a replay reads exactly what the build read.
 
+The lookups the Dataset curation page needs (a thumbnail per content hash, the item a relabel
+is recorded on, the fix a relabel's origin names) are here too, by content hash (``sha256``).
+
 The archive queue (``archive_entries``) is an outbox: a fix queues its image in its own
 transaction (one cheap insert, no network), and the bytes are fetched later.
 """
@@ -41,6 +44,7 @@ from db.models import (
     Image,
     ManualFix,
     SitemapItem,
+    Thumbnail,
     as_utc,
     utcnow,
 )
@@ -223,6 +227,34 @@ def version_rows(session: Session, number: int) -> list[dict[str, Any]]:
     columns = [getattr(DatasetRow, name) for name in ROW_FIELDS]
     query = select(*columns).where(DatasetRow.version_id == version_id).order_by(DatasetRow.sha256)
     return [dict(zip(ROW_FIELDS, values, strict=True)) for values in session.execute(query)]
+
+
+def lock_draft(session: Session, number: int) -> VersionSummary:
+    """Version ``number``, locked until the caller's transaction ends, which must be a draft.
+
+    Take it first in a transaction that reads the draft's state and writes it back (a step, an
+    undo, a decision, the freeze): a concurrent one waits, then sees the new state.
+
+    Raises:
+        NotFoundError: no such version.
+        Conflict: it is frozen.
+    """
+    return _summary(session, _writable(session, number))
+
+
+def set_draft_recipe(session: Session, number: int, recipe: Mapping[str, Any]) -> VersionSummary:
+    """Replace a draft's ``recipe`` column only (the page state changed, not the rows: the
+    manifest is not rewritten).
+
+    Raises:
+        NotFoundError: no such version.
+        Conflict: it is frozen.
+    """
+    version = _writable(session, number)
+    # A new dict, not a change in place: the JSON column only sees an assignment.
+    version.recipe = dict(recipe)
+    session.flush()
+    return _summary(session, version)
 
 
 def _writable(session: Session, number: int) -> DatasetVersion:
@@ -456,6 +488,62 @@ def _images(session: Session, keys: Sequence[str]) -> dict[str, Image]:
     return found
 
 
+# --- the images a curation step shows, and the fixes it records ---------------------------------
+
+
+@dataclass(frozen=True)
+class FixRef:
+    """One history row, as a manifest row's origin names it (``fix:17 by alice``)."""
+
+    id: int
+    user: str
+
+
+def image_keys_of(session: Session, sha256s: Collection[str]) -> dict[str, str]:
+    """An image_key with a thumbnail per content hash in ``sha256s``, for showing the image.
+
+    Of several image versions with the same bytes, the one seen last wins (then the largest
+    key). Hashes without a thumbnailed version are left out.
+    """
+    found: dict[str, str] = {}
+    wanted = sorted(set(sha256s))
+    for start in range(0, len(wanted), _CHUNK):
+        query = (
+            select(Image.sha256, Image.image_key)
+            .join(Thumbnail, Thumbnail.image_key == Image.image_key)
+            .where(Image.sha256.in_(wanted[start : start + _CHUNK]))
+            .order_by(Image.last_seen, Image.image_key)
+        )
+        for sha, key in session.execute(query):
+            found[str(sha)] = key  # ascending: the newest is written last
+    return found
+
+
+def newest_item_showing(session: Session, sha256: str) -> int | None:
+    """The id of the newest sitemap item (any advertiser, any scrape) whose image has these
+    bytes, or None when no item shows them (a team fix needs an item to be recorded on)."""
+    return session.scalar(
+        select(SitemapItem.id)
+        .join(Image, Image.image_key == SitemapItem.image_key)
+        .where(Image.sha256 == sha256)
+        .order_by(SitemapItem.id.desc())
+        .limit(1)
+    )
+
+
+def latest_type_fix(session: Session, sha256: str) -> FixRef | None:
+    """The newest Image Type history row (any source) of any image version with these bytes,
+    or None when there is none."""
+    row = session.execute(
+        select(ManualFix.id, ManualFix.user)
+        .join(Image, Image.image_key == ManualFix.image_key)
+        .where(Image.sha256 == sha256, ManualFix.field == "image_type")
+        .order_by(ManualFix.id.desc())
+        .limit(1)
+    ).first()
+    return FixRef(id=row.id, user=row.user) if row is not None else None
+
+
 # --- the archive queue ---------------------------------------------------------------------------
 
 
@@ -578,6 +666,7 @@ def archive_counts(session: Session) -> dict[str, int]:
 __all__ = [
     "ROW_FIELDS",
     "ArchiveJob",
+    "FixRef",
     "Pull",
     "PulledImage",
     "VersionSummary",
@@ -586,16 +675,21 @@ __all__ = [
     "delete_draft",
     "freeze_version",
     "get_version",
+    "image_keys_of",
     "image_urls",
+    "latest_type_fix",
     "latest_version",
     "list_versions",
+    "lock_draft",
     "mark_archive_failed",
     "mark_archived",
     "max_fix_id",
+    "newest_item_showing",
     "pending_archive",
     "pulled_images",
     "queue_archive",
     "queue_images",
     "replace_draft",
+    "set_draft_recipe",
     "version_rows",
 ]

@@ -19,7 +19,8 @@ so a reload, another tab or another developer sees the same draft; the replay of
 Prune decisions are collected as **pending** until the prune step is applied. A relabel is a team
 fix: it is recorded through :func:`tagging.fixes.record_fixes` in the decision's own transaction
 (so it goes to the history and, after the commit, to the ML server), and the decision carries the
-fix as its origin.
+fix as its origin. The findings it touches are refreshed by the caller, after the commit and off
+the user's wait (:attr:`DecisionOutcome.advertiser_ids`), as the review page does for its fixes.
 
 Every function needs :attr:`db.accounts.Permission.MODELS` and runs one transaction per user
 action. No Streamlit here: ``views/curation.py`` calls these functions.
@@ -37,14 +38,13 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from PIL import Image as PILImage
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import datasets as store
 from db.accounts import Actor, Permission, require
 from db.datasets import VersionSummary
 from db.fixes import FixChange
-from db.models import DatasetState, DatasetVersion, Image, ManualFix, SitemapItem, Thumbnail
+from db.models import DatasetState
 from db.vocab import COLORS, IMAGE_TYPES, PLACEHOLDER
 from tagging.curation.balance import MIN_SHARE, BalanceReport, balance, exclusions_by_reason
 from tagging.curation.crop import find_crops
@@ -321,6 +321,9 @@ class DecisionOutcome:
     """The team fixes the relabels recorded (in the history, pushed after the commit)."""
     push_error: str | None
     """None when every new fix reached the ML server, else why some wait (retried later)."""
+    advertiser_ids: tuple[int, ...] = ()
+    """Whose items the relabels changed, sorted: their findings are not refreshed by
+    :func:`decide` (the caller asks for it, e.g. ``BackgroundRefresh.request``)."""
 
 
 # --- the use cases -------------------------------------------------------------------------------
@@ -396,7 +399,7 @@ def preview_pull(
         parent_rows = (
             len(store.version_rows(session, parent_version.number)) if parent_version else 0
         )
-        keys = _image_keys(session, [row.sha256 for row in rows[:EXAMPLES]])
+        keys = store.image_keys_of(session, [row.sha256 for row in rows[:EXAMPLES]])
     excluded = [row for row in rows if row.exclusion is not None]
     where = f"version {parent_version.number}" if parent_version else "an empty version"
     summary = (
@@ -564,7 +567,7 @@ def apply_step(
         manifest = load_manifest(session, number)
     steps, _ = _recipe_steps(params, view, manifest, archive, progress)
     with sessions.begin() as session:
-        version = _locked_draft(session, number)
+        version = store.lock_draft(session, number)
         # The crop boxes were found outside the transaction: refuse if the draft moved since.
         if dict(version.recipe) != seen.recipe or version.manifest_sha256 != seen.manifest_sha256:
             raise Conflict(f"version {number} changed meanwhile: look at it again, then apply")
@@ -595,7 +598,7 @@ def undo_step(
     """
     require(actor, Permission.MODELS)
     with sessions.begin() as session:
-        version = _locked_draft(session, number)
+        version = store.lock_draft(session, number)
         page = _page(version.recipe)
         applied = list(page["applied"])
         last = applied.pop() if applied else None
@@ -626,6 +629,11 @@ def decide(
     commit. A keep or relabel of an image excluded as a conflicting near-duplicate also keeps it
     (the reviewer resolved the conflict).
 
+    The findings the relabels touch are **not** refreshed here (the detectors would run inside
+    the user's wait): the outcome names the advertisers, and the caller refreshes them, in the
+    background (:class:`tagging.detectors.refresh.BackgroundRefresh`) or with
+    :func:`tagging.detectors.refresh.refresh_findings`.
+
     Raises:
         PermissionDenied: ``actor`` may not curate datasets (or record fixes, for a relabel).
         NotFoundError: no such version.
@@ -635,8 +643,9 @@ def decide(
     """
     actor = require(actor, Permission.MODELS)
     fix_ids: list[int] = []
+    advertiser_ids: set[int] = set()
     with sessions.begin() as session:
-        version = _locked_draft(session, number)
+        version = store.lock_draft(session, number)
         page = _page(version.recipe)
         if PRUNE in [a["step"] for a in page["applied"]]:
             raise Conflict("the prune step is applied: undo it to change its decisions")
@@ -651,7 +660,7 @@ def decide(
             if request.action == "undecided":
                 pending.pop(request.sha256, None)
                 continue
-            decisions = _decisions(session, actor, request, row, fix_ids)
+            decisions = _decisions(session, actor, request, row, fix_ids, advertiser_ids)
             pending[request.sha256] = [_decision_json(d) for d in decisions]
         stored = _store_page(session, version, page["applied"], pending)
     push_error = None
@@ -659,7 +668,12 @@ def decide(
         pushed = push_pending(sessions, ml, fix_ids=fix_ids)
         if pushed.synced < len(fix_ids):
             push_error = pushed.error or "the ML server did not acknowledge every fix"
-    return DecisionOutcome(draft=stored, fix_ids=tuple(fix_ids), push_error=push_error)
+    return DecisionOutcome(
+        draft=stored,
+        fix_ids=tuple(fix_ids),
+        push_error=push_error,
+        advertiser_ids=tuple(sorted(advertiser_ids)),
+    )
 
 
 def freeze(sessions: sessionmaker[Session], actor: Actor | None, number: int) -> VersionSummary:
@@ -674,7 +688,7 @@ def freeze(sessions: sessionmaker[Session], actor: Actor | None, number: int) ->
     """
     actor = require(actor, Permission.MODELS)
     with sessions.begin() as session:
-        version = _locked_draft(session, number)
+        version = store.lock_draft(session, number)
         page = _page(version.recipe)
         missing = [s for s in PAGE_STEPS if s not in [a["step"] for a in page["applied"]]]
         if missing:
@@ -719,7 +733,7 @@ def _size_preview(
 ) -> StepPreview:
     dropped = _newly_excluded(before, after)
     with sessions() as session:
-        keys = _image_keys(session, [row.sha256 for row in dropped[:EXAMPLES]])
+        keys = store.image_keys_of(session, [row.sha256 for row in dropped[:EXAMPLES]])
     return StepPreview(
         step=SIZE,
         summary=(
@@ -771,7 +785,7 @@ def _prune_preview(
         if sha not in seen and sha in by_sha:
             order.append((by_sha[sha], "decided", 0, None))
     with sessions() as session:
-        keys = _image_keys(session, [row.sha256 for row, *_ in order])
+        keys = store.image_keys_of(session, [row.sha256 for row, *_ in order])
     after_rows = after.by_sha256()
     review = tuple(
         ReviewRow(
@@ -817,7 +831,7 @@ def _crop_preview(
     rows = before.by_sha256()
     cropped = [rows[sha] for sha in sorted(boxes)]
     with sessions() as session:
-        keys = _image_keys(session, [row.sha256 for row in cropped[:EXAMPLES]])
+        keys = store.image_keys_of(session, [row.sha256 for row in cropped[:EXAMPLES]])
     unarchived = sum(
         1 for row in before.included() if row.crop is None and not archive.has(row.sha256)
     )
@@ -961,8 +975,10 @@ def _decisions(
     request: DecisionRequest,
     row: Mapping[str, Any],
     fix_ids: list[int],
+    advertiser_ids: set[int],
 ) -> list[Decision]:
-    """The recipe decisions of a request (recording the relabel's team fix)."""
+    """The recipe decisions of a request (recording the relabel's team fix: its ids and whose
+    items it changed are added to ``fix_ids`` and ``advertiser_ids``)."""
     conflict = bool(row["exclusion"]) and str(row["exclusion"]).startswith("conflicting")
     if request.action == KEEP:
         return [Decision(request.sha256, KEEP)]
@@ -977,7 +993,7 @@ def _decisions(
         raise InvalidInput(f"relabelling needs an Image Type: one of {', '.join(IMAGE_TYPES)}")
     if request.color is not None and request.color not in COLORS:
         raise InvalidInput(f"unknown color {request.color!r}")
-    origin = _record_relabel(session, actor, request, fix_ids)
+    origin = _record_relabel(session, actor, request, fix_ids, advertiser_ids)
     color = None if request.image_type == PLACEHOLDER else request.color
     decisions = [
         Decision(request.sha256, RELABEL, image_type=request.image_type, color=color, origin=origin)
@@ -989,16 +1005,14 @@ def _decisions(
 
 
 def _record_relabel(
-    session: Session, actor: Actor, request: DecisionRequest, fix_ids: list[int]
+    session: Session,
+    actor: Actor,
+    request: DecisionRequest,
+    fix_ids: list[int],
+    advertiser_ids: set[int],
 ) -> str:
     """Record the relabel as a team fix on the newest item showing the image; its origin."""
-    item_id = session.scalar(
-        select(SitemapItem.id)
-        .join(Image, Image.image_key == SitemapItem.image_key)
-        .where(Image.sha256 == request.sha256)
-        .order_by(SitemapItem.id.desc())
-        .limit(1)
-    )
+    item_id = store.newest_item_showing(session, request.sha256)
     if item_id is None:
         raise InvalidInput(
             f"no advertiser shows image {request.sha256[:12]}…: it cannot be relabelled "
@@ -1007,16 +1021,12 @@ def _record_relabel(
     changes = [FixChange(item_id, "image_type", request.image_type)]
     if request.color is not None and request.image_type != PLACEHOLDER:
         changes.append(FixChange(item_id, "color", request.color))
-    outcome = record_fixes(session, actor, changes)
+    # No findings refresh in the user's transaction: decide's caller asks for one afterwards.
+    outcome = record_fixes(session, actor, changes, refresh=False)
     fix_ids.extend(outcome.fix_ids)
+    advertiser_ids.update(outcome.advertiser_ids)
     # The history row of the Image Type (the latest one, also when it had that value already).
-    fix = session.execute(
-        select(ManualFix.id, ManualFix.user)
-        .join(Image, Image.image_key == ManualFix.image_key)
-        .where(Image.sha256 == request.sha256, ManualFix.field == "image_type")
-        .order_by(ManualFix.id.desc())
-        .limit(1)
-    ).first()
+    fix = store.latest_type_fix(session, request.sha256)
     if fix is None:
         raise InvalidInput(f"image {request.sha256[:12]}… has no Image Type fix to relabel from")
     return origin_fix(fix.id, fix.user)
@@ -1084,15 +1094,14 @@ def _store(
 
 def _store_page(
     session: Session,
-    version: DatasetVersion,
+    version: VersionSummary,
     applied: list[dict[str, Any]],
     pending: Mapping[str, Any],
 ) -> DraftView:
     """Store new page state only (the rows do not change: no rewrite of the manifest)."""
-    # A new dict, not a change in place: the JSON column sees an assignment.
-    version.recipe = {**version.recipe, "page": {"applied": applied, "pending": dict(pending)}}
-    session.flush()
-    return _view(session, store.get_version(session, version.number))
+    page = {"applied": applied, "pending": dict(pending)}
+    stored = store.set_draft_recipe(session, version.number, {**version.recipe, "page": page})
+    return _view(session, stored)
 
 
 def _inputs(session: Session, archive: ArchiveStore, number: int) -> CurationInputs:
@@ -1109,18 +1118,6 @@ def _inputs(session: Session, archive: ArchiveStore, number: int) -> CurationInp
         until_fix_id=int(window.get("until_fix_id") or 0),
     )
     return CurationInputs(parent=parent, new_rows=tuple(rows))
-
-
-def _locked_draft(session: Session, number: int) -> DatasetVersion:
-    """Version ``number``, locked for this transaction, which must be a draft."""
-    version = session.scalar(
-        select(DatasetVersion).where(DatasetVersion.number == number).with_for_update()
-    )
-    if version is None:
-        raise NotFoundError(f"no dataset version {number}")
-    if version.state == DatasetState.FROZEN:
-        raise Conflict(f"version {number} is frozen: it never changes (start a new draft)")
-    return version
 
 
 def _no_open_draft(session: Session) -> None:
@@ -1166,22 +1163,6 @@ def _check_next(view: DraftView, step: str) -> None:
 
 def _next_of(applied: Sequence[str]) -> str | None:
     return next((step for step in PAGE_STEPS if step not in applied), None)
-
-
-def _image_keys(session: Session, sha256s: Sequence[str]) -> dict[str, str]:
-    """A thumbnail's image_key per content hash (the newest image with those bytes)."""
-    found: dict[str, str] = {}
-    wanted = sorted(set(sha256s))
-    for start in range(0, len(wanted), 500):
-        query = (
-            select(Image.sha256, Image.image_key)
-            .join(Thumbnail, Thumbnail.image_key == Image.image_key)
-            .where(Image.sha256.in_(wanted[start : start + 500]))
-            .order_by(Image.last_seen, Image.image_key)
-        )
-        for sha, key in session.execute(query):
-            found[str(sha)] = key
-    return found
 
 
 def _example(

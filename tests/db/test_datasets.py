@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
+import threading
+from datetime import UTC, datetime
+
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.datasets import (
+    FixRef,
     add_version,
     archive_counts,
     delete_draft,
     freeze_version,
     get_version,
+    image_keys_of,
+    latest_type_fix,
     latest_version,
+    lock_draft,
+    newest_item_showing,
     pulled_images,
     queue_archive,
     replace_draft,
+    set_draft_recipe,
     version_rows,
 )
 from db.errors import Conflict, NotFoundError
 from db.fixes import FixChange, apply_fixes
-from db.models import Finding, FindingState, FixSource, Image, ManualFix, Role, SitemapItem
+from db.models import (
+    Finding,
+    FindingState,
+    FixSource,
+    Image,
+    ManualFix,
+    Role,
+    SitemapItem,
+    Thumbnail,
+)
 from tests.utils.factories import actor, make_advertiser, make_scrape
 
 ACCEPTED = "accepted: the last word"
@@ -167,3 +185,144 @@ def test_queueing_an_image_twice_is_harmless(sessions: sessionmaker[Session]) ->
         assert queue_archive(session, outcome.fix_ids) == 1
         assert queue_archive(session, outcome.fix_ids) == 1
         assert archive_counts(session) == {"pending": 1, "stored": 0}
+
+
+def test_lock_draft_refuses_a_frozen_or_missing_version(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        number = _draft(session)
+        locked = lock_draft(session, number)
+        assert (locked.number, locked.state, locked.recipe) == (number, "draft", {"recipe": "{}"})
+        freeze_version(session, number, "dev")
+    with sessions.begin() as session:
+        with pytest.raises(Conflict):
+            lock_draft(session, number)
+        with pytest.raises(Conflict):
+            set_draft_recipe(session, number, {"recipe": "{}", "page": {}})
+        with pytest.raises(NotFoundError):
+            lock_draft(session, number + 1)
+    with sessions() as session:
+        assert get_version(session, number).recipe == {"recipe": "{}"}
+
+
+def test_set_draft_recipe_keeps_the_rows_and_their_sha256(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        number = _draft(session)
+    with sessions.begin() as session:
+        stored = set_draft_recipe(session, number, {"recipe": "{}", "page": {"pending": {"a": 1}}})
+        assert stored.recipe["page"] == {"pending": {"a": 1}}
+    with sessions() as session:
+        again = get_version(session, number)
+        assert again.recipe == {"recipe": "{}", "page": {"pending": {"a": 1}}}
+        assert again.manifest_sha256 == "f" * 64 and again.counts == {"rows": 1}
+        assert version_rows(session, number) == [ROW]
+
+
+def test_lock_draft_serializes_read_then_write_of_the_page(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Each thread locks the draft, reads a counter in its recipe and writes it back: without the
+    lock, PostgreSQL's read committed would lose updates."""
+    with sessions.begin() as session:
+        number = _draft(session)
+        set_draft_recipe(session, number, {"recipe": "{}", "count": 0})
+    errors: list[BaseException] = []
+
+    def bump() -> None:
+        try:
+            for _ in range(5):
+                with sessions.begin() as session:
+                    version = lock_draft(session, number)
+                    count = int(version.recipe["count"])
+                    set_draft_recipe(session, number, {**version.recipe, "count": count + 1})
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with sessions() as session:
+        assert get_version(session, number).recipe["count"] == 20
+
+
+SHA_A, SHA_B, SHA_C, SHA_UNKNOWN = "a" * 64, "b" * 64, "c" * 64, "d" * 64
+
+
+def test_image_keys_of_takes_the_newest_thumbnailed_version(
+    sessions: sessionmaker[Session],
+) -> None:
+    def seen(day: int) -> datetime:
+        return datetime(2024, 5, day, tzinfo=UTC)
+
+    with sessions.begin() as session:
+        session.add_all(
+            [
+                Image(image_key="old", url="u/old", sha256=SHA_A, last_seen=seen(1)),
+                Image(image_key="new", url="u/new", sha256=SHA_A, last_seen=seen(2)),
+                # Newest of all, but without a thumbnail: nothing to show it with.
+                Image(image_key="bare", url="u/bare", sha256=SHA_A, last_seen=seen(3)),
+                Image(image_key="b", url="u/b", sha256=SHA_B, last_seen=seen(1)),
+                Image(image_key="c", url="u/c", sha256=SHA_C, last_seen=seen(1)),
+            ]
+        )
+        session.add_all(Thumbnail(image_key=key, jpeg=b"jpeg") for key in ("old", "new", "b"))
+    with sessions() as session:
+        found = image_keys_of(session, [SHA_A, SHA_B, SHA_C, SHA_UNKNOWN, SHA_A])
+        assert found == {SHA_A: "new", SHA_B: "b"}
+        assert image_keys_of(session, []) == {}
+
+
+def _items_showing(session: Session) -> tuple[list[int], list[int]]:
+    """Two advertisers' items: the first's show SHA_A and SHA_B, the second's (newer) SHA_A
+    through another image version (another key, same bytes)."""
+    first = make_scrape(session, make_advertiser(session), [("Dealer", "Red"), ("Stock", "Blue")])
+    second = make_scrape(
+        session, make_advertiser(session, "Summit Auto Group"), [("Stock", "Red")], key_prefix="9"
+    )
+    ids: list[list[int]] = []
+    for scrape, shas in ((first, [SHA_A, SHA_B]), (second, [SHA_A])):
+        items = list(
+            session.scalars(
+                select(SitemapItem)
+                .where(SitemapItem.scrape_id == scrape.id)
+                .order_by(SitemapItem.position)
+            )
+        )
+        for item, sha in zip(items, shas, strict=True):
+            session.add(Image(image_key=item.image_key, url=item.image_url, sha256=sha))
+        ids.append([item.id for item in items])
+    # Bytes the app knows, but no item shows.
+    session.add(Image(image_key="c" * 32, url="u/c", sha256=SHA_C))
+    session.flush()
+    return ids[0], ids[1]
+
+
+def test_newest_item_showing_the_bytes_wins(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        first, second = _items_showing(session)
+    with sessions() as session:
+        assert newest_item_showing(session, SHA_A) == second[0]  # not first[0]: older
+        assert newest_item_showing(session, SHA_B) == first[1]
+        assert newest_item_showing(session, SHA_C) is None
+        assert newest_item_showing(session, SHA_UNKNOWN) is None
+
+
+def test_latest_type_fix_of_the_bytes_ignores_other_fields(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions.begin() as session:
+        first, second = _items_showing(session)
+        apply_fixes(
+            session, actor(Role.ANALYST, "alice"), [FixChange(first[0], "image_type", "Stock")]
+        )
+        bob = apply_fixes(
+            session, actor(Role.ANALYST, "bob"), [FixChange(second[0], "image_type", "Dealer")]
+        )
+        # A later color fix of the same bytes is not an Image Type decision.
+        apply_fixes(session, actor(Role.ANALYST, "carol"), [FixChange(first[0], "color", "Blue")])
+    with sessions() as session:
+        assert latest_type_fix(session, SHA_A) == FixRef(id=bob.fix_ids[0], user="bob")
+        assert latest_type_fix(session, SHA_B) is None  # shown, never fixed
+        assert latest_type_fix(session, SHA_UNKNOWN) is None

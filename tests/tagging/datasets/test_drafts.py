@@ -8,7 +8,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import ManualFix
+from db.advertisers import get_advertiser
+from db.models import Finding, FindingState, ManualFix, SitemapItem
+from db.vocab import ADVERTISER_PLACEHOLDER
 from tagging.curation.duplicates import CONFLICT
 from tagging.curation.split import find_leaks
 from tagging.datasets.drafts import (
@@ -31,6 +33,7 @@ from tagging.datasets.drafts import (
     undo_step,
 )
 from tagging.datasets.service import replay_version, version_manifest
+from tagging.detectors.refresh import refresh_findings
 from tagging.errors import Conflict, InvalidInput, PermissionDenied
 from tests.tagging.datasets.world import ANALYST, DEVELOPER, World, build_world
 
@@ -90,6 +93,7 @@ def test_preview_then_apply_then_undo_then_freeze(
         ],
     )
     assert set(outcome.draft.pending) == {world.shas[1], world.shas[5]}
+    assert outcome.fix_ids == () and outcome.advertiser_ids == ()  # no relabel: no fix
     with pytest.raises(InvalidInput):
         decide(sessions, DEVELOPER, 1, [DecisionRequest(world.shas[6], "drop")])
     draft = apply_step(sessions, DEVELOPER, world.archive, 1, PruneParams())
@@ -142,6 +146,9 @@ def test_a_relabel_is_a_team_fix_in_the_history(
         fix = session.get(ManualFix, outcome.fix_ids[0])
         assert fix is not None and fix.id > (before or 0)
         assert (fix.user, fix.field, fix.new_value) == ("dev", "image_type", "Dealer")
+        # The image is on Summit's page only: its findings are the ones to refresh.
+        summit = get_advertiser(session, "Summit Auto Group")
+        assert outcome.advertiser_ids == (summit.id,)
     apply_step(sessions, DEVELOPER, world.archive, 1, PruneParams())
     row = version_manifest(sessions, 1).by_sha256()[world.shas[29]]
     assert row.image_type == "Dealer" and f"fix:{outcome.fix_ids[0]} by dev" in row.origin
@@ -153,6 +160,37 @@ def test_a_relabel_is_a_team_fix_in_the_history(
     child = start_draft(sessions, DEVELOPER, world.archive, "latest", None, seed=1)
     assert child.version.parent == 1 and child.version.inputs["new_rows"] >= 1
     assert child.named_test_sets == ()
+
+
+def test_a_relabel_leaves_the_findings_refresh_to_the_caller(
+    sessions: sessionmaker[Session], world: World
+) -> None:
+    """decide() answers without running the detectors; refreshing the advertisers it names
+    brings the findings up to date (what the page asks its background refresher for)."""
+    placeholder = world.shas[2]  # fixed to Placeholder by the analyst, so no color
+    with sessions.begin() as session:
+        item = session.scalars(
+            select(SitemapItem).where(SitemapItem.image_key == f"{2:032x}")
+        ).one()
+        assert item.image_type == "Placeholder" and item.color is None
+        item.color = "Blue"  # the trace an advertiser's retag leaves: a colored placeholder
+        refresh_findings(session)
+    query = select(Finding.state).where(Finding.detector == ADVERTISER_PLACEHOLDER)
+    with sessions() as session:
+        assert list(session.scalars(query)) == [FindingState.OPEN]
+    start_draft(sessions, DEVELOPER, world.archive, None, None, seed=1)
+    apply_step(sessions, DEVELOPER, world.archive, 1, SizeParams())
+    outcome = decide(
+        sessions, DEVELOPER, 1, [DecisionRequest(placeholder, "relabel", image_type="Dealer")]
+    )
+    assert outcome.fix_ids and outcome.advertiser_ids == (item.advertiser_id,)
+    with sessions() as session:
+        assert list(session.scalars(query)) == [FindingState.OPEN]  # not refreshed yet
+    with sessions.begin() as session:
+        for advertiser_id in outcome.advertiser_ids:
+            refresh_findings(session, advertiser_id=advertiser_id)
+    with sessions() as session:
+        assert list(session.scalars(query)) == [FindingState.FIXED]
 
 
 def test_crop_preview_shows_the_letterbox(
