@@ -17,6 +17,12 @@
 | ``TAGGING_CHUNK_LEASE_SECONDS`` | a chunk's lease: a worker silent this long lost it | ``60`` |
 | ``TAGGING_RECLAIM_SECONDS`` | how often a scrapes worker re-queues lost chunks | half the lease |
 | ``TAGGING_ARCHIVE_DIR`` | the archive of fixed images' bytes | ``<data dir>/archive`` |
+| ``TAGGING_ARCHIVE_S3_BUCKET`` | an S3-compatible bucket for the archive instead | the folder |
+| ``TAGGING_ARCHIVE_S3_URL`` | the bucket's endpoint, e.g. ``http://127.0.0.1:9000`` | AWS S3 |
+| ``TAGGING_ARCHIVE_S3_PREFIX`` | the folder in the bucket that holds the archive | its root |
+| ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` | the bucket's credentials | boto3's chain |
+| ``AWS_SESSION_TOKEN`` | a temporary credential's token, for the bucket | none |
+| ``AWS_DEFAULT_REGION`` | the bucket's region | ``us-east-1`` |
 | ``TAGGING_SESSION_IDLE_MINUTES`` | idle minutes before the app asks to sign in again | ``480`` |
 | ``TAGGING_SESSION_MAX_HOURS`` | hours after sign-in before the app asks again | ``12`` |
 | ``TAGGING_TEST_POSTGRES_URL`` | PostgreSQL for the test suite | tests skip PostgreSQL |
@@ -28,6 +34,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from tagging.errors import ConfigError
@@ -81,6 +88,25 @@ class Settings:
     archive_root: Path | None = None
     """The archive of training images (``TAGGING_ARCHIVE_DIR``); None: ``<data dir>/archive``.
     See :attr:`archive_dir`."""
+    archive_s3_bucket: str | None = None
+    """The S3-compatible bucket that holds the archive instead of the folder
+    (``TAGGING_ARCHIVE_S3_BUCKET``); None: the folder :attr:`archive_dir`."""
+    archive_s3_url: str | None = None
+    """The bucket's endpoint (``TAGGING_ARCHIVE_S3_URL``, e.g. MinIO's ``http://127.0.0.1:9000``);
+    None: AWS S3 itself. Set by the operator, so it is not an advertiser URL: the archive talks
+    to it directly, not through the guarded fetch client."""
+    archive_s3_prefix: str = ""
+    """The folder inside the bucket (``TAGGING_ARCHIVE_S3_PREFIX``), without slashes at either
+    end; empty: the bucket's root."""
+    aws_access_key_id: str | None = None
+    """The bucket's access key (``AWS_ACCESS_KEY_ID``); read only when a bucket is configured.
+    None: boto3's own chain (instance role, ``~/.aws``)."""
+    aws_secret_access_key: str | None = field(default=None, repr=False)
+    """Its secret (``AWS_SECRET_ACCESS_KEY``); kept out of ``repr`` so no log line shows it."""
+    aws_session_token: str | None = field(default=None, repr=False)
+    """A temporary credential's token (``AWS_SESSION_TOKEN``), if any."""
+    aws_region: str | None = None
+    """The bucket's region (``AWS_DEFAULT_REGION``); None: ``us-east-1``, what MinIO expects."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -101,6 +127,7 @@ class Settings:
                 )
             ml_url = ml_urls[0]
         token = env.get("TAGGING_ML_TOKEN") or _read_token_file(data_dir / "ml_token")
+        s3 = _archive_s3(env)
         hosts = tuple(
             h.strip().lower()
             for h in (env.get("TAGGING_ALLOWED_HOSTS") or "").split(",")
@@ -132,6 +159,13 @@ class Settings:
             archive_root=Path(env["TAGGING_ARCHIVE_DIR"]).resolve()
             if (env.get("TAGGING_ARCHIVE_DIR") or "").strip()
             else None,
+            archive_s3_bucket=s3.bucket,
+            archive_s3_url=s3.url,
+            archive_s3_prefix=s3.prefix,
+            aws_access_key_id=s3.access_key_id,
+            aws_secret_access_key=s3.secret_access_key,
+            aws_session_token=s3.session_token,
+            aws_region=s3.region,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -139,7 +173,8 @@ class Settings:
 
         ``Settings.from_env(settings.to_env()) == settings``. Unset optional settings are left
         out, so a caller may merge the result into a copy of ``os.environ`` stripped of
-        ``TAGGING_*``.
+        ``TAGGING_*``. The archive bucket's ``AWS_*`` credentials and region are included when
+        these settings hold them (only when a bucket is configured).
         """
         env = {
             "TAGGING_DATA_DIR": str(self.data_dir),
@@ -166,6 +201,20 @@ class Settings:
             env["TAGGING_COLOR_VENDOR_URL"] = self.color_vendor_url
         if self.redis_url:
             env["TAGGING_REDIS_URL"] = self.redis_url
+        if self.archive_s3_bucket:
+            env["TAGGING_ARCHIVE_S3_BUCKET"] = self.archive_s3_bucket
+        if self.archive_s3_url:
+            env["TAGGING_ARCHIVE_S3_URL"] = self.archive_s3_url
+        if self.archive_s3_prefix:
+            env["TAGGING_ARCHIVE_S3_PREFIX"] = self.archive_s3_prefix
+        for name, value in (
+            ("AWS_ACCESS_KEY_ID", self.aws_access_key_id),
+            ("AWS_SECRET_ACCESS_KEY", self.aws_secret_access_key),
+            ("AWS_SESSION_TOKEN", self.aws_session_token),
+            ("AWS_DEFAULT_REGION", self.aws_region),
+        ):
+            if value:
+                env[name] = value
         return env
 
     @property
@@ -245,6 +294,64 @@ def _ml_urls(env: Mapping[str, str]) -> tuple[str, ...]:
     """
     entries = [e for e in (env.get("TAGGING_ML_URLS") or "").split(",") if e.strip()]
     return tuple(dict.fromkeys(_http_url("TAGGING_ML_URLS", entry) for entry in entries))
+
+
+class _ArchiveS3(NamedTuple):
+    bucket: str | None = None
+    url: str | None = None
+    prefix: str = ""
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+    region: str | None = None
+
+
+def _archive_s3(env: Mapping[str, str]) -> _ArchiveS3:
+    """The archive bucket's settings (all None: no bucket, the archive is the folder).
+
+    The ``AWS_*`` variables are read only when ``TAGGING_ARCHIVE_S3_BUCKET`` is set: other tools'
+    credentials in the environment are not this app's business otherwise.
+
+    Raises:
+        ConfigError: the bucket name is unusable, the endpoint is not an http(s) URL or carries
+            credentials, an endpoint or prefix is set without a bucket, or only half of an
+            access key pair is set.
+    """
+    bucket = (env.get("TAGGING_ARCHIVE_S3_BUCKET") or "").strip()
+    raw_url = (env.get("TAGGING_ARCHIVE_S3_URL") or "").strip()
+    prefix = (env.get("TAGGING_ARCHIVE_S3_PREFIX") or "").strip().strip("/")
+    if not bucket:
+        if raw_url or prefix:
+            raise ConfigError(
+                "TAGGING_ARCHIVE_S3_URL or TAGGING_ARCHIVE_S3_PREFIX is set but "
+                "TAGGING_ARCHIVE_S3_BUCKET is not: name the bucket, or unset them"
+            )
+        return _ArchiveS3()
+    if "/" in bucket or any(c.isspace() for c in bucket):
+        raise ConfigError(f"TAGGING_ARCHIVE_S3_BUCKET must be a bucket name, got {bucket!r:.80}")
+    url = None
+    if raw_url:
+        # Checked before the URL is echoed in any message: user:password@ would be printed.
+        if "@" in urlsplit(raw_url).netloc:
+            raise ConfigError(
+                "TAGGING_ARCHIVE_S3_URL must not carry credentials: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY instead"
+            )
+        url = _http_url("TAGGING_ARCHIVE_S3_URL", raw_url)
+    key_id = (env.get("AWS_ACCESS_KEY_ID") or "").strip() or None
+    secret = (env.get("AWS_SECRET_ACCESS_KEY") or "").strip() or None
+    if (key_id is None) != (secret is None):
+        missing = "AWS_SECRET_ACCESS_KEY" if secret is None else "AWS_ACCESS_KEY_ID"
+        raise ConfigError(f"the archive bucket's credentials are incomplete: {missing} is not set")
+    return _ArchiveS3(
+        bucket=bucket,
+        url=url,
+        prefix=prefix,
+        access_key_id=key_id,
+        secret_access_key=secret,
+        session_token=(env.get("AWS_SESSION_TOKEN") or "").strip() or None,
+        region=(env.get("AWS_DEFAULT_REGION") or "").strip() or None,
+    )
 
 
 def _positive_int(env: Mapping[str, str], name: str) -> int | None:

@@ -450,7 +450,8 @@ def load_thumbnail_urls(image_keys: tuple[str, ...]) -> dict[str, str]:
 
 
 def curation_archive() -> ArchiveStore:
-    """The archive of training images the settings name (a folder: cheap to make per call)."""
+    """The archive of training images the settings name (a folder, or the cached bucket: cheap
+    to call)."""
     return archive_from_settings(settings())
 
 

@@ -149,3 +149,63 @@ def _urls() -> dict[str, str]:
 def test_bad_ml_settings_are_a_config_error(tmp_path: Path, name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({"TAGGING_DATA_DIR": str(tmp_path), name: value})
+
+
+def _s3(**extra: str) -> dict[str, str]:
+    return {
+        "TAGGING_ARCHIVE_S3_BUCKET": "tagdesk-archive",
+        "TAGGING_ARCHIVE_S3_URL": "http://127.0.0.1:9000/",
+        "TAGGING_ARCHIVE_S3_PREFIX": "/training/images/",
+        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "s3cret-key",
+        **extra,
+    }
+
+
+def test_the_archive_bucket_is_read_and_round_trips(tmp_path: Path) -> None:
+    base = {"TAGGING_DATA_DIR": str(tmp_path)}
+    settings = Settings.from_env({**base, **_s3(AWS_DEFAULT_REGION="eu-west-1")})
+    assert settings.archive_s3_bucket == "tagdesk-archive"
+    assert settings.archive_s3_url == "http://127.0.0.1:9000"
+    assert settings.archive_s3_prefix == "training/images"
+    assert (settings.aws_access_key_id, settings.aws_secret_access_key) == (
+        "AKIAEXAMPLE",
+        "s3cret-key",
+    )
+    assert settings.aws_region == "eu-west-1"
+    assert Settings.from_env(settings.to_env()) == settings
+    assert "s3cret-key" not in repr(settings)  # a logged Settings shows no secret
+    # No bucket: the folder, and other tools' AWS variables are not this app's settings.
+    default = Settings.from_env({**base, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"})
+    assert default.archive_s3_bucket is None and default.aws_access_key_id is None
+    assert not any(name.startswith(("AWS_", "TAGGING_ARCHIVE_S3")) for name in default.to_env())
+    # AWS S3 itself: a bucket alone, no endpoint, credentials from boto3's chain.
+    aws = Settings.from_env({**base, "TAGGING_ARCHIVE_S3_BUCKET": "tagdesk-archive"})
+    assert (aws.archive_s3_url, aws.archive_s3_prefix, aws.aws_access_key_id) == (None, "", None)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"TAGGING_ARCHIVE_S3_BUCKET": ""}, "TAGGING_ARCHIVE_S3_BUCKET is not"),
+        ({"TAGGING_ARCHIVE_S3_BUCKET": "a/b"}, "must be a bucket name"),
+        ({"TAGGING_ARCHIVE_S3_URL": "minio:9000"}, "TAGGING_ARCHIVE_S3_URL must be an http"),
+        ({"AWS_SECRET_ACCESS_KEY": ""}, "AWS_SECRET_ACCESS_KEY is not set"),
+        ({"AWS_ACCESS_KEY_ID": ""}, "AWS_ACCESS_KEY_ID is not set"),
+    ],
+)
+def test_bad_archive_bucket_settings_are_a_config_error(
+    tmp_path: Path, changes: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({"TAGGING_DATA_DIR": str(tmp_path), **_s3(**changes)})
+
+
+def test_credentials_in_the_archive_endpoint_are_refused_without_echoing_them(
+    tmp_path: Path,
+) -> None:
+    env = {"TAGGING_DATA_DIR": str(tmp_path), **_s3()}
+    env["TAGGING_ARCHIVE_S3_URL"] = "http://minio:hunter2@127.0.0.1:9000"
+    with pytest.raises(ConfigError, match="must not carry credentials") as error:
+        Settings.from_env(env)
+    assert "hunter2" not in str(error.value)
