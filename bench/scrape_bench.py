@@ -142,7 +142,7 @@ def scrape_advertisers(
         "copy_fresh_items",
         "_store_batch",
         "after_scrapes",
-        "_finish",
+        "close_scrape",
     )
     originals = {name: getattr(scrape_module, name) for name in wrapped}
     totals = dict.fromkeys(("items", "classified", "cached", "failed", "ml_failures", "copied"), 0)
@@ -190,7 +190,7 @@ def scrape_advertisers(
         "waiting for the ML server, and the rest": max(0.0, seconds - main_thread),
         "app DB writes (batches)": watch.seconds.get("_store_batch", 0.0),
         "findings refresh (once)": watch.seconds.get("after_scrapes", 0.0),
-        "scrape bookkeeping": watch.seconds.get("_finish", 0.0),
+        "scrape bookkeeping": watch.seconds.get("close_scrape", 0.0),
     }
     return ScrapeRun(
         label=label,

@@ -40,9 +40,9 @@ from db.models import FixSource, ItemStatus, ManualFix, Role, SitemapItem
 from db.scrapes import latest_scrape, scrape_items
 from tagging.config import Settings
 from tagging.demo.cdn import admin_token
-from tagging.detectors.base import DEFAULT_THRESHOLDS
+from tagging.detectors.base import DEFAULT_THRESHOLDS, ItemFilter
 from tagging.detectors.common import near_pairs
-from tagging.detectors.facts import load_facts
+from tagging.detectors.facts import SqlItemSource, load_facts
 from tagging.detectors.refresh import refresh_findings
 from tagging.errors import MLServerError, NotFoundError
 from tagging.fixes import save_fixes
@@ -308,20 +308,24 @@ def _near_copy(
     """A Summit photo whose only closest look-alike elsewhere is a Sunrise photo of its type."""
     with stage.sessions() as session:
         facts = load_facts(session)
-        everyone = {
-            i.image_key: i
-            for items in facts.items.values()
-            for i in items
-            if i.image_key and i.status == ItemStatus.OK
-        }
-        hashes = {k: facts.images[k].phash if k in facts.images else None for k in everyone}
+        # Who lists each image the ML server answered for, over every advertiser's latest scrape,
+        # read page by page through the detectors' bounded source: only the owner is kept (the
+        # last advertiser in the detectors' order, when several list it).
+        owner: dict[str, int] = {}
+        answered = ItemFilter(statuses=(ItemStatus.OK,), with_key=True)
+        for _, scrape in facts.listed():
+            for listed in facts.source.items(scrape.id, answered):
+                if listed.image_key:
+                    owner[listed.image_key] = listed.advertiser_id
+        images = facts.source.images(owner)
+        hashes = {k: images[k].phash if k in images else None for k in owner}
         near: dict[str, list[tuple[int, str]]] = {}
         summit_keys = {i.image_key for i in summit}
         for a, b, distance in near_pairs(hashes, DEFAULT_THRESHOLDS.max_phash_distance):
             for mine, theirs in ((a, b), (b, a)):
                 if (
                     mine in summit_keys
-                    and everyone[theirs].advertiser_id != everyone[mine].advertiser_id
+                    and owner[theirs] != owner[mine]
                     and facts.look_alike(mine, theirs, DEFAULT_THRESHOLDS)
                 ):
                     near.setdefault(mine, []).append((distance, theirs))
@@ -485,13 +489,10 @@ def _dataset_near_pair(
     """A Sunrise photo and Summit's near-identical copy (pHash ≤ 6), neither fixed yet."""
     summit = [i for i in _photos(_latest(stage, SUMMIT)) if i.image_key not in fixed_before]
     sunrise = [i for i in _photos(_latest(stage, SUNRISE)) if i.image_key not in fixed_before]
+    keys = [i.image_key for i in (*summit, *sunrise) if i.image_key]
     with stage.sessions() as session:
-        facts = load_facts(session)
-        hashes = {
-            i.image_key: facts.images[i.image_key].phash if i.image_key in facts.images else None
-            for i in (*summit, *sunrise)
-            if i.image_key
-        }
+        images = SqlItemSource(session).images(keys)
+    hashes = {k: images[k].phash if k in images else None for k in keys}
     by_key = {i.image_key: i for i in (*summit, *sunrise)}
     summit_keys = {i.image_key for i in summit}
     best: tuple[int, str, str] | None = None

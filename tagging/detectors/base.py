@@ -219,8 +219,6 @@ class Facts:
     thumbnails: Callable[[Sequence[str]], Mapping[str, bytes]] | None = None
     """Loads thumbnail JPEGs by image_key, only for the few pairs a hash says look alike."""
     _signatures: dict[str, np.ndarray | None] = field(default_factory=dict, repr=False)
-    _items: dict[int, list[ItemFacts]] | None = field(default=None, repr=False)
-    _images: dict[str, ImageFacts] | None = field(default=None, repr=False)
 
     def listed(self) -> list[tuple[int, ScrapeFacts]]:
         """``(advertiser, its latest scrape)`` of every advertiser whose latest scrape has items.
@@ -233,26 +231,6 @@ class Facts:
         for start in range(0, len(latest), 500):
             ordered += sorted(latest[start : start + 500], key=lambda pair: pair[1].id)
         return [(a, s) for a, s in ordered if s.items]
-
-    @property
-    def items(self) -> dict[int, list[ItemFacts]]:
-        """Every item of each advertiser's latest scrape, in sitemap order, as Python objects.
-
-        For tools over small databases (the demo's staging): a large scrape does not fit. The
-        detectors ask :attr:`source` for what they need instead.
-        """
-        if self._items is None:
-            self._items = {a: list(self.source.items(s.id, ItemFilter())) for a, s in self.listed()}
-        return self._items
-
-    @property
-    def images(self) -> dict[str, ImageFacts]:
-        """The images of :attr:`items` and of the fixes (small databases only, as :attr:`items`)."""
-        if self._images is None:
-            keys = {i.image_key for its in self.items.values() for i in its if i.image_key}
-            keys |= {f.image_key for f in self.fixes}
-            self._images = self.source.images(keys)
-        return self._images
 
     def look_alike(self, key_a: str, key_b: str, t: Thresholds) -> bool:
         """Whether two images' thumbnails confirm what their perceptual hashes say.

@@ -7,10 +7,10 @@
   the fresh items and checks the others again itself, as :func:`run_scrape` does.
 * **A chunk worker** (:func:`run_chunk`) claims the chunk with a lease (a conditional UPDATE), skips
   the positions stored already (a chunk taken over from a dead worker), classifies and stores the
-  rest in batches with :class:`_Job` (the code of :func:`run_scrape`), and marks it done. A thread
-  pushes its lease (and the scrape's heartbeat) forward while it works; every batch's transaction
-  checks it still holds the chunk, and the unique (scrape_id, position) index stops a worker that
-  lost it anyway: its transaction rolls back and it stops.
+  rest in batches with a :class:`~tagging.ingest.scrape.ScrapeJob` (the code of :func:`run_scrape`),
+  and marks it done. A thread pushes its lease (and the scrape's heartbeat) forward while it works;
+  every batch's transaction checks it still holds the chunk, and the unique (scrape_id, position)
+  index stops a worker that lost it anyway: its transaction rolls back and it stops.
 * **The fan-in** (:func:`fan_in`): after a chunk is done, one conditional UPDATE elects the finisher
   once every chunk is done; it runs what :func:`run_scrape` runs at the end (:func:`conclude`),
   with the counts recounted from the stored items. Its steps can run again, and its election has a
@@ -59,16 +59,16 @@ from tagging.ingest.scrape import (
     FIX_MARGIN,
     Beat,
     Heartbeat,
+    MLGate,
     ScrapeConfig,
+    ScrapeJob,
     ScrapeSummary,
-    _copy_if_unchanged,
-    _finish,
-    _Gate,
-    _Job,
-    _sitemap_state,
-    _start,
     beat_scrape,
+    close_scrape,
     conclude,
+    copy_if_unchanged,
+    open_scrape,
+    sitemap_state_of,
 )
 from tagging.ingest.sitemap import SitemapItem as ParsedItem
 from tagging.ingest.sitemap import SitemapResult, read_sitemap
@@ -115,10 +115,10 @@ def coordinate_scrape(
     """
     config = config or ScrapeConfig()
     started = time.perf_counter()
-    start = _start(sessions, advertiser_name, ml, config)
+    start = open_scrape(sessions, advertiser_name, ml, config)
     job, summary = start.job, start.job.summary
     with Heartbeat(sessions, summary.scrape_id):
-        copied = _copy_if_unchanged(start, client, config)
+        copied = copy_if_unchanged(start, client, config)
         if copied is not None:
             since, state = copied
             return conclude(job, since, started, state)
@@ -126,7 +126,7 @@ def coordinate_scrape(
             sitemap = read_sitemap(start.sitemap_url, client, config.limits)
         except TaggingError as exc:
             summary.problems.append(f"the sitemap could not be read: {exc}")
-            return _finish(sessions, summary, started, failed=True)
+            return close_scrape(sessions, summary, started, failed=True)
         total = 0
         try:
             chunk: list[ParsedItem] = []
@@ -142,10 +142,10 @@ def coordinate_scrape(
                 total += 1
         except TaggingError as exc:  # every document was checked whole: not expected
             summary.problems.append(f"the sitemap could not be read to its end: {exc}")
-            return _finish(sessions, summary, started, failed=True)
+            return close_scrape(sessions, summary, started, failed=True)
         problems = [f"{p.url}: {p.message}" for p in sitemap.problems]
         summary.problems.extend(problems)
-        state = _sitemap_state(
+        state = sitemap_state_of(
             sitemap.documents, problems, config, color_from_feed=job.color_from_feed
         )
         with sessions.begin() as session:
@@ -244,7 +244,7 @@ def run_chunk(
     summary = ScrapeSummary(
         scrape_id=claim.scrape_id, advertiser=claim.advertiser, status=ScrapeStatus.RUNNING
     )
-    job = _Job(sessions, summary, claim.advertiser_id, claim.color_from_feed, ml, config)
+    job = ScrapeJob(sessions, summary, claim.advertiser_id, claim.color_from_feed, ml, config)
     job.increment = True
 
     def guard(session: Session) -> None:
@@ -252,7 +252,7 @@ def run_chunk(
             raise LostChunk(chunk_id)
 
     job.guard = guard
-    gate = _Gate()
+    gate = MLGate()
     if claim.attempts > MAX_CHUNK_ATTEMPTS:
         gate.closed = MLServerError(
             f"not sent: chunk {claim.number} was taken {claim.attempts - 1} times by workers "
@@ -349,7 +349,7 @@ def fan_in(
         ml_failures=counts.ml_failures,
         problems=problems,
     )
-    job = _Job(
+    job = ScrapeJob(
         sessions,
         summary,
         advertiser.id,

@@ -15,6 +15,13 @@ copied in one ``INSERT ... SELECT``, and only the others (stale, failed, never c
 ML server, which revalidates them with conditional GETs. Copied items keep their resolved labels;
 every item whose image got a fix since the previous scrape started is resolved again before the
 scrape finishes, so a fix made meanwhile shows (:func:`db.labels.resolve`, as for new items).
+
+**The steps of a scrape** are public because :mod:`tagging.ingest.chunks` runs the same ones with
+a sitemap split among queue workers: :func:`open_scrape` starts it, :func:`copy_if_unchanged`
+handles an unchanged sitemap, a :class:`ScrapeJob` classifies and stores items (an
+:class:`MLGate` stops sending once the ML server is taken for down), :func:`sitemap_state_of`
+records the sitemap for the next scrape, and :func:`conclude` (or, on a failure,
+:func:`close_scrape`) finishes it.
 """
 
 from __future__ import annotations
@@ -136,8 +143,9 @@ class ScrapeSummary:
 
 
 @dataclass(frozen=True)
-class _Prior:
-    """The advertiser's previous successful scrape, when it says what its sitemap was."""
+class PriorScrape:
+    """The advertiser's previous successful scrape, when it says what its sitemap was (the
+    sitemap may then be checked unchanged instead of read: :func:`copy_if_unchanged`)."""
 
     scrape_id: int
     started_at: datetime
@@ -148,7 +156,13 @@ class _Prior:
     @classmethod
     def of(
         cls, scrape: Scrape | None, color_from_feed: bool, limits: SitemapLimits
-    ) -> _Prior | None:
+    ) -> PriorScrape | None:
+        """What ``scrape`` (the previous successful one) says of its sitemap.
+
+        Returns None when there is no such scrape, or its state cannot be trusted for this one:
+        recorded by another version, under other sitemap limits, or with the other
+        ``color_from_feed`` setting (the items' colors depend on it).
+        """
         state = scrape.sitemap_state if scrape is not None else None
         if scrape is None or not isinstance(state, dict):
             return None
@@ -168,13 +182,21 @@ class _Prior:
         )
 
 
-def _sitemap_state(
+def sitemap_state_of(
     documents: Sequence[SitemapDocument],
     problems: Sequence[str],
     config: ScrapeConfig,
     *,
     color_from_feed: bool,
 ) -> dict[str, Any]:
+    """The sitemap state a finished scrape records (``Scrape.sitemap_state``) for the next one.
+
+    Args:
+        documents: the sitemap's documents with their validators (ETag, Last-Modified, SHA-256).
+        problems: the sitemap's problems, reported again when it is found unchanged.
+        config: the scrape's configuration (its sitemap limits are part of the state).
+        color_from_feed: the advertiser's setting, which the stored colors depend on.
+    """
     return {
         "version": STATE_VERSION,
         "documents": [d.as_dict() for d in documents],
@@ -200,14 +222,14 @@ def run_scrape(
     """
     config = config or ScrapeConfig()
     started = time.perf_counter()
-    start = _start(sessions, advertiser_name, ml, config)
+    start = open_scrape(sessions, advertiser_name, ml, config)
     job, summary, sitemap_url = start.job, start.job.summary, start.sitemap_url
     job.progress = progress
 
     # The scrape's lease (db.scrapes.LEASE): a thread beats while this process works, so a
     # scrape whose process died stops blocking relaunches soon after.
     with Heartbeat(sessions, summary.scrape_id):
-        copied = _copy_if_unchanged(start, client, config)
+        copied = copy_if_unchanged(start, client, config)
         if copied is not None:
             since, state = copied
         else:
@@ -215,42 +237,45 @@ def run_scrape(
                 sitemap = read_sitemap(sitemap_url, client, config.limits)
             except TaggingError as exc:
                 summary.problems.append(f"the sitemap could not be read: {exc}")
-                return _finish(sessions, summary, started, failed=True)
+                return close_scrape(sessions, summary, started, failed=True)
             try:
                 job.classify_and_store(sitemap.items, lambda: max(sitemap.expected, summary.items))
             except TaggingError as exc:  # every document was checked whole: not expected
                 summary.problems.append(f"the sitemap could not be read to its end: {exc}")
-                return _finish(sessions, summary, started, failed=True)
+                return close_scrape(sessions, summary, started, failed=True)
             problems = [f"{p.url}: {p.message}" for p in sitemap.problems]
             summary.problems.extend(problems)
             since = start.started_at - FIX_MARGIN
-            state = _sitemap_state(
+            state = sitemap_state_of(
                 sitemap.documents, problems, config, color_from_feed=job.color_from_feed
             )
         return conclude(job, since, started, state)
 
 
 @dataclass
-class _Start:
+class StartedScrape:
     """A scrape just started: its job, where its sitemap is, and the previous scrape."""
 
-    job: _Job
+    job: ScrapeJob
     sitemap_url: str
     started_at: datetime
-    prior: _Prior | None
+    prior: PriorScrape | None
 
 
-def _start(
+def open_scrape(
     sessions: sessionmaker[Session], advertiser_name: str, ml: MLClient, config: ScrapeConfig
-) -> _Start:
-    """Start a scrape of the advertiser (in one transaction).
+) -> StartedScrape:
+    """Start a scrape of the advertiser (in one transaction), with its job and previous scrape.
+
+    The first step of :func:`run_scrape` and of a chunked scrape's coordinator
+    (:func:`tagging.ingest.chunks.coordinate_scrape`).
 
     Raises:
         NotFoundError: no such advertiser.
     """
     with sessions.begin() as session:
         advertiser = get_advertiser(session, advertiser_name)
-        prior = _Prior.of(
+        prior = PriorScrape.of(
             latest_scrape(session, advertiser.id, successful=True),
             advertiser.color_from_feed,
             config.limits,
@@ -261,8 +286,8 @@ def _start(
         summary = ScrapeSummary(
             scrape_id=scrape.id, advertiser=advertiser.name, status=ScrapeStatus.RUNNING
         )
-        job = _Job(sessions, summary, advertiser.id, advertiser.color_from_feed, ml, config)
-        return _Start(
+        job = ScrapeJob(sessions, summary, advertiser.id, advertiser.color_from_feed, ml, config)
+        return StartedScrape(
             job=job,
             sitemap_url=advertiser.sitemap_url,
             started_at=as_utc(scrape.started_at) or utcnow(),
@@ -270,12 +295,17 @@ def _start(
         )
 
 
-def _copy_if_unchanged(
-    start: _Start, client: GuardedClient, config: ScrapeConfig
+def copy_if_unchanged(
+    start: StartedScrape, client: GuardedClient, config: ScrapeConfig
 ) -> tuple[datetime, dict[str, Any]] | None:
-    """When the sitemap did not change since the previous scrape: copy its fresh items, check
-    the others again, and return since when fixes must be resolved again and the sitemap state.
-    None (nothing done) when it changed, or is not known."""
+    """When the sitemap did not change since the previous scrape: copy its fresh items and check
+    the others again (with ``start.job``).
+
+    Returns:
+        Since when fixes must be resolved again, and the sitemap state to record (as
+        :func:`conclude` takes them); None, with nothing done, when the sitemap changed or the
+        previous scrape does not say what it was.
+    """
     prior, job = start.prior, start.job
     documents = unchanged_documents(prior.documents, client, config.limits) if prior else None
     if prior is None or documents is None:
@@ -283,12 +313,12 @@ def _copy_if_unchanged(
     job.summary.sitemap_unchanged = True
     job.summary.problems.extend(prior.problems)
     job.copy_then_recheck(prior)
-    state = _sitemap_state(documents, prior.problems, config, color_from_feed=job.color_from_feed)
+    state = sitemap_state_of(documents, prior.problems, config, color_from_feed=job.color_from_feed)
     return prior.started_at - FIX_MARGIN, state
 
 
 def conclude(
-    job: _Job,
+    job: ScrapeJob,
     since: datetime,
     started: float,
     state: dict[str, Any] | None,
@@ -321,7 +351,9 @@ def conclude(
         push_pending(sessions, job.ml, fix_ids=job.carried)
     if config.refresh_findings:
         after_scrape(sessions, summary.scrape_id, ml=job.ml)  # carry fixes, refresh weird results
-    return _finish(sessions, summary, started, failed=False, sitemap_state=state, finisher=finisher)
+    return close_scrape(
+        sessions, summary, started, failed=False, sitemap_state=state, finisher=finisher
+    )
 
 
 def run_scrapes(
@@ -433,8 +465,12 @@ class Heartbeat(Beat):
 Outcome = ClassifyResponse | MLServerError
 
 
-class _Job:
-    """One scrape's items on their way: batches to the ML server, then to the database."""
+class ScrapeJob:
+    """One scrape's items on their way: batches to the ML server, then to the database.
+
+    :func:`run_scrape` has one for the whole scrape; a chunked scrape has one per chunk worker
+    (with ``guard`` and ``increment`` set) and one for its fan-in (:mod:`tagging.ingest.chunks`).
+    """
 
     def __init__(
         self,
@@ -462,7 +498,7 @@ class _Job:
         batches), instead of writing this job's running totals."""
         self._expected = 0
 
-    def copy_then_recheck(self, prior: _Prior) -> None:
+    def copy_then_recheck(self, prior: PriorScrape) -> None:
         """The sitemap did not change: copy the fresh items, send only the others."""
         summary = self.summary
         now = utcnow()
@@ -502,7 +538,7 @@ class _Job:
         self,
         items: Iterable[ParsedItem],
         total: Callable[[], int] | None,
-        gate: _Gate | None = None,
+        gate: MLGate | None = None,
     ) -> None:
         """Send ``items`` in batches (``in_flight`` at once) and store each batch's answers.
 
@@ -515,7 +551,7 @@ class _Job:
             gate: closed already, nothing is sent: every item is stored as an ML failure.
         """
         summary, config = self.summary, self.config
-        gate = gate or _Gate()
+        gate = gate or MLGate()
         consecutive_failures = 0
         batches = _classified_batches(
             items,
@@ -603,7 +639,7 @@ class _Job:
 
 
 @dataclass
-class _Gate:
+class MLGate:
     """Closed (with the reason) once the ML server is taken for down: no more batches go out."""
 
     closed: MLServerError | None = None
@@ -623,7 +659,7 @@ def _classified_batches(
     color: bool,
     advertiser: str | None = None,
     known_keys: Callable[[Collection[str]], Collection[str]] | None = None,
-    gate: _Gate | None = None,
+    gate: MLGate | None = None,
 ) -> Iterator[tuple[list[ParsedItem], Outcome]]:
     """Yield each batch with the ML server's answer, keeping ``in_flight`` calls running ahead.
 
@@ -631,7 +667,7 @@ def _classified_batches(
     batches are held. Stops sending new calls as soon as the consumer stops iterating, and sends
     none once ``gate`` is closed (each batch then gets the gate's reason).
     """
-    gate = gate or _Gate()
+    gate = gate or MLGate()
 
     def call(batch: list[ParsedItem], known: Collection[str]) -> Outcome:
         if gate.closed is not None:
@@ -679,7 +715,7 @@ def _store_batch(
     image_key (recorded as ``carry_over``, to push).
 
     Args:
-        increment: add this batch's counts to the stored ones in SQL (see ``_Job.increment``);
+        increment: add this batch's counts to the stored ones in SQL (see ``ScrapeJob.increment``);
             ``summary`` still gets them added.
     """
     now = utcnow()
@@ -818,7 +854,7 @@ def _normalize_color(value: str | None) -> str | None:
     return value.strip() or None
 
 
-def _finish(
+def close_scrape(
     sessions: sessionmaker[Session],
     summary: ScrapeSummary,
     started: float,
@@ -827,6 +863,20 @@ def _finish(
     sitemap_state: dict[str, Any] | None = None,
     finisher: str | None = None,
 ) -> ScrapeSummary:
+    """Record the end of a scrape: its status, counts, duration and problems (one transaction).
+
+    :func:`conclude` calls it once the items are stored; a scrape whose sitemap could not be
+    read calls it directly, with ``failed``.
+
+    Args:
+        started: ``time.perf_counter()`` when the scrape started (for its duration).
+        failed: the scrape failed as a whole; otherwise its status says whether items failed.
+        sitemap_state: the sitemap state for the next scrape (:func:`sitemap_state_of`).
+        finisher: a chunked scrape's elected finisher (see :func:`conclude`).
+
+    Returns:
+        ``summary``, with its status and duration set.
+    """
     summary.seconds = round(time.perf_counter() - started, 3)
     if failed:
         summary.status = ScrapeStatus.FAILED

@@ -579,7 +579,7 @@ def test_after_scrape_never_fails_the_scrape(
 def test_after_scrape_sees_the_scrape_before_it_is_marked_finished(
     sessions: sessionmaker[Session],
 ) -> None:
-    """``run_scrape`` calls it just before ``_finish``: the scrape counts as the latest."""
+    """``run_scrape`` calls it just before ``close_scrape``: the scrape counts as the latest."""
     with sessions.begin() as session:
         world = World(session)
         metro = world.advertiser("Metro")
