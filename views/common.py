@@ -167,7 +167,7 @@ def sign_out() -> None:
     for key in (ACTOR, SIGNED_IN_AT, LAST_SEEN_AT, COOKIE_HANDOFF):
         st.session_state.pop(key, None)
     st.session_state[SIGNED_OUT] = True
-    if _oidc_configured() and getattr(st.user, "is_logged_in", False):
+    if oidc_configured() and getattr(st.user, "is_logged_in", False):
         st.logout()
 
 
@@ -283,7 +283,9 @@ def require_page(permission: Permission) -> Actor:
     return actor
 
 
-def _oidc_configured() -> bool:
+def oidc_configured() -> bool:
+    """Whether single sign-on (OpenID Connect) is configured: an ``[auth]`` section in the
+    Streamlit secrets."""
     try:
         return "auth" in st.secrets
     except Exception:

@@ -14,8 +14,8 @@ from views.common import (
     ACCOUNT_CLOSED,
     SESSION_EXPIRED,
     SIGNED_OUT,
-    _oidc_configured,
     client_key,
+    oidc_configured,
     plain,
     session_factory,
     sign_in,
@@ -99,7 +99,7 @@ with middle:
     elif st.session_state.pop(SIGNED_OUT, False):
         st.success("Signed out.", icon=":material/logout:")
 
-    sso = _oidc_configured()
+    sso = oidc_configured()
     sso_error = _sso_sign_in() if sso and st.user.is_logged_in else None
 
     with st.form("sign_in", border=True):
