@@ -578,6 +578,53 @@ class ArchiveEntry(Base):
     stored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    """Recorded, its task waiting in a queue for a worker."""
+    RUNNING = "running"
+    """Taken by a worker, which beats ``heartbeat_at`` while it works (``db.jobs.LEASE``)."""
+    DONE = "done"
+    FAILED = "failed"
+    """Its ``error`` says why; a running job whose heartbeat is older than the lease reads as
+    failed too (the worker stopped)."""
+
+
+class Job(Base):
+    """A long piece of work run on a task queue, with its progress (migration 0012): a dataset
+    build, later a training. Pages and the CLI read it (``db.jobs``); only its worker writes it
+    once it runs."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    """What it does: ``dataset_build``, ``training``…"""
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)
+    requested_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """Pushed forward by every progress report and by the worker's heartbeat thread."""
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int | None] = mapped_column(Integer)
+    """Of the current phase; None while it is not known."""
+    phase: Mapped[str | None] = mapped_column(String(200))
+    """The step under way, in a few words ("archiving images", "embedding", "split"…)."""
+    params: Mapped[dict[str, object]] = mapped_column(JSON)
+    """What was asked, as JSON: the worker reads everything it needs from here."""
+    result: Mapped[dict[str, object] | None] = mapped_column(JSON(none_as_null=True))
+    """What a done job produced (a summary: e.g. the version built and its counts)."""
+    error: Mapped[str | None] = mapped_column(Text)
+    """Why a failed job failed, in one line."""
+
+    __table_args__ = (
+        # "The newest jobs of one kind" (the pages' lists) and "the running ones" (the expiry).
+        Index("ix_jobs_kind_id", "kind", "id"),
+        Index("ix_jobs_state", "state"),
+    )
+
+
 __all__ = [
     "Advertiser",
     "AdvertiserToken",
@@ -587,6 +634,8 @@ __all__ = [
     "FixSource",
     "Image",
     "ItemStatus",
+    "Job",
+    "JobState",
     "ManualFix",
     "Role",
     "Scrape",

@@ -9,12 +9,18 @@ the fixes alone. With a production model, ``build`` also runs the model-assisted
 conflicts excluded, likely label errors listed for review); ``--no-model`` skips it. Without
 ``--user`` a command acts as the machine's operator (``system``, with a developer's rights), as the
 other commands do; with it, as that account, whose role is checked.
+
+``build --background`` checks the request, records a job and queues it on the training queue
+(:func:`tagging.jobs.tasks.enqueue_dataset_build`: the same steps, run by
+``python -m tagging worker``), and prints the job's id; ``--wait`` then follows its progress and
+prints what a foreground build prints. ``python -m tagging jobs show ID`` reads it later.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,9 +33,9 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from db.accounts import Actor
-    from tagging.curation.split import NamedTestSet
     from tagging.datasets.archive import ArchiveStore
     from tagging.datasets.service import VersionReport
+    from tagging.jobs.dataset_builds import DatasetBuildParams
 
     Sessions = sessionmaker[Session]
 
@@ -77,6 +83,16 @@ def add_dataset_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     )
     build.add_argument("--freeze", action="store_true", help="freeze the version once built")
     build.add_argument("--user", help="the account to build as (default: the operator)")
+    build.add_argument(
+        "--background",
+        action="store_true",
+        help="queue the build as a job on the training queue and print its id",
+    )
+    build.add_argument(
+        "--wait",
+        action="store_true",
+        help="with --background: follow the job's progress, then print what a build prints",
+    )
     build.add_argument("--json", action="store_true", help="print the version as JSON")
     listing = sub.add_parser("list", help="every version, newest first")
     listing.add_argument("--json", action="store_true")
@@ -144,49 +160,86 @@ def _build(
     args: argparse.Namespace, settings: Settings, sessions: Sessions, archive: ArchiveStore
 ) -> int:
     from tagging.curation.size import parse_size
-    from tagging.datasets.service import build_version, ensure_first_version, freeze
-    from tagging.ingest.fetch import client_from_settings
-    from tagging.ml.model import list_versions as model_versions
+    from tagging.jobs.dataset_builds import (
+        DatasetBuildParams,
+        check_dataset_build,
+        run_dataset_build,
+        test_sets_of,
+    )
 
-    min_size = parse_size(args.min_size)
-    test_sets = [_test_set(text) for text in args.test_set]
+    if args.wait and not args.background:
+        raise InvalidInput("--wait follows a background build: add --background")
+    params = DatasetBuildParams(
+        parent=None if args.parent in ("none", "") else args.parent,
+        since=_since(args.since),
+        min_size=parse_size(args.min_size),
+        seed=args.seed,
+        named_test_sets=test_sets_of(args.test_set),
+        use_model=not args.no_model,
+        freeze=args.freeze,
+    )
     actor = _actor(sessions, args.user)
-    parent = None if args.parent in ("none", "") else args.parent
-    has_model = bool(model_versions(settings.models_dir)) and not args.no_model
-    if parent == "latest":
-        if not has_model and not _has_versions(sessions):
-            raise InvalidInput(
-                "no dataset version yet, and no Image Type model to make version 1 from (the "
-                "generated set it was trained on): train one (python -m tagging train), or "
-                "build without a parent: --parent none"
-            )
-        # The lineage starts at what the production model learnt from: version 1 first.
-        with progress_bar("rendering version 1", unit="img") as bar:
-            first = ensure_first_version(
-                sessions, actor, archive, settings.models_dir, progress=bar
-            )
-        if first is not None and not args.json:
-            print(f"made version 1 from the model's generated training set ({_rows(first)} rows)")
-    with client_from_settings(settings) as client, progress_bar("building", unit="img") as bar:
-        report = build_version(
-            sessions,
-            actor,
-            archive,
-            parent=parent,
-            since=_since(args.since),
-            min_size=min_size,
-            seed=args.seed,
-            client=client,
-            progress=bar,
-            named_test_sets=test_sets,
-            models_dir=settings.models_dir if has_model else None,
-        )
-    if args.freeze:
-        freeze(sessions, actor, report.version.number)
-        from tagging.datasets.service import show_version
+    if args.background:
+        return _build_in_background(args, settings, sessions, actor, params)
+    from tagging.cli.jobs import PhaseBars
 
-        report = show_version(sessions, report.version.number)
-    _print_report(report, args.json)
+    actor, params = check_dataset_build(settings, sessions, actor, params)
+    with PhaseBars() as bars:
+        outcome = run_dataset_build(
+            settings, sessions, actor, params, progress=bars, phase=bars.phase
+        )
+    first = outcome.first
+    if first is not None and not args.json:
+        print(f"made version 1 from the model's generated training set ({_rows(first)} rows)")
+    _print_report(outcome.report, args.json)
+    return 0
+
+
+def _build_in_background(
+    args: argparse.Namespace,
+    settings: Settings,
+    sessions: Sessions,
+    actor: Actor,
+    params: DatasetBuildParams,
+) -> int:
+    """Queue the build as a job; with ``--wait``, follow it and print what a build prints."""
+    from tagging.cli.jobs import follow_job
+    from tagging.datasets.service import show_version
+    from tagging.jobs.tasks import enqueue_dataset_build
+
+    job_id = enqueue_dataset_build(
+        settings,
+        actor,
+        parent=params.parent,
+        since=params.since,
+        min_size=params.min_size,
+        seed=params.seed,
+        test_fraction=params.test_fraction,
+        named_test_sets=params.named_test_sets,
+        use_model=params.use_model,
+        freeze=params.freeze,
+    )
+    if not args.wait:
+        if args.json:
+            print(json.dumps({"job": job_id, "kind": "dataset_build", "state": "queued"}))
+        else:
+            print(
+                f"queued job {job_id} (dataset build, on the training queue): "
+                f"python -m tagging jobs show {job_id}"
+            )
+        return 0
+    print(f"queued job {job_id} (dataset build): following it", file=sys.stderr)
+    job = follow_job(sessions, job_id)
+    if job.state != "done" or job.result is None:
+        message = f"job {job_id} failed: {job.error or job.state}"
+        if args.json:
+            print(json.dumps({"error": message, "code": "job_failed", "job": job_id}))
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    first = job.result.get("first_version")
+    if isinstance(first, dict) and not args.json:
+        print(f"made version 1 from the model's generated training set ({first.get('rows')} rows)")
+    _print_report(show_version(sessions, int(job.result["version"])), args.json)
     return 0
 
 
@@ -204,23 +257,8 @@ def _init(
     return 0
 
 
-def _has_versions(sessions: Sessions) -> bool:
-    from tagging.datasets.service import list_versions
-
-    return bool(list_versions(sessions))
-
-
 def _rows(report: VersionReport) -> int:
     return int(report.version.counts.get("rows") or 0)
-
-
-def _test_set(text: str) -> NamedTestSet:
-    from tagging.curation.split import NamedTestSet
-
-    name, sep, advertiser = text.partition("=")
-    if not sep or not name.strip() or not advertiser.strip():
-        raise InvalidInput(f"--test-set must be NAME=ADVERTISER, got {text!r}")
-    return NamedTestSet(name=name.strip(), advertiser=advertiser.strip())
 
 
 def _print_report(report: VersionReport, as_json: bool) -> None:

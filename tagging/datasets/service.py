@@ -76,6 +76,19 @@ from tagging.ingest.originals import MAX_ORIGINAL_BYTES
 Progress = Callable[[int, int], None]
 """Called with ``(done, total)`` of the current phase (archiving, then building)."""
 
+Phase = Callable[[str], None]
+"""Called with the name of each phase of a build as it starts (:data:`BUILD_PHASES`): a
+background job shows it beside its progress."""
+
+ARCHIVING = "archiving images"
+CROPPING = "finding borders"
+EMBEDDING = "embedding"
+RANKING = "cleanlab"
+SPLITTING = "split"
+STORING = "storing"
+BUILD_PHASES = (ARCHIVING, CROPPING, EMBEDDING, RANKING, SPLITTING, STORING)
+"""The phases of :func:`build_version`, in order (the model's two only with a model)."""
+
 MARKED_CONFLICTING = "marked conflicting"
 """The exclusion of an image a reviewer marked as a conflicting example on Weird results."""
 
@@ -291,6 +304,7 @@ def build_version(
     progress: Progress | None = None,
     named_test_sets: Sequence[NamedTestSet] = (),
     models_dir: Path | None = None,
+    phase: Phase | None = None,
 ) -> VersionReport:
     """Run the automatic steps and store the result as a draft version.
 
@@ -314,6 +328,8 @@ def build_version(
             None: no embedding pass and no label-issue ranking.
         client: Fetches the images missing from the archive; None fetches nothing (the rows stay,
             and the export names what is missing).
+        progress: Told ``(done, total)`` within each phase.
+        phase: Told each phase's name as it starts (:data:`BUILD_PHASES`).
 
     Raises:
         PermissionDenied: ``actor`` may not curate datasets.
@@ -323,6 +339,7 @@ def build_version(
     """
     actor = require(actor, Permission.MODELS)
     report = progress or (lambda _done, _total: None)
+    begin = phase or (lambda _name: None)
     with sessions() as session:
         parent_version = _resolve_parent(session, parent)
         parent_manifest = Manifest()
@@ -337,7 +354,10 @@ def build_version(
         until = store.max_fix_id(session)
         new_rows = pull_fixes(session, archive, since=since, after_fix_id=after, until_fix_id=until)
     if client is not None:
-        archive_pending(sessions, archive, client, sha256s={r.sha256 for r in new_rows})
+        begin(ARCHIVING)
+        archive_pending(
+            sessions, archive, client, sha256s={r.sha256 for r in new_rows}, progress=report
+        )
     inherited = _named_test_sets(parent_version)
     recipe = Recipe.default(
         seed=seed,
@@ -361,17 +381,23 @@ def build_version(
             recipe = recipe.with_step(PruneStep(tuple(unarchived)))
     # The crop boxes are found once, from the pixels, and recorded in the recipe: a replay needs
     # neither the pixels nor the crop model.
+    begin(CROPPING)
     boxes = _border_boxes(archive, new_rows, report)
     if boxes:
         recipe = recipe.with_step(crop_step(boxes))
     prune: dict[str, Any] = {}
     if models_dir is not None:
-        recipe, prune = model_prune(recipe, inputs, archive, models_dir, progress=report)
+        begin(EMBEDDING)
+        recipe, prune = model_prune(
+            recipe, inputs, archive, models_dir, progress=report, phase=begin
+        )
+    begin(SPLITTING)
     manifest = replay(recipe, inputs)
     report(1, 1)
     window = fixes_window(after, until, since, new_rows)
     if prune:
         window["prune"] = prune
+    begin(STORING)
     with sessions.begin() as session:
         stored = store_manifest(
             session,
@@ -452,6 +478,7 @@ def model_prune(
     threshold: float = EMBEDDING_THRESHOLD,
     max_phash: int = EMBEDDING_MAX_PHASH,
     progress: Progress | None = None,
+    phase: Phase | None = None,
 ) -> tuple[Recipe, dict[str, Any]]:
     """The model-assisted part of the prune, on the manifest just before the split.
 
@@ -466,6 +493,8 @@ def model_prune(
        (:func:`tagging.curation.label_issues.rank_label_issues`). Advisory only: the report lists
        them, and the advertisers they come from, for a person to decide on the page.
 
+    ``phase`` is told :data:`RANKING` once the embeddings are done (steps 2 and 3).
+
     Returns:
         The recipe with the drop decisions (unchanged when there are none), and the report stored
         in the version's inputs (``prune``). Inference and ranking are timed apart.
@@ -474,6 +503,8 @@ def model_prune(
     rows = [row for row in before_split.included() if archive.has(row.sha256)]
     found = embed_rows(rows, archive, models_dir, progress=progress)
     embedded, vectors, embeddings = found.rows, found.vectors, found.by_sha256()
+    if phase is not None:
+        phase(RANKING)
 
     started = time.perf_counter()
     pairs = [
@@ -586,6 +617,7 @@ def embed_rows(
     started = time.perf_counter()
     pictures: list[PILImage.Image] = []
     embedded: list[ManifestRow] = []
+    report(0, len(rows))
     for done, row in enumerate(rows, start=1):
         try:
             picture = decode_image(archive.get(row.sha256)).image
@@ -602,6 +634,7 @@ def embed_rows(
         if done % 256 == 0:
             report(done, len(rows))
     vectors = embed(pictures, artifact.model, input_size=artifact.metadata.input_size)
+    report(len(rows), len(rows))
     return Embedded(
         model=artifact.metadata.version,
         rows=embedded,
@@ -1032,6 +1065,7 @@ def archive_pending(
     *,
     sha256s: Iterable[str] | None = None,
     limit: int = 1000,
+    progress: Progress | None = None,
 ) -> ArchiveReport:
     """Fetch queued images through the guarded client and store them (the retry job).
 
@@ -1043,6 +1077,7 @@ def archive_pending(
     Args:
         sha256s: Also queue, and archive, the fixed images with these hashes (a build's pull);
             default: only what is queued.
+        progress: Told ``(done, total)`` as the images are fetched.
     """
     result = ArchiveReport()
     with sessions.begin() as session:
@@ -1051,7 +1086,9 @@ def archive_pending(
             keys = _unarchived_keys(session, archive, wanted)
             store.queue_images(session, keys)
         jobs = store.pending_archive(session, limit=limit)
-    for job in jobs:
+    report = progress or (lambda _done, _total: None)
+    for done, job in enumerate(jobs):
+        report(done, len(jobs))
         if job.expected_sha256 and archive.has(job.expected_sha256):
             with sessions.begin() as session:
                 store.mark_archived(session, job.image_key, job.expected_sha256)
@@ -1072,6 +1109,7 @@ def archive_pending(
         with sessions.begin() as session:
             store.mark_archived(session, job.image_key, sha)
         result.stored += 1
+    report(len(jobs), len(jobs))
     return result
 
 
@@ -1140,6 +1178,7 @@ def _border_boxes(
 
 
 __all__ = [
+    "BUILD_PHASES",
     "GENERATED",
     "LATEST",
     "MARKED_CONFLICTING",

@@ -3,8 +3,9 @@
 | queue | tasks | periodic |
 | --- | --- | --- |
 | ``scrapes`` | ``scrape_task`` (coordinator), ``scrape_chunk_task``, ``scrape_fan_in_task`` | — |
-| ``pushes`` | ``push_pending_task``, ``expire_scrapes_task``, ``archive_pending_task`` | 1/min |
-| ``training`` | ``train_task`` | — |
+| ``pushes`` | ``push_pending_task``, ``expire_scrapes_task``, ``expire_jobs_task``, \
+``archive_pending_task`` | 1/min |
+| ``training`` | ``train_task``, ``dataset_build_task`` | — |
 
 A scrape is split into chunks of its sitemap (:mod:`tagging.ingest.chunks`): the coordinator
 queues one chunk task per ``TAGGING_SCRAPE_CHUNK_SIZE`` items as it reads, so every scrapes worker
@@ -25,6 +26,11 @@ elected by a conditional UPDATE, so N workers queue each lost chunk once.
 scheduler is per consumer), so each run first takes the minute's slot in the queue's storage
 (``put_if_empty`` of a key naming the minute): with N workers, each still runs once a minute.
 
+**Jobs** (:mod:`tagging.jobs.records`, table ``jobs``): a long task the app or the CLI follows
+(a dataset build, :func:`enqueue_dataset_build`) is recorded as a job before it is queued; its
+worker writes its phase, progress, result or error there, and beats its heartbeat, so a job whose
+worker died reads as failed.
+
 The queue carries only names and ids; the work reads everything else from the database, so a
 task retried after a crash does the same thing. The queues are built on first use
 (:func:`task_queue`), never at import time: importing this module opens no file and no connection.
@@ -38,7 +44,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huey import Huey, PriorityRedisHuey, SqliteHuey, crontab
 from huey.api import TaskWrapper
@@ -46,9 +52,19 @@ from huey.api import TaskWrapper
 from db.accounts import Actor, Permission, require
 from db.advertisers import get_advertiser
 from db.engine import create_private_file, make_engine, make_session_factory
+from db.jobs import expire_stale_jobs, fail_job
 from db.scrapes import expire_abandoned_scrapes, running_scrape
 from tagging.config import Settings
 from tagging.errors import Conflict
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import datetime
+
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from tagging.curation.split import NamedTestSet
+    from tagging.ingest.chunks import ReclaimReport
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +99,9 @@ class TaskQueue:
     scrape_fan_in: TaskWrapper
     push_pending: TaskWrapper
     expire_scrapes: TaskWrapper
+    expire_jobs: TaskWrapper
     train: TaskWrapper
+    dataset_build: TaskWrapper
     archive_pending: TaskWrapper | None = None
     """The periodic archiving of the images queued at fix time (:func:`archive_pending_task`)."""
 
@@ -114,7 +132,12 @@ def build_queues(settings: Settings) -> TaskQueue:
     expire = pushes.periodic_task(crontab(minute="*"), name="expire_scrapes_task")(
         _once_a_minute(pushes, "expire_scrapes_task", expire_scrapes_task)
     )
+    expire_jobs = pushes.periodic_task(crontab(minute="*"), name="expire_jobs_task")(
+        _once_a_minute(pushes, "expire_jobs_task", expire_jobs_task)
+    )
     train = training.task(name="train_task")(train_task)
+    # No retries: a build that failed says why in its job; the job is not run twice.
+    dataset_build = training.task(name="dataset_build_task")(dataset_build_task)
     # An image queued at fix time is archived within a minute, whatever the consumers.
     archive = pushes.periodic_task(crontab(minute="*"), name="archive_pending_task")(
         _once_a_minute(pushes, "archive_pending_task", archive_pending_task)
@@ -128,7 +151,9 @@ def build_queues(settings: Settings) -> TaskQueue:
         scrape_fan_in=fan,
         push_pending=push,
         expire_scrapes=expire,
+        expire_jobs=expire_jobs,
         train=train,
+        dataset_build=dataset_build,
         archive_pending=archive,
     )
 
@@ -278,6 +303,21 @@ def expire_scrapes_task() -> list[int]:
         engine.dispose()
 
 
+def expire_jobs_task() -> list[int]:
+    """Every minute: write as failed the running jobs whose worker stopped (no heartbeat).
+
+    Readers see them failed already (:mod:`db.jobs`); this makes the rows say so. Returns the ids
+    marked (see :func:`db.jobs.expire_stale_jobs`).
+    """
+    settings = Settings.from_env()
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            return expire_stale_jobs(session)
+    finally:
+        engine.dispose()
+
+
 def archive_pending_task() -> dict[str, Any]:
     """Every minute: fetch the fixed images queued for the training-image archive.
 
@@ -330,6 +370,26 @@ def train_task(
     }
 
 
+def dataset_build_task(job_id: int) -> dict[str, Any]:
+    """Run queued dataset build job ``job_id`` (on the training queue, so a long build delays no
+    scrape or push): its phases, progress and outcome are written to the job
+    (:func:`tagging.jobs.dataset_builds.run_dataset_build_job`).
+
+    Returns:
+        The job's id, whether this task ``ran`` it (not when it was not queued any more: a
+        message delivered twice runs the job once) and its final ``state`` when it did.
+    """
+    from tagging.jobs.dataset_builds import run_dataset_build_job
+
+    settings = Settings.from_env()
+    engine = make_engine(settings.database_url)
+    try:
+        job = run_dataset_build_job(settings, make_session_factory(engine), job_id)
+        return {"job": job_id, "ran": job is not None, "state": job.state if job else None}
+    finally:
+        engine.dispose()
+
+
 # --- the reclaimer -------------------------------------------------------------------------------
 
 
@@ -371,7 +431,7 @@ class Reclaimer:
         finally:
             engine.dispose()
 
-    def run_once(self, sessions: Any) -> Any:
+    def run_once(self, sessions: sessionmaker[Session]) -> ReclaimReport:
         """One pass (see :func:`tagging.ingest.chunks.reclaim`); its report."""
         from tagging.ingest.chunks import reclaim
 
@@ -440,3 +500,62 @@ def enqueue_scrape(settings: Settings, actor: Actor | None, advertiser_name: str
 def enqueue_training(*, quick: bool = False, promote: bool = False, seed: int | None = None) -> str:
     """Queue a training run on the training queue (:func:`train_task`); its task id."""
     return str(task_queue().train(quick=quick, promote=promote, seed=seed).id)
+
+
+def enqueue_dataset_build(
+    settings: Settings,
+    actor: Actor | None,
+    *,
+    parent: int | str | None = "latest",
+    since: datetime | None = None,
+    min_size: tuple[int, int] = (0, 0),
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    named_test_sets: Sequence[NamedTestSet] = (),
+    use_model: bool = True,
+    freeze: bool = False,
+) -> int:
+    """Queue a dataset build on the training queue on behalf of ``actor``; the job's id.
+
+    The request is checked here, so a bad parameter fails at once
+    (:func:`tagging.jobs.dataset_builds.check_dataset_build`); then the job is recorded, queued,
+    and :func:`dataset_build_task` runs it. Follow it with
+    :func:`tagging.jobs.records.get_job` (or ``wait_for_job``): its ``phase``, ``done`` of
+    ``total``, then ``state`` done with the version's summary as ``result``, or failed with its
+    ``error``. The parameters are :func:`tagging.datasets.service.build_version`'s (see
+    :class:`tagging.jobs.dataset_builds.DatasetBuildParams`), plus ``use_model`` (run the
+    model-assisted prune when there is a production model) and ``freeze``.
+
+    Raises:
+        PermissionDenied: the actor may not curate datasets.
+        InvalidInput: a parameter of the wrong type or out of range, or ``latest`` with no
+            version and no production model to make version 1 from.
+        NotFoundError: no such parent, or no such advertiser for a named test set.
+        Conflict: the parent is a draft.
+    """
+    from tagging.jobs.dataset_builds import DatasetBuildParams, record_dataset_build
+
+    params = DatasetBuildParams(
+        parent=parent,
+        since=since,
+        min_size=min_size,
+        seed=seed,
+        test_fraction=test_fraction,
+        named_test_sets=tuple(named_test_sets),
+        use_model=use_model,
+        freeze=freeze,
+    )
+    engine = make_engine(settings.database_url)
+    try:
+        sessions = make_session_factory(engine)
+        job = record_dataset_build(settings, sessions, actor, params)
+        try:
+            task_queue().dataset_build(job.id)
+        except Exception as exc:
+            # Not queued, so never run: say so on the job rather than leave it queued forever.
+            with sessions.begin() as session:
+                fail_job(session, job.id, f"could not be queued: {exc}")
+            raise
+    finally:
+        engine.dispose()
+    return job.id
