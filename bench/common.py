@@ -361,6 +361,13 @@ def run_main(main: Callable[[], int]) -> None:
 # --- reporting ---------------------------------------------------------------------------------
 
 
+def tqdm(iterable: Any, **kwargs: Any) -> Any:
+    """A progress bar over ``iterable`` on stderr, quiet when stderr is not a terminal."""
+    from tqdm import tqdm as bar
+
+    return bar(iterable, file=sys.stderr, disable=None, **kwargs)
+
+
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     """A plain aligned text table (numbers right-aligned)."""
     cells = [[str(h) for h in headers], *[[_cell(v) for v in row] for row in rows]]
