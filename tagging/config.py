@@ -26,6 +26,7 @@
 | ``TAGGING_SESSION_IDLE_MINUTES`` | idle minutes before the app asks to sign in again | ``480`` |
 | ``TAGGING_SESSION_MAX_HOURS`` | hours after sign-in before the app asks again | ``12`` |
 | ``TAGGING_TEST_POSTGRES_URL`` | PostgreSQL for the test suite | tests skip PostgreSQL |
+| ``MLFLOW_TRACKING_URI`` | MLflow's runs and registry: a server or a database | data dir SQLite |
 """
 
 from __future__ import annotations
@@ -107,6 +108,10 @@ class Settings:
     """A temporary credential's token (``AWS_SESSION_TOKEN``), if any."""
     aws_region: str | None = None
     """The bucket's region (``AWS_DEFAULT_REGION``); None: ``us-east-1``, what MinIO expects."""
+    mlflow_tracking_uri: str | None = None
+    """MLflow's tracking and registry store (``MLFLOW_TRACKING_URI``, MLflow's own variable): a
+    tracking server ``http(s)://...`` or a database (``sqlite:///...``, ``postgresql://...``);
+    None: SQLite in the data dir. See :attr:`mlflow_uri`."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -166,6 +171,7 @@ class Settings:
             aws_secret_access_key=s3.secret_access_key,
             aws_session_token=s3.session_token,
             aws_region=s3.region,
+            mlflow_tracking_uri=_mlflow_tracking_uri(env),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -174,7 +180,8 @@ class Settings:
         ``Settings.from_env(settings.to_env()) == settings``. Unset optional settings are left
         out, so a caller may merge the result into a copy of ``os.environ`` stripped of
         ``TAGGING_*``. The archive bucket's ``AWS_*`` credentials and region are included when
-        these settings hold them (only when a bucket is configured).
+        these settings hold them (only when a bucket is configured), and so is
+        ``MLFLOW_TRACKING_URI`` when it is set.
         """
         env = {
             "TAGGING_DATA_DIR": str(self.data_dir),
@@ -215,6 +222,8 @@ class Settings:
         ):
             if value:
                 env[name] = value
+        if self.mlflow_tracking_uri:
+            env["MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri
         return env
 
     @property
@@ -247,6 +256,18 @@ class Settings:
     def archive_dir(self) -> Path:
         """The content-addressed archive of training images (:mod:`tagging.datasets.archive`)."""
         return self.archive_root or self.data_dir / "archive"
+
+    @property
+    def mlflow_uri(self) -> str:
+        """MLflow's tracking and registry URI: ``MLFLOW_TRACKING_URI``, else
+        ``sqlite:///<data dir>/mlflow.sqlite``."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.data_dir / 'mlflow.sqlite'}"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        """Where MLflow runs' artifacts go when the store is a database, not a tracking server
+        (a server keeps them itself)."""
+        return self.data_dir / "mlruns"
 
     @property
     def demo_dir(self) -> Path:
@@ -351,6 +372,40 @@ def _archive_s3(env: Mapping[str, str]) -> _ArchiveS3:
         secret_access_key=secret,
         session_token=(env.get("AWS_SESSION_TOKEN") or "").strip() or None,
         region=(env.get("AWS_DEFAULT_REGION") or "").strip() or None,
+    )
+
+
+# The stores MLflow itself can use for both runs and the model registry (a ``+driver`` suffix is
+# allowed, as in ``postgresql+psycopg``). Its file store (a bare path, ``file://``) is not: MLflow
+# 3 has it in maintenance mode, and a mistyped URI must not quietly become a folder of files.
+_MLFLOW_SCHEMES = frozenset(
+    {"http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc"}
+)
+
+
+def _mlflow_tracking_uri(env: Mapping[str, str]) -> str | None:
+    """``MLFLOW_TRACKING_URI``, or None when it is unset or empty.
+
+    Raises:
+        ConfigError: it names no store MLflow can use for runs and the registry (the message
+            leaves out any password the URI carries).
+    """
+    raw = (env.get("MLFLOW_TRACKING_URI") or "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    scheme = parts.scheme.lower().split("+", 1)[0]
+    # A server or a networked database needs a host; SQLite's is empty (sqlite:///path).
+    if raw.lower() == "databricks" or (
+        scheme in _MLFLOW_SCHEMES and (scheme == "sqlite" or parts.netloc)
+    ):
+        return raw
+    shown = raw
+    if "@" in parts.netloc:  # user:password@host: only the host is echoed
+        shown = raw.replace(parts.netloc, "***@" + parts.netloc.rsplit("@", 1)[1], 1)
+    raise ConfigError(
+        "MLFLOW_TRACKING_URI must be an MLflow tracking server (http://host:5000) or a database "
+        f"(sqlite:///path/mlflow.sqlite, postgresql://...), got {shown!r:.120}"
     )
 
 

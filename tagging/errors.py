@@ -24,13 +24,14 @@
     │   ├── MLServerAuthError         our token was refused
     │   └── MLServerBadResponse       an answer that is not a valid response
     ├── ColorVendorError*             the third-party color model gave no usable answer
-    └── ArchiveUnavailable*           the training-image archive's bucket cannot be used (503)
+    ├── ArchiveUnavailable*           the training-image archive's bucket cannot be used (503)
+    └── TrackingUnavailable*          MLflow's tracking store or server cannot be used (503)
 
 The root and the generic errors are defined in :mod:`db.errors` (``db`` raises them and sits
 below this package) and re-exported here, so that callers import every error from this module.
-The three marked ``*`` belong to their module's interface and live there:
-:class:`tagging.ingest.fetch.HTTPStatusError`, :class:`tagging.ml.color.ColorVendorError` and
-:class:`tagging.datasets.archive.ArchiveUnavailable`.
+The four marked ``*`` belong to their module's interface and live there:
+:class:`tagging.ingest.fetch.HTTPStatusError`, :class:`tagging.ml.color.ColorVendorError`,
+:class:`tagging.datasets.archive.ArchiveUnavailable` and :class:`tagging.ml.tracking.TrackingUnavailable`.
 ``code`` is a short, stable identifier stored as a per-item status detail; ``http_status`` is what
 an API answers (400 where the tree names none).
 """

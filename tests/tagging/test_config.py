@@ -209,3 +209,39 @@ def test_credentials_in_the_archive_endpoint_are_refused_without_echoing_them(
     with pytest.raises(ConfigError, match="must not carry credentials") as error:
         Settings.from_env(env)
     assert "hunter2" not in str(error.value)
+
+
+def test_the_mlflow_store_defaults_to_sqlite_in_the_data_dir_and_round_trips(
+    tmp_path: Path,
+) -> None:
+    default = Settings.from_env({"TAGGING_DATA_DIR": str(tmp_path), "MLFLOW_TRACKING_URI": " "})
+    assert default.mlflow_tracking_uri is None
+    assert default.mlflow_uri == f"sqlite:///{tmp_path / 'mlflow.sqlite'}"
+    assert default.mlflow_artifacts_dir == tmp_path / "mlruns"
+    assert "MLFLOW_TRACKING_URI" not in default.to_env()
+
+    for uri in (
+        "http://mlflow.internal:5000",
+        "https://mlflow.example/team",
+        "sqlite:////srv/mlflow/mlflow.db",
+        "postgresql+psycopg://mlflow:pw@db.internal/mlflow",
+    ):
+        named = Settings.from_env({"TAGGING_DATA_DIR": str(tmp_path), "MLFLOW_TRACKING_URI": uri})
+        assert named.mlflow_uri == named.mlflow_tracking_uri == uri
+        assert named.to_env()["MLFLOW_TRACKING_URI"] == uri
+        assert Settings.from_env(named.to_env()) == named
+
+
+@pytest.mark.parametrize(
+    "uri", ["mlflow.internal:5000", "./mlruns", "file:///srv/mlruns", "ftp://host/x", "http://"]
+)
+def test_an_unusable_mlflow_uri_is_a_config_error(tmp_path: Path, uri: str) -> None:
+    with pytest.raises(ConfigError, match="MLFLOW_TRACKING_URI must be"):
+        Settings.from_env({"TAGGING_DATA_DIR": str(tmp_path), "MLFLOW_TRACKING_URI": uri})
+
+
+def test_a_bad_mlflow_uri_is_reported_without_its_password(tmp_path: Path) -> None:
+    env = {"TAGGING_DATA_DIR": str(tmp_path), "MLFLOW_TRACKING_URI": "pg://u:hunter2@db/mlflow"}
+    with pytest.raises(ConfigError, match=r"\*\*\*@db/mlflow") as error:
+        Settings.from_env(env)
+    assert "hunter2" not in str(error.value)
