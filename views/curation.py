@@ -19,7 +19,8 @@ import pandas as pd
 import streamlit as st
 
 from db.accounts import Actor, Permission
-from db.vocab import IMAGE_TYPES
+from db.vocab import IMAGE_TYPES, TYPE_COLORS
+from tagging.curation.balance import NO_ADVERTISER
 from tagging.curation.split import NamedTestSet
 from tagging.datasets.drafts import (
     BALANCE,
@@ -53,6 +54,7 @@ from tagging.datasets.drafts import (
 from tagging.ingest.fetch import client_from_settings
 from views.common import (
     clear_query_cache,
+    findings_refresher,
     ml_client,
     plain,
     require_page,
@@ -77,6 +79,7 @@ GOTO_KEY = "curation-goto"
 FLASH_KEY = "curation-flash"
 CONFIRM_KEY = "curation-confirm-freeze"
 COLUMNS = 6  # example pictures per row
+GENERATED = "generated (no advertiser)"
 
 UNDECIDED = "—"
 # The prune grid's decision column (a drop needs its reason in the next column).
@@ -131,6 +134,8 @@ def _examples(examples: tuple[Example, ...], *, before_after: bool = False) -> N
     """Example pictures in a grid; under each, its note and advertiser as plain text."""
     if not examples:
         return
+    if before_after:
+        st.caption("Each pair: the picture as it is (left) and as the crop leaves it (right).")
     per_row = COLUMNS // 2 if before_after else COLUMNS
     for start in range(0, len(examples), per_row):
         cells = st.columns(per_row)
@@ -149,14 +154,23 @@ def _examples(examples: tuple[Example, ...], *, before_after: bool = False) -> N
                     st.text(example.advertiser)
 
 
-def _preview(preview: StepPreview, *, before_after: bool = False) -> None:
+def _preview(preview: StepPreview, *, before_after: bool = False, notes: bool = True) -> None:
     st.info(plain(preview.summary), icon=":material/preview:")
     for warning in preview.warnings:
         st.warning(plain(warning))
-    for note in preview.notes:
+    for note in preview.notes if notes else ():
         st.caption(plain(note))
     _counts(preview)
     _examples(preview.examples, before_after=before_after)
+
+
+def _class_color() -> alt.Color:
+    """The Image Types in the app's colors (the Home page's), in their usual order."""
+    return alt.Color(
+        "class:N",
+        scale=alt.Scale(domain=list(TYPE_COLORS), range=list(TYPE_COLORS.values())),
+        sort=list(IMAGE_TYPES),
+    )
 
 
 def _balance_charts(preview: StepPreview) -> None:
@@ -172,7 +186,12 @@ def _balance_charts(preview: StepPreview) -> None:
     )
     by_advertiser = pd.DataFrame(
         [
-            {"advertiser": advertiser, "class": name, "images": count}
+            # Rows without an advertiser are the generated images (the first version's).
+            {
+                "advertiser": GENERATED if advertiser == NO_ADVERTISER else advertiser,
+                "class": name,
+                "images": count,
+            }
             for advertiser, counts in report.by_advertiser.items()
             for name, count in counts.items()
         ]
@@ -183,7 +202,13 @@ def _balance_charts(preview: StepPreview) -> None:
         st.altair_chart(
             alt.Chart(by_split)
             .mark_bar()
-            .encode(x="split:N", xOffset="class:N", y="images:Q", color="class:N")
+            .encode(
+                x=alt.X("split:N", sort=["train", "test"], axis=alt.Axis(labelAngle=0)),
+                xOffset=alt.XOffset("class:N", sort=list(IMAGE_TYPES)),
+                y="images:Q",
+                color=_class_color(),
+                tooltip=["split", "class", "images"],
+            )
             .properties(height=260),
             width="stretch",
         )
@@ -193,7 +218,12 @@ def _balance_charts(preview: StepPreview) -> None:
             st.altair_chart(
                 alt.Chart(by_advertiser)
                 .mark_bar()
-                .encode(y="advertiser:N", x="images:Q", color="class:N")
+                .encode(
+                    y=alt.Y("advertiser:N", title=None, axis=alt.Axis(labelLimit=220)),
+                    x="images:Q",
+                    color=_class_color(),
+                    tooltip=["advertiser", "class", "images"],
+                )
                 .properties(height=260),
                 width="stretch",
             )
@@ -287,7 +317,8 @@ def _review_frame(rows: tuple[ReviewRow, ...]) -> pd.DataFrame:
             "why": [f"{r.kind} {r.group}" if r.group else r.kind for r in rows],
             "label": [r.example.image_type for r in rows],
             "suggested": [r.suggested or "" for r in rows],
-            "confidence": [r.confidence if r.confidence is not None else pd.NA for r in rows],
+            # Text, blank when there is none (a number column shows "None"); 0.00–1.00 sorts.
+            "confidence": [f"{r.confidence:.2f}" if r.confidence is not None else "" for r in rows],
             "advertiser": [r.example.advertiser or "" for r in rows],
             "excluded": [r.exclusion or "" for r in rows],
             "decision": [_decision_option(r.decision) for r in rows],
@@ -323,6 +354,10 @@ def _request(sha256: str, option: str, reason: str) -> DecisionRequest:
 
 def _record(actor: Actor, draft: DraftView, requests: list[DecisionRequest]) -> None:
     outcome = decide(session_factory(), actor, draft.number, requests, ml=ml_client())
+    if outcome.fix_ids:
+        # The relabels are team fixes: fresh caches now, the findings refreshed in the background.
+        clear_query_cache()
+        findings_refresher().request(outcome.advertiser_ids)
     message = f"{len(requests)} decision(s) recorded."
     if outcome.fix_ids:
         message += f" {len(outcome.fix_ids)} relabel fix(es) in the history."
@@ -332,15 +367,23 @@ def _record(actor: Actor, draft: DraftView, requests: list[DecisionRequest]) -> 
 
 
 def _prune(actor: Actor, draft: DraftView) -> None:
+    # Off at first: the ranking embeds every training image with the model again whenever a
+    # decision changes the draft, so the conflicts are decided without waiting for it.
     rank = st.toggle(
         "Rank likely label errors (cleanlab on the model's embeddings)",
-        value=True,
+        value=False,
         key="curation-rank",
+        help="Embeds every archived training image with the production Image Type model and "
+        "lists the images whose label the others contradict, likeliest first.",
     )
     with shown_errors():
-        with st.spinner("Clustering near-duplicates and ranking label issues…"):
+        ranking = " and ranking likely label errors" if rank else ""
+        with st.spinner(f"Clustering near-duplicates{ranking}…"):
             preview = load_step_preview(actor, draft.number, _state(draft), PruneParams(), rank)
-        _preview(preview)
+        # (Without the ranking, its only note would be why there is none: the toggle says it.)
+        _preview(preview, notes=rank)
+        if not rank:
+            st.caption("Likely label errors are not ranked: turn the ranking on to list them.")
         if preview.advertiser_issues:
             st.caption("Share of each advertiser's images flagged as likely label errors")
             st.dataframe(
@@ -387,13 +430,19 @@ def _prune_grid(actor: Actor, draft: DraftView, rows: tuple[ReviewRow, ...]) -> 
         row_height=72,
         width="stretch",
         disabled=[c for c in shown.columns if c not in ("decision", "reason")],
+        # Widths that fit a laptop's screen, the decision and its reason in view.
         column_config={
-            "image": st.column_config.ImageColumn("image", width="small"),
-            "confidence": st.column_config.NumberColumn("confidence", format="%.2f"),
+            "image": st.column_config.ImageColumn("image", width=64),
+            "why": st.column_config.TextColumn("why", width=86),
+            "label": st.column_config.TextColumn("label", width=92),
+            "suggested": st.column_config.TextColumn("suggested", width=88),
+            "confidence": st.column_config.TextColumn("confidence", width=76),
+            "advertiser": st.column_config.TextColumn("advertiser", width=120),
+            "excluded": st.column_config.TextColumn("excluded", width=150),
             "decision": st.column_config.SelectboxColumn(
-                "decision", options=list(DECISIONS), required=True
+                "decision", options=list(DECISIONS), required=True, width=120
             ),
-            "reason": st.column_config.TextColumn("reason (drop)", max_chars=200),
+            "reason": st.column_config.TextColumn("reason (drop)", max_chars=200, width=150),
         },
     )
     changed = [
@@ -453,7 +502,6 @@ def _crop(actor: Actor, draft: DraftView) -> None:
     with shown_errors():
         with st.spinner("Looking for uniform borders and letterboxing…"):
             preview = load_step_preview(actor, draft.number, _state(draft), params, False)
-        st.caption("Before and after, side by side.")
         _preview(preview, before_after=True)
         _apply_button(actor, draft, params, "record the crops", "Finding crop boxes…")
 
@@ -495,7 +543,9 @@ def _extend(actor: Actor, draft: DraftView) -> None:
 
 
 def _balance(actor: Actor, draft: DraftView) -> None:
-    share = st.slider("Warn when a class is under this share of a split", 0.0, 0.5, 0.1, 0.01)
+    share = st.slider(
+        "Warn when a class is under this share of a split", 0.0, 0.5, 0.1, 0.01, key="min-share"
+    )
     params = BalanceParams(float(share))
     with shown_errors():
         preview = load_step_preview(actor, draft.number, _state(draft), params, False)
@@ -599,6 +649,11 @@ def _undo_and_freeze(actor: Actor, draft: DraftView) -> None:
             st.rerun()
 
 
+def _when(moment: datetime | None) -> str:
+    """A moment as the table shows it, in UTC (text: a time-zone-aware column is deprecated)."""
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if moment else ""
+
+
 def _versions() -> None:
     versions = load_dataset_versions()
     with st.expander(f"Versions ({len(versions)})", expanded=not versions):
@@ -613,8 +668,8 @@ def _versions() -> None:
                         "parent": v.parent,
                         "state": v.state,
                         "by": v.created_by,
-                        "created": v.created_at,
-                        "frozen": v.frozen_at,
+                        "created": _when(v.created_at),
+                        "frozen": _when(v.frozen_at),
                         "images": v.counts.get("rows"),
                         "training": v.counts.get("included"),
                         "manifest sha256": v.manifest_sha256,

@@ -1,122 +1,62 @@
-"""The demo's staged team fixes make a meaningful dataset version (``dataset build`` on the demo):
-every class in both splits, a conflicting near-duplicate cluster excluded, the flipped label near
-the top of cleanlab's ranking, and an export with no near-duplicate or vehicle page across splits.
+"""The CLI builds a meaningful dataset version from the demo's staged team fixes, headless
+(``python -m tagging dataset build --json``, then ``freeze``, ``export`` and ``replay``): every
+class in both splits, the conflicting near-duplicate cluster excluded, the flipped label near the
+top of cleanlab's ranking, an export with no near-duplicate or vehicle page across splits, and a
+replay that gives the same manifest. (The page's way to the same, step by step in Chromium, is
+tests/e2e/test_curation_browser.py; both start from tests/utils/dataset_demo.py.)
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
-from PIL import Image as PILImage
 
-from db.engine import make_engine, make_session_factory
-from db.models import Role
 from db.vocab import IMAGE_TYPES
 from tagging.curation.duplicates import CONFLICT
-from tagging.curation.split import find_leaks
-from tagging.datasets.archive import LocalArchive
-from tagging.datasets.service import (
-    build_version,
-    export_version,
-    first_version,
-    freeze,
-    replay_version,
-    version_manifest,
-)
-from tagging.demo.generate import DemoInventory
-from tagging.demo.setup import register_demo_advertisers
-from tagging.ingest.fetch import client_from_settings
-from tagging.ingest.images import hash_distance, perceptual_hash
-from tagging.ingest.scrape import ScrapeConfig, run_scrape
-from tagging.server.client import MLClient
-from tests.utils.factories import actor
-
-DEVELOPER = actor(Role.DEVELOPER, "dev")
-
-
-def unarchived(manifest: object, archive: LocalArchive) -> set[str]:
-    """The training rows' hashes not in the archive."""
-    return {r.sha256 for r in manifest.included() if not archive.has(r.sha256)}  # type: ignore[attr-defined]
+from tagging.datasets.service import NOT_ARCHIVED, version_manifest
+from tests.utils.dataset_demo import archive_moved_fixes, check_export, run_cli, staged_demo
 
 
 @pytest.mark.slow
-def test_the_demo_fixes_build_a_meaningful_leak_free_version(
+def test_the_cli_builds_a_meaningful_leak_free_version_from_the_demo(
     app_settings: object, demo_dir: Path, cdn: object, ml_server: object, models_dir: Path,
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
-    from tagging.demo.stage import stage_weird_cases
+    with staged_demo(app_settings, demo_dir, cdn, models_dir) as demo:
 
-    inventory = DemoInventory.load(demo_dir)
-    register_demo_advertisers(app_settings, inventory, cdn.url)  # type: ignore[arg-type, attr-defined]
-    engine = make_engine(app_settings.database_url)  # type: ignore[attr-defined]
-    sessions = make_session_factory(engine)
-    archive = LocalArchive(tmp_path / "archive")
-    try:
-        for advertiser in inventory.advertisers:
-            client = client_from_settings(app_settings)  # type: ignore[arg-type]
-            ml = MLClient.from_settings(app_settings)  # type: ignore[arg-type]
-            try:
-                run_scrape(sessions, advertiser.name, ml=ml, client=client, config=ScrapeConfig())
-            finally:
-                client.close()
-                ml.client.close()
-        report = stage_weird_cases(
-            app_settings,  # type: ignore[arg-type]
-            sessions,
-            cdn_url=cdn.url,  # type: ignore[attr-defined]
-            cdn_token=cdn.admin_token,  # type: ignore[attr-defined]
-        )
-        assert set(report.dataset) == {"classes", "conflict", "flipped"}, report.dataset
-        flipped_key = report.dataset["flipped"].split()[1]
+        def cli(*args: str) -> dict:
+            return dict(json.loads(run_cli(app_settings, monkeypatch, capsys, *args)))
 
-        first_version(sessions, DEVELOPER, archive, models_dir, workers=1)
-        with client_from_settings(app_settings) as client:  # type: ignore[arg-type]
-            built = build_version(
-                sessions, DEVELOPER, archive, seed=0, client=client, models_dir=models_dir
-            )
-        assert built.version.parent == 1
+        built = cli("dataset", "build", "--json")
+        assert (built["version"], built["parent"], built["state"]) == (2, 1, "draft")
         for split in ("train", "test"):
-            assert all(built.by_split[split].get(name, 0) > 0 for name in IMAGE_TYPES)
-        assert built.exclusions.get(CONFLICT, 0) >= 2
-        manifest = version_manifest(sessions, 2)
-        fixes = [row for row in manifest if row.origin.startswith("fix:")]
+            assert all(built["by_split"][split].get(name, 0) > 0 for name in IMAGE_TYPES), built
+        manifest = version_manifest(demo.sessions, 2)
+        rows = manifest.by_sha256()
+        # The near-duplicate pair labelled two ways is left out, both of its images.
+        original, copy = (demo.sha256_of(key) for key in demo.conflict_keys)
+        assert str(rows[original].exclusion).startswith(CONFLICT), rows[original]
+        assert str(rows[copy].exclusion).startswith(CONFLICT), rows[copy]
+        assert built["exclusions"].get(CONFLICT, 0) >= 2, built["exclusions"]
         # The team's fixes of every class are in it (the split balances them with the parent's).
+        fixes = [row for row in manifest if row.origin.startswith("fix:")]
         assert {r.image_type for r in fixes if r.included} == set(IMAGE_TYPES)
-        # The flipped label is near the top of the ranking.
-        from sqlalchemy import select
+        # The fixed images the CDN moved before they were archived are dropped, saying why.
+        moved = [row for row in fixes if row.exclusion == NOT_ARCHIVED]
+        assert all(not demo.archive.has(row.sha256) for row in moved)
+        # The flipped label (a Dealer photo fixed as Placeholder) is near the top of the ranking.
+        flipped = demo.sha256_of(demo.flipped_key)
+        top = built["prune"]["label_issues"][:10]
+        assert flipped in [issue["sha256"] for issue in top], top
 
-        from db.models import Image
-
-        with sessions() as session:
-            flipped_sha = session.scalar(select(Image.sha256).where(Image.image_key == flipped_key))
-        top = [issue["sha256"] for issue in built.prune["label_issues"][:10]]
-        assert flipped_sha in top, built.prune["label_issues"][:10]
-
-        # The fixes the CDN re-published before they were made (the "fix not sticking" case) cannot
-        # be fetched under their old URLs: the archive gets them from the demo's files, as the
-        # periodic archiving would have had it run before the move.
-        missing = unarchived(manifest, archive)
-        for path, image in inventory.images.items():
-            if image.sha256 in missing:
-                archive.put(inventory.file_path(path).read_bytes())
-        freeze(sessions, DEVELOPER, 2)
+        assert cli("dataset", "freeze", "2", "--json") == {"version": 2, "state": "frozen"}
+        archive_moved_fixes(demo)  # (what the worker would have archived before the move)
         out = tmp_path / "export"
-        export_version(sessions, archive, 2, out)
-        assert find_leaks(manifest) == []
-        sides = {
-            p.stem: (p.parts[-3], perceptual_hash(PILImage.open(p).convert("RGB")))
-            for p in out.rglob("*.jpg")
-        }
-        phash = {row.sha256: row.phash or "" for row in manifest}
-        train = [sha for sha, (side, _) in sides.items() if side == "train"]
-        test = [sha for sha, (side, _) in sides.items() if side == "test"]
-        assert all(hash_distance(phash[a], phash[b]) > 6 for a in train for b in test)
-        pages: dict[str, set[str]] = {}
-        for row in manifest.included():
-            if row.page_url:
-                pages.setdefault(row.page_url, set()).add(str(row.split))
-        assert all(len(s) == 1 for s in pages.values())
-        assert replay_version(sessions, archive, 2).same
-    finally:
-        engine.dispose()
+        exported = cli("dataset", "export", "2", "--out", str(out), "--json")
+        assert exported["images"] == len(manifest.included())
+        shown = {row["sha256"] for row in check_export(out, demo.archive)}
+        assert flipped in shown and original not in shown and copy not in shown
+        replayed = cli("dataset", "replay", "2", "--json")
+        assert replayed["same"] is True and replayed["replayed_sha256"] == built["manifest_sha256"]
