@@ -44,12 +44,20 @@ class BorderCrop:
             just under 1 so that a stray JPEG speck does not stop the trim.
         min_trim: Fewest pixels a side must lose to count; a 1-pixel edge is not a border.
         min_area: Smallest share of the frame's area the box may keep, else no crop.
+        edge_share: Share of the first lines past a border that must differ from it. A bar ends
+            at a picture's edge, which runs across the whole line; a plain background (a
+            placeholder card, a studio backdrop) ends where a small object starts, so it is not
+            trimmed: the framing is part of what tells the Image Types apart.
     """
 
     tolerance: int = 16
     coverage: float = 0.99
     min_trim: int = 2
     min_area: float = 0.5
+    edge_share: float = 0.5
+
+    BLOCK = 16
+    """Lines compared at a time: a border is short, so most images need one block a side."""
 
     def crop(self, image: Image.Image) -> Box | None:
         """The box inside the uniform borders, or ``None`` when there is nothing to trim."""
@@ -69,12 +77,21 @@ class BorderCrop:
         return (left, top, right, bottom)
 
     def _trim(self, lines: np.ndarray) -> int:
-        """How many leading lines of ``lines`` (``(n, length, 3)``) are border colored."""
+        """How many leading lines of ``lines`` (``(n, length, 3)``) are a border to trim."""
         reference = np.median(lines[0], axis=0)
-        close = (np.abs(lines - reference) <= self.tolerance).all(axis=2)
-        uniform = close.mean(axis=1) >= self.coverage
-        # The first line that is not border ends the trim; all-border gives the whole length.
-        return int(np.argmin(uniform)) if not uniform.all() else len(uniform)
+
+        def close(block: np.ndarray) -> np.ndarray:
+            return (np.abs(block - reference) <= self.tolerance).all(axis=2)
+
+        for start in range(0, len(lines), self.BLOCK):
+            uniform = close(lines[start : start + self.BLOCK]).mean(axis=1) >= self.coverage
+            if uniform.all():
+                continue
+            end = start + int(np.argmin(uniform))  # the first line that is not border
+            # A JPEG edge is soft: look a few lines in for the picture's edge.
+            edge = 1.0 - close(lines[end : end + 4]).mean(axis=1).min()
+            return end if edge >= self.edge_share else 0
+        return len(lines)  # all border
 
 
 def find_crops(images: Mapping[str, Image.Image], model: CropModel | None = None) -> dict[str, Box]:

@@ -4,8 +4,14 @@ The probabilities come from a simple, seeded classifier (standardized features â
 regression) fitted on the images' feature vectors, typically the Image Type model's
 penultimate-layer embeddings (:func:`tagging.ml.embed.embed`), with ``cross_val_predict``: each
 image is scored by a classifier that never saw it, so a mislabelled image cannot vouch for itself.
-``cleanlab.filter.find_label_issues`` then flags the images whose given label the others contradict,
-ranked by self-confidence (the probability of the given label, lowest first).
+``cleanlab.filter.find_label_issues`` then flags the images whose given label the others contradict;
+the images whose out-of-fold prediction is another class are flagged too (confident learning
+estimates how many errors each class holds, and with a handful of fixes per class it can estimate
+none: a flipped label with the lowest self-confidence of all was seen missed). The flagged images
+are ranked by self-confidence (the probability of the given label, lowest first).
+
+cleanlab and scikit-learn are imported when a ranking is asked for: they cost seconds, which the
+page's first run would otherwise pay.
 
 The ranking is advisory: it orders the prune review, and the reviewer's decisions
 (:mod:`tagging.curation.prune`) are what the recipe records.
@@ -18,11 +24,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-from cleanlab.filter import find_label_issues
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from db.vocab import IMAGE_TYPES
 from tagging.curation.manifest import Embeddings, Manifest
@@ -64,6 +65,11 @@ def out_of_fold_probabilities(
     Returns:
         ``(n, K)`` probabilities.
     """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     smallest = min(Counter(labels.tolist()).values())
     n_splits = max(2, min(folds, smallest))
     cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
@@ -105,9 +111,13 @@ def rank_label_issues(
     labels = np.array([classes.index(row.image_type) for row in rows], dtype=np.int64)
     features = np.stack([np.asarray(embeddings[row.sha256], dtype=np.float64) for row in rows])
     probabilities = out_of_fold_probabilities(features, labels, seed=seed, folds=folds)
-    ranked = find_label_issues(
-        labels, probabilities, return_indices_ranked_by="self_confidence", n_jobs=1
-    )
+    from cleanlab.filter import find_label_issues
+
+    flagged = np.asarray(find_label_issues(labels, probabilities, n_jobs=1), dtype=bool)
+    flagged |= probabilities.argmax(axis=1) != labels
+    indices = np.flatnonzero(flagged)
+    confidence = probabilities[indices, labels[indices]]
+    ranked = indices[np.argsort(confidence, kind="stable")]
     return [
         LabelIssue(
             sha256=rows[i].sha256,

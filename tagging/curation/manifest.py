@@ -75,6 +75,11 @@ def origin_parent(version: str) -> str:
     return f"parent:{version}"
 
 
+def from_parent(origin: str) -> bool:
+    """Whether a row of this origin was carried over from the parent version."""
+    return origin.startswith("parent:")
+
+
 def origin_fix(fix_id: int, user: str) -> str:
     """The origin of a row that comes from team fix ``fix_id``: ``fix:17 by alice``."""
     return f"fix:{fix_id} by {user}"

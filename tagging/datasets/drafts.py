@@ -29,7 +29,9 @@ action. No Streamlit here: ``views/curation.py`` calls these functions.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,10 +49,9 @@ from db.fixes import FixChange
 from db.models import DatasetState
 from db.vocab import COLORS, IMAGE_TYPES, PLACEHOLDER
 from tagging.curation.balance import MIN_SHARE, BalanceReport, balance, exclusions_by_reason
-from tagging.curation.crop import find_crops
 from tagging.curation.duplicates import conflicting_clusters, duplicate_clusters
 from tagging.curation.label_issues import LabelIssue, issues_by_advertiser
-from tagging.curation.manifest import Box, Manifest, ManifestRow, origin_fix
+from tagging.curation.manifest import Box, Manifest, ManifestRow, from_parent, origin_fix
 from tagging.curation.prune import DROP, KEEP, RELABEL, Decision
 from tagging.curation.recipe import (
     CurationInputs,
@@ -68,7 +69,9 @@ from tagging.curation.split import NamedTestSet, find_leaks
 from tagging.datasets.archive import ArchiveStore
 from tagging.datasets.service import (
     LATEST,
+    NOT_ARCHIVED,
     archive_pending,
+    border_boxes,
     fixes_window,
     load_manifest,
     manifest_counts,
@@ -77,7 +80,7 @@ from tagging.datasets.service import (
     row_to_store,
     store_manifest,
 )
-from tagging.errors import Conflict, InvalidInput, ModelError, NotFoundError
+from tagging.errors import Conflict, InvalidInput, ModelError
 from tagging.fixes import FixPushTarget, push_pending, record_fixes
 from tagging.ingest.fetch import GuardedClient
 
@@ -480,12 +483,23 @@ def start_draft(
             parent=str(parent_version.number) if parent_version is not None else None,
             cutoff=since,
         )
+        if client is not None:
+            # As the CLI's build: a fixed image the archive could not get (its CDN moved it
+            # before the archiving round ran) is dropped with its reason, as a recorded decision.
+            unarchived = [
+                Decision(row.sha256, DROP, reason=NOT_ARCHIVED)
+                for row in new_rows
+                if not archive.has(row.sha256)
+            ]
+            if unarchived:
+                recipe = recipe.with_step(PruneStep(tuple(unarchived)), before_split=False)
         manifest = replay(recipe, CurationInputs(parent=parent_manifest, new_rows=tuple(new_rows)))
+        pulled = _applied(PULL, len(recipe.steps), {"seed": seed})
         stored = store_manifest(
             session,
             manifest,
             parent=parent_version,
-            recipe=_recipe_column(recipe, [_applied(PULL, 0, {"seed": seed})], {}),
+            recipe=_recipe_column(recipe, [pulled], {}),
             inputs=fixes_window(after, until, since, new_rows),
             created_by=actor.username,
         )
@@ -764,7 +778,7 @@ def _prune_preview(
     notes: list[str] = []
     issues: list[LabelIssue] = []
     if models_dir is not None:
-        issues, note = rank_likely_errors(clustered, archive, models_dir, seed=seed)
+        issues, note = _cached_ranking(clustered, archive, models_dir, seed)
         if note:
             notes.append(note)
     else:
@@ -822,6 +836,45 @@ def _prune_preview(
     )
 
 
+_RANKINGS: dict[tuple[str, str, str, int], tuple[list[LabelIssue], str | None]] = {}
+_RANKINGS_LOCK = threading.Lock()
+_RANKINGS_KEPT = 8
+
+
+def _cached_ranking(
+    manifest: Manifest, archive: ArchiveStore, models_dir: Path, seed: int
+) -> tuple[list[LabelIssue], str | None]:
+    """:func:`rank_likely_errors`, remembered per (archived training rows, model, seed).
+
+    Every prune decision shows the preview again, and the ranking (an embedding pass and
+    cross-validated cleanlab, seconds) depends on none of them: only on the rows before the prune,
+    which of them are archived, the production model and the seed.
+    """
+    archived = hashlib.sha256(
+        "".join(r.sha256 for r in manifest.included() if archive.has(r.sha256)).encode()
+    ).hexdigest()
+    key = (manifest.manifest_sha256() + archived, str(models_dir), _model_stamp(models_dir), seed)
+    with _RANKINGS_LOCK:
+        if key in _RANKINGS:
+            return _RANKINGS[key]
+    ranking = rank_likely_errors(manifest, archive, models_dir, seed=seed)
+    with _RANKINGS_LOCK:
+        while len(_RANKINGS) >= _RANKINGS_KEPT:
+            _RANKINGS.pop(next(iter(_RANKINGS)))
+        _RANKINGS[key] = ranking
+    return ranking
+
+
+def _model_stamp(models_dir: Path) -> str:
+    """Changes when another model is promoted (the production pointer's contents)."""
+    from tagging.ml.model import production_version  # torch: only once a model is asked for
+
+    try:
+        return production_version(models_dir) or ""
+    except (OSError, ModelError):
+        return ""
+
+
 def _crop_preview(
     before: Manifest,
     boxes: Mapping[str, Box],
@@ -875,9 +928,9 @@ def _split_preview(after: Manifest, params: SplitParams) -> StepPreview:
 
 
 def _extend_preview(manifest: Manifest, view: DraftView) -> StepPreview:
-    carried = [row for row in manifest if row.origin.startswith("parent:")]
+    carried = [row for row in manifest if from_parent(row.origin)]
     relabelled = [row for row in carried if "; relabel " in row.origin]
-    new = [row for row in manifest if not row.origin.startswith("parent:")]
+    new = [row for row in manifest if not from_parent(row.origin)]
     excluded = [row for row in manifest if row.exclusion is not None]
     training = len(manifest.included())
     summary = (
@@ -937,7 +990,9 @@ def _recipe_steps(
     if isinstance(params, CropParams):
         if params.model != "borders":
             raise InvalidInput(f"unknown crop model {params.model!r}: only borders is embedded")
-        boxes = _border_boxes(manifest, archive, progress)
+        # The parent's rows were looked at when the parent was made: only the new ones now.
+        new = [r for r in manifest.included() if r.crop is None and not from_parent(r.origin)]
+        boxes = border_boxes(archive, new, progress)
         return ([crop_step(boxes, params.model)] if boxes else []), boxes
     if isinstance(params, SplitParams):
         if not 0.0 < params.test_fraction < 1.0:
@@ -948,25 +1003,6 @@ def _recipe_steps(
     if isinstance(params, BalanceParams) and not 0.0 <= params.min_share < 1.0:
         raise InvalidInput("the smallest share must be between 0 and 1")
     return [], {}  # extend and balance are reviews: the recipe does not change
-
-
-def _border_boxes(
-    manifest: Manifest, archive: ArchiveStore, progress: Progress | None
-) -> dict[str, Box]:
-    """The border trim's boxes of the archived training rows not cropped yet."""
-    report = progress or (lambda _done, _total: None)
-    todo = [row for row in manifest.included() if row.crop is None and archive.has(row.sha256)]
-    boxes: dict[str, Box] = {}
-    for done, row in enumerate(todo, start=1):
-        try:
-            with PILImage.open(io.BytesIO(archive.get(row.sha256))) as image:
-                image.load()
-                if image.size == (row.width, row.height):  # boxes are in the recorded pixels
-                    boxes.update(find_crops({row.sha256: image}))
-        except (OSError, ValueError, NotFoundError):
-            pass  # not decodable here: trained whole
-        report(done, len(todo))
-    return boxes
 
 
 def _decisions(

@@ -382,7 +382,7 @@ def build_version(
     # The crop boxes are found once, from the pixels, and recorded in the recipe: a replay needs
     # neither the pixels nor the crop model.
     begin(CROPPING)
-    boxes = _border_boxes(archive, new_rows, report)
+    boxes = border_boxes(archive, new_rows, report)
     if boxes:
         recipe = recipe.with_step(crop_step(boxes))
     prune: dict[str, Any] = {}
@@ -1005,6 +1005,12 @@ def export_version(
         data = archive.get(row.sha256)
         try:
             with PILImage.open(io.BytesIO(data)) as image:
+                if row.crop is None and image.format == "JPEG":
+                    # The archived bytes as they are: a new encoding would move the picture's
+                    # perceptual hash (2–4 bits seen), and with it the leak check's distances.
+                    image.load()  # decodable: a corrupt archive entry is refused, not copied
+                    target.write_bytes(data)
+                    continue
                 picture = crop_image(image.convert("RGB"), row.crop)
                 picture.save(target, format="JPEG", quality=95)
         except (OSError, ValueError) as exc:
@@ -1158,10 +1164,15 @@ def _unarchived_keys(
     return store.image_urls(session, missing) if missing else []
 
 
-def _border_boxes(
-    archive: ArchiveStore, rows: Iterable[ManifestRow], progress: Progress
+def border_boxes(
+    archive: ArchiveStore, rows: Iterable[ManifestRow], progress: Progress | None = None
 ) -> dict[str, tuple[int, int, int, int]]:
-    """The embedded crop model's boxes for the new rows whose bytes are archived."""
+    """The embedded crop model's boxes for those of ``rows`` that are included and archived.
+
+    The parent's rows are the caller's to leave out: their crops were found when the parent was
+    made.
+    """
+    progress = progress or (lambda _done, _total: None)
     todo = [row for row in rows if row.exclusion is None and archive.has(row.sha256)]
     boxes: dict[str, tuple[int, int, int, int]] = {}
     for done, row in enumerate(todo, start=1):
@@ -1188,6 +1199,7 @@ __all__ = [
     "ReplayReport",
     "VersionReport",
     "archive_pending",
+    "border_boxes",
     "build_version",
     "embed_rows",
     "ensure_first_version",

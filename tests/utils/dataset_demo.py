@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.accounts import ensure_demo_accounts
 from db.engine import make_engine, make_session_factory
-from db.models import Image, ManualFix, Role
+from db.models import Image, Role
 from tagging.__main__ import main
 from tagging.datasets.archive import LocalArchive
 from tagging.datasets.service import first_version
@@ -130,24 +130,6 @@ def staged_demo(
         )
     finally:
         engine.dispose()
-
-
-def archive_moved_fixes(demo: StagedDemo) -> int:
-    """Archive, from the demo's files, the fixed images a build's pull could not fetch (the
-    staging had the CDN move them before the worker's periodic archiving ran: it would have
-    archived them had it run before the move; the test runs no worker). How many it archived."""
-    with demo.sessions() as session:
-        fixed = set(
-            session.scalars(
-                select(Image.sha256).join(ManualFix, ManualFix.image_key == Image.image_key)
-            )
-        )
-    added = 0
-    for path, image in demo.inventory.images.items():
-        if image.sha256 in fixed and not demo.archive.has(image.sha256):
-            demo.archive.put(demo.inventory.file_path(path).read_bytes())
-            added += 1
-    return added
 
 
 def run_cli(

@@ -55,6 +55,21 @@ def test_a_placeholder_card_is_not_cropped_to_its_text() -> None:
     assert BorderCrop().crop(Image.new("RGB", (50, 50), (0, 0, 0))) is None
 
 
+def test_a_plain_background_around_an_object_is_not_a_border() -> None:
+    # A card with a tall icon, and a studio shot's car on white: the old trim kept 56% of the card
+    # (over min_area) and cut the shot's floor; neither background ends in a picture's edge.
+    card = Image.new("RGB", (400, 300), (200, 200, 200))
+    ImageDraw.Draw(card).rectangle((140, 66, 260, 234), fill=(120, 120, 120))
+    studio = Image.new("RGB", (400, 300), (250, 250, 250))
+    ImageDraw.Draw(studio).ellipse((40, 60, 360, 250), fill=(180, 20, 20))
+    assert BorderCrop().crop(jpeg(card)) is None
+    assert BorderCrop().crop(jpeg(studio)) is None
+    # The same card letterboxed in black bars loses only the bars.
+    framed = Image.new("RGB", (400, 380), (0, 0, 0))
+    framed.paste(card, (0, 40))
+    assert close(BorderCrop().crop(jpeg(framed)), (0, 40, 400, 340))
+
+
 class FixedModel:
     """A configured crop model: anything with ``crop(image) -> box | None``."""
 

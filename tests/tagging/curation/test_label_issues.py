@@ -76,3 +76,12 @@ def test_excluded_rows_are_not_scored_and_every_training_row_needs_a_vector() ->
 def test_one_class_has_no_issues() -> None:
     manifest = Manifest(row(i, "Dealer") for i in range(5))
     assert rank_label_issues(manifest, {r.sha256: np.zeros(2) for r in manifest}, seed=0) == []
+
+
+def test_a_flipped_label_among_few_fixes_is_flagged_first() -> None:
+    # Eight images a class: confident learning estimates no error in Dealer and flags nothing, yet
+    # the flipped image's own label gets 3% out of fold; a contradicted prediction is flagged too.
+    manifest, vectors = crafted(per_class=8)
+    issues = rank_label_issues(manifest, vectors, seed=3)
+    assert issues and issues[0].sha256 == sha(FLIPPED), issues
+    assert (issues[0].given, issues[0].suggested) == ("Dealer", "Stock")

@@ -32,10 +32,10 @@ from tagging.datasets.drafts import (
     thumbnail,
     undo_step,
 )
-from tagging.datasets.service import replay_version, version_manifest
+from tagging.datasets.service import NOT_ARCHIVED, replay_version, version_manifest
 from tagging.detectors.refresh import refresh_findings
 from tagging.errors import Conflict, InvalidInput, PermissionDenied
-from tests.tagging.datasets.world import ANALYST, DEVELOPER, World, build_world
+from tests.tagging.datasets.world import ANALYST, DEVELOPER, FakeCDN, World, build_world
 
 
 @pytest.fixture
@@ -226,3 +226,24 @@ def test_roles_and_one_draft_at_a_time(sessions: sessionmaker[Session], world: W
     assert undo_step(sessions, DEVELOPER, world.archive, 1) is None
     assert current_draft(sessions, DEVELOPER) is None
     assert len(PAGE_STEPS) == 7
+
+
+def test_the_pull_drops_a_fixed_image_the_archive_could_not_get(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    # The page's pull does what the CLI's build does: the CDN moved one image before anyone
+    # archived it, so it is dropped with its reason, and the version still exports and replays.
+    world = build_world(sessions, tmp_path, archived=False)
+    gone = sorted(world.urls)[0]
+    cdn = FakeCDN({url: body for url, body in world.urls.items() if url != gone})
+    draft = start_draft(sessions, DEVELOPER, world.archive, None, None, 5, client=cdn)  # type: ignore[arg-type]
+    manifest = version_manifest(sessions, draft.number)
+    dropped = [row for row in manifest if row.exclusion == NOT_ARCHIVED]
+    assert len(dropped) == 1 and not world.archive.has(dropped[0].sha256)
+    assert all(world.archive.has(row.sha256) for row in manifest.included())
+    for params in (SizeParams(100, 100), PruneParams()):
+        apply_step(sessions, DEVELOPER, world.archive, draft.number, params)
+    walk(sessions, world, draft.number)
+    manifest = version_manifest(sessions, draft.number)
+    assert [row.sha256 for row in manifest if row.exclusion == NOT_ARCHIVED] == [dropped[0].sha256]
+    assert replay_version(sessions, world.archive, draft.number).same

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from pathlib import Path
 
@@ -30,26 +31,11 @@ from tagging.datasets.service import (
     show_version,
     version_manifest,
 )
-from tagging.errors import Conflict, FetchError, NotFoundError, PermissionDenied
+from tagging.errors import Conflict, NotFoundError, PermissionDenied
 from tagging.fixes import record_fixes
-from tagging.ingest.fetch import FetchResult
 from tagging.ingest.images import hash_distance
-from tests.tagging.datasets.world import ANALYST, DEVELOPER, World, build_world
+from tests.tagging.datasets.world import ANALYST, DEVELOPER, FakeCDN, World, build_world
 from tests.utils.factories import actor
-
-
-class FakeCDN:
-    """Serves the world's bytes, or fails every fetch (``down``): stands in for the guarded
-    client, whose own tests cover the network."""
-
-    def __init__(self, urls: dict[str, bytes], *, down: bool = False) -> None:
-        self.urls, self.down, self.calls = urls, down, 0
-
-    def get(self, url: str, **_: object) -> FetchResult:
-        self.calls += 1
-        if self.down or url not in self.urls:
-            raise FetchError(f"{url}: connection refused")
-        return FetchResult(url=url, status=200, headers={}, body=self.urls[url], elapsed=0.0)
 
 
 @pytest.fixture
@@ -94,6 +80,12 @@ def test_build_export_is_leak_free_and_replays(
         for p in out.rglob("*.jpg")
     }
     manifest = version_manifest(sessions, 1)
+    # An uncropped image is exported as its archived bytes (a new encoding would move its pHash).
+    uncropped = [row.sha256 for row in manifest.included() if row.crop is None]
+    assert uncropped
+    for sha in uncropped:
+        file = next(out.rglob(f"{sha}.jpg"))
+        assert hashlib.sha256(file.read_bytes()).hexdigest() == sha
     phash_of = {row.sha256: row.phash for row in manifest}
     for a, (split_a, _) in hashes.items():
         for b, (split_b, _) in hashes.items():

@@ -15,7 +15,9 @@ from db.fixes import FixChange
 from db.models import Image, ItemStatus, Role, Scrape, ScrapeStatus, SitemapItem, utcnow
 from db.vocab import IMAGE_TYPES
 from tagging.datasets.archive import LocalArchive
+from tagging.errors import FetchError
 from tagging.fixes import record_fixes
+from tagging.ingest.fetch import FetchResult
 from tagging.ingest.images import perceptual_hash
 from tests.tagging.curation.factory import picture
 from tests.utils.factories import actor, make_advertiser
@@ -167,3 +169,17 @@ def add_fixed_image(
     world.urls[url] = data
     world.archive.put(data)
     return sha
+
+
+class FakeCDN:
+    """Serves the world's bytes, or fails every fetch (``down``): stands in for the guarded
+    client, whose own tests cover the network."""
+
+    def __init__(self, urls: dict[str, bytes], *, down: bool = False) -> None:
+        self.urls, self.down, self.calls = urls, down, 0
+
+    def get(self, url: str, **_: object) -> FetchResult:
+        self.calls += 1
+        if self.down or url not in self.urls:
+            raise FetchError(f"{url}: connection refused")
+        return FetchResult(url=url, status=200, headers={}, body=self.urls[url], elapsed=0.0)

@@ -16,7 +16,7 @@ import pytest
 from db.vocab import IMAGE_TYPES
 from tagging.curation.duplicates import CONFLICT
 from tagging.datasets.service import NOT_ARCHIVED, version_manifest
-from tests.utils.dataset_demo import archive_moved_fixes, check_export, run_cli, staged_demo
+from tests.utils.dataset_demo import check_export, run_cli, staged_demo
 
 
 @pytest.mark.slow
@@ -52,7 +52,6 @@ def test_the_cli_builds_a_meaningful_leak_free_version_from_the_demo(
         assert flipped in [issue["sha256"] for issue in top], top
 
         assert cli("dataset", "freeze", "2", "--json") == {"version": 2, "state": "frozen"}
-        archive_moved_fixes(demo)  # (what the worker would have archived before the move)
         out = tmp_path / "export"
         exported = cli("dataset", "export", "2", "--out", str(out), "--json")
         assert exported["images"] == len(manifest.included())
