@@ -96,6 +96,9 @@ class Settings:
     """The bucket's endpoint (``TAGGING_ARCHIVE_S3_URL``, e.g. MinIO's ``http://127.0.0.1:9000``);
     None: AWS S3 itself. Set by the operator, so it is not an advertiser URL: the archive talks
     to it directly, not through the guarded fetch client."""
+    robustness_per_class: int = 100
+    """Images per Image Type of the robustness set a model comparison measures on
+    (``TAGGING_ROBUSTNESS_PER_CLASS``): its seed is fixed, its size is the operator's."""
     archive_s3_prefix: str = ""
     """The folder inside the bucket (``TAGGING_ARCHIVE_S3_PREFIX``), without slashes at either
     end; empty: the bucket's root."""
@@ -172,6 +175,7 @@ class Settings:
             aws_session_token=s3.session_token,
             aws_region=s3.region,
             mlflow_tracking_uri=_mlflow_tracking_uri(env),
+            robustness_per_class=_positive_int(env, "TAGGING_ROBUSTNESS_PER_CLASS") or 100,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -195,6 +199,7 @@ class Settings:
             "TAGGING_QUEUE_NAME": self.queue_name,
             "TAGGING_SCRAPE_CHUNK_SIZE": str(self.scrape_chunk_size),
             "TAGGING_CHUNK_LEASE_SECONDS": repr(float(self.chunk_lease_seconds)),
+            "TAGGING_ROBUSTNESS_PER_CLASS": str(self.robustness_per_class),
         }
         if self.reclaim_seconds is not None:
             env["TAGGING_RECLAIM_SECONDS"] = repr(float(self.reclaim_seconds))

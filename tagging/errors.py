@@ -31,7 +31,8 @@ The root and the generic errors are defined in :mod:`db.errors` (``db`` raises t
 below this package) and re-exported here, so that callers import every error from this module.
 The four marked ``*`` belong to their module's interface and live there:
 :class:`tagging.ingest.fetch.HTTPStatusError`, :class:`tagging.ml.color.ColorVendorError`,
-:class:`tagging.datasets.archive.ArchiveUnavailable` and :class:`tagging.ml.tracking.TrackingUnavailable`.
+:class:`tagging.datasets.archive.ArchiveUnavailable` and
+:class:`tagging.ml.tracking.TrackingUnavailable`.
 ``code`` is a short, stable identifier stored as a per-item status detail; ``http_status`` is what
 an API answers (400 where the tree names none).
 """

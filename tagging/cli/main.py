@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from tagging.cli.console import progress_bar
 from tagging.cli.datasets import add_dataset_parser, cmd_dataset
 from tagging.cli.jobs import add_jobs_parser, cmd_jobs
+from tagging.cli.models import add_models_parser, cmd_models
 from tagging.cli.users import add_users_parser, cmd_users
 from tagging.cli.weird import add_weird_parser, cmd_weird
 from tagging.config import Settings
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_weird_parser(sub)
     add_dataset_parser(sub)
     add_jobs_parser(sub)
+    add_models_parser(sub)
 
     up = sub.add_parser("up", help="set up and run everything (what `make run` does)")
     up.add_argument("--app-port", type=int, default=8501)
@@ -456,4 +458,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "weird": cmd_weird,
     "dataset": cmd_dataset,
     "jobs": cmd_jobs,
+    "models": cmd_models,
 }

@@ -5,7 +5,7 @@
 | ``scrapes`` | ``scrape_task`` (coordinator), ``scrape_chunk_task``, ``scrape_fan_in_task`` | — |
 | ``pushes`` | ``push_pending_task``, ``expire_scrapes_task``, ``expire_jobs_task``, \
 ``archive_pending_task`` | 1/min |
-| ``training`` | ``train_task``, ``dataset_build_task`` | — |
+| ``training`` | ``train_task``, ``dataset_build_task``, ``training_grid_task`` | — |
 
 A scrape is split into chunks of its sitemap (:mod:`tagging.ingest.chunks`): the coordinator
 queues one chunk task per ``TAGGING_SCRAPE_CHUNK_SIZE`` items as it reads, so every scrapes worker
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 
     from tagging.curation.split import NamedTestSet
     from tagging.ingest.chunks import ReclaimReport
+    from tagging.ml.candidates import Grid
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ class TaskQueue:
     dataset_build: TaskWrapper
     archive_pending: TaskWrapper | None = None
     """The periodic archiving of the images queued at fix time (:func:`archive_pending_task`)."""
+    training_grid: TaskWrapper | None = None
+    """A grid of Image Type candidates (:func:`training_grid_task`)."""
 
     @property
     def huey(self) -> Huey:
@@ -138,6 +141,8 @@ def build_queues(settings: Settings) -> TaskQueue:
     train = training.task(name="train_task")(train_task)
     # No retries: a build that failed says why in its job; the job is not run twice.
     dataset_build = training.task(name="dataset_build_task")(dataset_build_task)
+    # No retries either: a failed training says why in its job.
+    training_grid = training.task(name="training_grid_task")(training_grid_task)
     # An image queued at fix time is archived within a minute, whatever the consumers.
     archive = pushes.periodic_task(crontab(minute="*"), name="archive_pending_task")(
         _once_a_minute(pushes, "archive_pending_task", archive_pending_task)
@@ -155,6 +160,7 @@ def build_queues(settings: Settings) -> TaskQueue:
         train=train,
         dataset_build=dataset_build,
         archive_pending=archive,
+        training_grid=training_grid,
     )
 
 
@@ -390,6 +396,25 @@ def dataset_build_task(job_id: int) -> dict[str, Any]:
         engine.dispose()
 
 
+def training_grid_task(job_id: int) -> dict[str, Any]:
+    """Run queued training job ``job_id`` (on the training queue: scrapes never wait behind it,
+    and the ML server keeps serving production): its phases, progress, live curves and outcome
+    are written as :mod:`tagging.jobs.training` says.
+
+    Returns:
+        The job's id, whether this task ``ran`` it and its final ``state`` when it did.
+    """
+    from tagging.jobs.training import run_training_job
+
+    settings = Settings.from_env()
+    engine = make_engine(settings.database_url)
+    try:
+        job = run_training_job(settings, make_session_factory(engine), job_id)
+        return {"job": job_id, "ran": job is not None, "state": job.state if job else None}
+    finally:
+        engine.dispose()
+
+
 # --- the reclaimer -------------------------------------------------------------------------------
 
 
@@ -551,6 +576,46 @@ def enqueue_dataset_build(
         job = record_dataset_build(settings, sessions, actor, params)
         try:
             task_queue().dataset_build(job.id)
+        except Exception as exc:
+            # Not queued, so never run: say so on the job rather than leave it queued forever.
+            with sessions.begin() as session:
+                fail_job(session, job.id, f"could not be queued: {exc}")
+            raise
+    finally:
+        engine.dispose()
+    return job.id
+
+
+def enqueue_training_grid(
+    settings: Settings, actor: Actor | None, dataset_version: int, grid: Grid
+) -> int:
+    """Queue the training of ``grid``'s candidates on frozen ``dataset_version`` on the training
+    queue, on behalf of ``actor``; the job's id.
+
+    The request is checked here (:func:`tagging.jobs.training.check_training`), so a bad one fails
+    at once; then the job is recorded, queued, and :func:`training_grid_task` runs it. Follow it
+    with :func:`tagging.jobs.records.get_job` (phase ``candidate 2/4: …, epoch 3/6``, ``done`` of
+    ``total`` steps) and :func:`tagging.jobs.training.live_curves`.
+
+    Raises:
+        PermissionDenied: the actor may not train models.
+        InvalidInput: a bad version number.
+        NotFoundError: no such dataset version.
+        Conflict: the version is a draft.
+        ModelError: starting weights that are missing or do not fit.
+    """
+    from tagging.jobs.training import TrainingParams, record_training
+
+    params = TrainingParams(dataset_version=dataset_version, grid=grid)
+    engine = make_engine(settings.database_url)
+    try:
+        sessions = make_session_factory(engine)
+        job = record_training(sessions, actor, params)
+        queue = task_queue().training_grid
+        try:
+            if queue is None:
+                raise RuntimeError("the training queue has no training_grid task")
+            queue(job.id)
         except Exception as exc:
             # Not queued, so never run: say so on the job rather than leave it queued forever.
             with sessions.begin() as session:

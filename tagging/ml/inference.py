@@ -1,16 +1,26 @@
-"""Serving the Image Type model: decoded PIL images in, labels with confidences out."""
+"""Serving the Image Type model: decoded PIL images in, labels with confidences out.
+
+Any architecture of :mod:`tagging.ml.architectures` is served: :meth:`TypeClassifier.load` builds
+an artifact's network by the name its metadata records. The small CNN is served with its
+BatchNorm folded into the convolutions (:meth:`tagging.ml.model.TypeNet.fused_for_inference`);
+the torchvision layouts run as they are, in eval mode.
+"""
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
+from torch import nn
 
-from tagging.ml.model import ModelArtifact, ModelMetadata, load_artifact
+from tagging.ml.architectures import build_architecture
+from tagging.ml.model import ModelArtifact, ModelMetadata, TypeNet, load_artifact
 from tagging.ml.transforms import preprocess
 
 MAX_FORWARD_BATCH = 128
@@ -38,6 +48,21 @@ class TypePrediction:
     probabilities: dict[str, float]
 
 
+def load_any(models_dir: Path, version: str | None = None) -> ModelArtifact[nn.Module]:
+    """Load an artifact of any architecture (:func:`tagging.ml.model.load_artifact` with the
+    architectures registry as its builder).
+
+    Args:
+        models_dir: Parent folder of all versions.
+        version: The version; ``None``: the production one, else the newest.
+
+    Raises:
+        ModelError: No such model, an unknown architecture, or an artifact that fails
+            verification.
+    """
+    return load_artifact(models_dir, version, build=build_architecture)
+
+
 class TypeClassifier:
     """A loaded, verified Image Type model ready to predict.
 
@@ -46,9 +71,14 @@ class TypeClassifier:
     so running two at once would only make both slower.
     """
 
-    def __init__(self, artifact: ModelArtifact) -> None:
-        """Wrap an artifact from :func:`tagging.ml.model.load_artifact`."""
-        self._model = artifact.model.fused_for_inference()
+    def __init__(self, artifact: ModelArtifact[Any]) -> None:
+        """Wrap an artifact from :func:`tagging.ml.model.load_artifact` (or :func:`load_any`)."""
+        model: nn.Module = artifact.model
+        # A copy either way: the caller's network keeps its mode and its unfused layers.
+        if isinstance(model, TypeNet):
+            self._model: nn.Module = model.fused_for_inference()
+        else:
+            self._model = copy.deepcopy(model).eval()
         self._metadata = artifact.metadata
         self._lock = threading.Lock()
 
@@ -59,7 +89,7 @@ class TypeClassifier:
         Raises:
             ModelError: No such model, or its artifact fails verification.
         """
-        return cls(load_artifact(models_dir, version))
+        return cls(load_any(models_dir, version))
 
     @property
     def version(self) -> str:

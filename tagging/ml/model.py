@@ -7,6 +7,16 @@ An artifact is a folder ``<models_dir>/<version>/`` holding:
 - ``metadata.json``: a :class:`ModelMetadata` — how to rebuild the network, what it was trained
   on, how well it did, and the SHA-256 of ``weights.pt``.
 
+An artifact may hold any network of :mod:`tagging.ml.architectures`: its metadata names the
+architecture (``small_cnn``, ``resnet18``, ``mobilenet_v3_small``; the production TypeNet's
+artifacts from before the architectures were named say ``TypeNet-v1``, read as ``small_cnn``) and
+the parameters that rebuild it (``architecture_params``: ``width``, ``input_size``).
+:func:`load_artifact` builds the network with the builder it is given
+(:func:`tagging.ml.architectures.build_architecture`, which
+:meth:`tagging.ml.inference.TypeClassifier.load` passes), or, without one, the TypeNet this
+module defines. It cannot import that registry itself: the registry builds its small CNN from
+:class:`TypeNet` here, and no two files may import each other.
+
 ``<models_dir>/PRODUCTION`` is a one-line text file naming the version the ML server loads by
 default. A version is ``type-YYYYMMDD-<first 8 hex digits of the weights' SHA-256>``, so two
 identical trainings share a version and a version can never silently name different weights.
@@ -24,11 +34,11 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import torch
 from torch import nn
@@ -38,7 +48,20 @@ from db.vocab import IMAGE_TYPES
 from tagging.errors import ModelError
 
 ARCHITECTURE = "TypeNet-v1"
-"""Name of the network layout in :class:`TypeNet`; bump it when the layout changes."""
+"""Name of the network layout in :class:`TypeNet` in the artifacts :mod:`tagging.ml.train` saves;
+bump it when the layout changes. Loading reads it as :data:`SMALL_CNN`."""
+
+SMALL_CNN = "small_cnn"
+"""The registry name of :class:`TypeNet` (:data:`tagging.ml.architectures.SMALL_CNN`)."""
+
+LEGACY_ARCHITECTURES: dict[str, str] = {ARCHITECTURE: SMALL_CNN}
+"""Architecture names of older artifacts → the registry name that rebuilds them."""
+
+ArchitectureBuilder = Callable[[str, int, int], nn.Module]
+"""``(registry name, number of classes, width) → untrained network``: what :func:`load_artifact`
+builds an artifact's network with (:func:`tagging.ml.architectures.build_architecture`)."""
+
+M = TypeVar("M", bound=nn.Module)
 
 WEIGHTS_FILE = "weights.pt"
 METADATA_FILE = "metadata.json"
@@ -113,14 +136,19 @@ class ModelMetadata:
         version: ``type-YYYYMMDD-<sha8>``; also the artifact's folder name.
         classes: Output labels in logit order; must equal :data:`tagging.IMAGE_TYPES` to load.
         input_size: Square input side in pixels expected by the network.
-        width: ``TypeNet`` width, needed to rebuild the network before loading weights.
-        architecture: Network layout name (:data:`ARCHITECTURE`).
+        width: The network's width (channels of its first layer), needed to rebuild it before
+            loading weights.
+        architecture: Network layout name: a :mod:`tagging.ml.architectures` registry name, or
+            :data:`ARCHITECTURE` (read as :data:`SMALL_CNN`) for the synthetic trainer's models.
         created_at: ISO 8601 UTC time of saving.
         train_config: The training configuration, as a plain dict.
         training_data: Generator, seeds and per-class counts of the training data.
         metrics: Held-out accuracy, per-class recall, confusion matrix, timings.
         weights_sha256: SHA-256 of ``weights.pt``; checked on every load.
         torch_version: ``torch.__version__`` at training time.
+        architecture_params: What rebuilds the network besides its name: ``width`` and
+            ``input_size`` always, ``dropout`` when it was set (an artifact from before this field
+            has none; :meth:`rebuild_params` then reads ``width`` and ``input_size``).
     """
 
     version: str
@@ -134,6 +162,16 @@ class ModelMetadata:
     train_config: dict[str, Any] = field(default_factory=dict)
     training_data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    architecture_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def architecture_name(self) -> str:
+        """The registry name that rebuilds the network (``TypeNet-v1`` reads as ``small_cnn``)."""
+        return LEGACY_ARCHITECTURES.get(self.architecture, self.architecture)
+
+    def rebuild_params(self) -> dict[str, Any]:
+        """The architecture's parameters: ``width`` and ``input_size`` at least."""
+        return {"width": self.width, "input_size": self.input_size, **self.architecture_params}
 
     def to_json(self) -> str:
         """Serialize as indented JSON."""
@@ -162,14 +200,21 @@ class ModelMetadata:
                 raise TypeError("input_size and width must be integers")
             if not isinstance(meta.weights_sha256, str) or not isinstance(meta.version, str):
                 raise TypeError("version and weights_sha256 must be strings")
+            if not isinstance(meta.architecture, str):
+                raise TypeError("architecture must be a string")
+            if not isinstance(meta.architecture_params, dict):
+                raise TypeError("architecture_params must be an object")
             return meta
         except (ValueError, TypeError) as exc:
             raise ModelError(f"invalid model metadata: {exc}") from exc
 
 
 @dataclass(frozen=True)
-class ModelArtifact:
+class ModelArtifact(Generic[M]):
     """A loaded, verified artifact: the network in eval mode plus its metadata.
+
+    ``ModelArtifact[TypeNet]`` without a builder (:func:`load_artifact`), ``ModelArtifact[Module]``
+    with one.
 
     Attributes:
         model: The network with its weights loaded, in eval mode.
@@ -177,7 +222,7 @@ class ModelArtifact:
         path: The artifact folder.
     """
 
-    model: TypeNet
+    model: M
     metadata: ModelMetadata
     path: Path
 
@@ -206,7 +251,7 @@ def make_version(weights_sha256: str, when: datetime) -> str:
 
 def save_artifact(
     models_dir: Path,
-    model: TypeNet,
+    model: nn.Module,
     *,
     input_size: int,
     width: int,
@@ -215,6 +260,8 @@ def save_artifact(
     metrics: dict[str, Any] | None = None,
     classes: Sequence[str] = IMAGE_TYPES,
     now: datetime | None = None,
+    architecture: str = ARCHITECTURE,
+    architecture_params: dict[str, Any] | None = None,
 ) -> ModelMetadata:
     """Write a new artifact folder and return its metadata.
 
@@ -232,6 +279,10 @@ def save_artifact(
         metrics: Held-out metrics to record.
         classes: Output labels in logit order.
         now: Time of saving (default: now, UTC); tests pin it.
+        architecture: The network's registry name (:mod:`tagging.ml.architectures`); the
+            default, :data:`ARCHITECTURE`, is the synthetic trainer's TypeNet.
+        architecture_params: More parameters that rebuild it (e.g. ``dropout``); ``width`` and
+            ``input_size`` are always recorded.
 
     Returns:
         The saved (or already present) artifact's metadata.
@@ -245,13 +296,18 @@ def save_artifact(
         classes=tuple(classes),
         input_size=input_size,
         width=width,
-        architecture=ARCHITECTURE,
+        architecture=architecture,
         created_at=now.astimezone(UTC).isoformat(timespec="seconds"),
         weights_sha256=sha,
         torch_version=torch.__version__,
         train_config=dict(train_config or {}),
         training_data=dict(training_data or {}),
         metrics=dict(metrics or {}),
+        architecture_params={
+            **(architecture_params or {}),
+            "width": width,
+            "input_size": input_size,
+        },
     )
     models_dir.mkdir(parents=True, exist_ok=True)
     final = models_dir / version
@@ -294,12 +350,33 @@ def read_metadata(models_dir: Path, version: str) -> ModelMetadata:
     return metadata
 
 
+@overload
 def load_artifact(
     models_dir: Path,
     version: str | None = None,
     *,
     expected_classes: Sequence[str] = IMAGE_TYPES,
-) -> ModelArtifact:
+    build: None = None,
+) -> ModelArtifact[TypeNet]: ...
+
+
+@overload
+def load_artifact(
+    models_dir: Path,
+    version: str | None = None,
+    *,
+    expected_classes: Sequence[str] = IMAGE_TYPES,
+    build: ArchitectureBuilder,
+) -> ModelArtifact[nn.Module]: ...
+
+
+def load_artifact(
+    models_dir: Path,
+    version: str | None = None,
+    *,
+    expected_classes: Sequence[str] = IMAGE_TYPES,
+    build: ArchitectureBuilder | None = None,
+) -> ModelArtifact[Any]:
     """Load and verify an artifact.
 
     Args:
@@ -308,6 +385,9 @@ def load_artifact(
             newest version when there is no ``PRODUCTION`` file.
         expected_classes: The labels the caller maps outputs to; the artifact must match exactly,
             in order, or its predictions would be silently mislabelled.
+        build: Builds the artifact's architecture by name
+            (:func:`tagging.ml.architectures.build_architecture`); without it only the small CNN
+            (:class:`TypeNet`) can be loaded.
 
     Returns:
         The network in eval mode with its metadata.
@@ -330,10 +410,11 @@ def load_artifact(
             f"model {version} predicts classes {list(metadata.classes)}, "
             f"expected {list(expected_classes)}"
         )
-    if metadata.architecture != ARCHITECTURE:
+    name = metadata.architecture_name
+    if build is None and name != SMALL_CNN:
         raise ModelError(
-            f"model {version} uses architecture {metadata.architecture!r}; "
-            f"this code builds {ARCHITECTURE!r}"
+            f"model {version} uses architecture {metadata.architecture!r}; without the "
+            f"architectures registry this code builds only {SMALL_CNN!r} ({ARCHITECTURE})"
         )
     try:
         blob = (folder / WEIGHTS_FILE).read_bytes()
@@ -345,7 +426,14 @@ def load_artifact(
             f"model {version}: {WEIGHTS_FILE} has SHA-256 {sha[:12]}…, metadata says "
             f"{metadata.weights_sha256[:12]}…; the file is corrupt or was replaced"
         )
-    model = build_model(metadata.width, num_classes=len(metadata.classes))
+    model: nn.Module
+    if build is None:
+        model = build_model(metadata.width, num_classes=len(metadata.classes))
+    else:
+        try:
+            model = build(name, len(metadata.classes), metadata.width)
+        except ValueError as exc:  # an unknown name or a width out of range
+            raise ModelError(f"model {version}: cannot build its network: {exc}") from exc
     try:
         state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         model.load_state_dict(state)

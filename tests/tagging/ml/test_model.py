@@ -240,3 +240,46 @@ def test_production_naming_a_missing_version_is_an_error(tmp_path: Path) -> None
     (tmp_path / PRODUCTION_FILE).write_text("type-20260101-deadbeef\n")
     with pytest.raises(ModelError, match="not found"):
         load_artifact(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_an_artifact_of_another_architecture_loads_and_classifies(
+    tmp_path: Path, name: str
+) -> None:
+    from PIL import Image
+
+    from tagging.ml.architectures import build_architecture
+    from tagging.ml.inference import TypeClassifier
+
+    torch.manual_seed(0)
+    model = build_architecture(name, len(IMAGE_TYPES), 8).eval()
+    meta = save_artifact(tmp_path, model, input_size=INPUT, width=8, architecture=name, now=T0)
+    assert meta.architecture == name == meta.architecture_name
+    assert meta.rebuild_params() == {"width": 8, "input_size": INPUT}
+    classifier = TypeClassifier.load(tmp_path, meta.version)
+    images = [Image.new("RGB", (120, 90), color) for color in ("red", "white", "gray")]
+    predictions = classifier.predict(images)
+    assert [p.label in IMAGE_TYPES for p in predictions] == [True] * 3
+    # The served network answers what the saved one does.
+    from tagging.ml.transforms import preprocess
+
+    with torch.inference_mode():
+        expected = torch.softmax(model(preprocess(images, INPUT)), dim=1).argmax(dim=1).tolist()
+    assert [IMAGE_TYPES.index(p.label) for p in predictions] == expected
+    # Without the registry, only the small CNN can be built: said, not guessed.
+    with pytest.raises(ModelError, match=f"architecture {name!r}"):
+        load_artifact(tmp_path, meta.version)
+
+
+def test_typenet_v1_artifacts_read_as_the_small_cnn(tmp_path: Path) -> None:
+    version = _save(tmp_path, 1)
+    path = tmp_path / version / METADATA_FILE
+    data = json.loads(path.read_text())
+    del data["architecture_params"]  # written before the field existed
+    path.write_text(json.dumps(data))
+    meta = read_metadata(tmp_path, version)
+    assert meta.architecture == ARCHITECTURE and meta.architecture_name == "small_cnn"
+    assert meta.rebuild_params() == {"width": WIDTH, "input_size": INPUT}
+    from tagging.ml.inference import TypeClassifier
+
+    assert TypeClassifier.load(tmp_path, version).version == version
