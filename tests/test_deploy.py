@@ -78,6 +78,11 @@ class Serve:
         return env
 
     def start(self, timeout: float = 180.0) -> Serve:
+        """Launch the server and wait until it answers."""
+        return self.launch().wait_healthy(timeout)
+
+    def launch(self) -> Serve:
+        """Launch the server without waiting (see :meth:`wait_healthy`)."""
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tagging", "serve", "--port", str(self.port)],
@@ -87,6 +92,11 @@ class Serve:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        return self
+
+    def wait_healthy(self, timeout: float = 180.0) -> Serve:
+        """Wait until ``/health`` answers; fails if the process exits first."""
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -660,7 +670,9 @@ def test_a_scrape_across_two_replicas_survives_one_killed_mid_way(
     first = Serve(data_dir, fresh_postgres, cdn, workers=1)
     second = Serve(data_dir, fresh_postgres, cdn, workers=1)
     servers += [first, second]
-    first.start(), second.start()
+    # Both start at once (two machines booting): each imports and loads the model meanwhile.
+    first.launch(), second.launch()
+    first.wait_healthy(), second.wait_healthy()
     generation = first.health()["cache_generation"]
     assert second.health()["cache_generation"] == generation  # one store
 

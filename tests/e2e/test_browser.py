@@ -12,7 +12,7 @@ import requests
 from sqlalchemy import select
 
 from db.models import ManualFix, SitemapItem, SyncStatus
-from tests.utils.browser import ScrapedDemo, saved, shows, tile, toast, wait_unsaved
+from tests.utils.browser import SharedApp, saved, shows, tile, toast, wait_unsaved
 
 pytestmark = pytest.mark.browser
 
@@ -22,14 +22,9 @@ HOSTILE_TITLE = f"**Deal** <img src='http://127.0.0.1:9{TRACKER_PATH}'> {HOSTILE
 
 
 def test_fix_in_the_browser_reaches_history_and_ml_cache(
-    browser: object,
-    demo: ScrapedDemo,
-    running_app: dict,
-    app_settings: object,
-    ml_server: object,
-    tmp_path: Path,
+    browser: object, shared_app: SharedApp, tmp_path: Path
 ) -> None:
-    sessions = demo.sessions
+    sessions = shared_app.sessions
     # The second tile gets a hostile feed color and title: they must show as written.
     with sessions.begin() as session:
         second = session.scalars(
@@ -42,7 +37,7 @@ def test_fix_in_the_browser_reaches_history_and_ml_cache(
     page.set_default_timeout(30_000)
     requested: list[str] = []
     page.on("request", lambda request: requested.append(request.url))
-    page.goto(running_app["url"])
+    page.goto(shared_app.url)
     page.get_by_label("Username", exact=True).fill("analyst")
     page.get_by_label("Password", exact=True).fill("wrong password!")
     page.get_by_role("button", name="Sign in").click()
@@ -88,8 +83,8 @@ def test_fix_in_the_browser_reaches_history_and_ml_cache(
         ("image_type", new_type, "analyst", SyncStatus.SYNCED),
     ]
     record = requests.get(
-        f"{ml_server.url}/images/{fixes[0].image_key}",  # type: ignore[attr-defined]
-        headers={"Authorization": f"Bearer {app_settings.ml_token}"},  # type: ignore[attr-defined]
+        f"{shared_app.ml_url}/images/{fixes[0].image_key}",
+        headers={"Authorization": f"Bearer {shared_app.settings.ml_token}"},  # type: ignore[attr-defined]
         timeout=5,
     ).json()
     assert (record["image_type"], record["color"]) == (new_type, "Purple"), (
@@ -105,19 +100,14 @@ def test_fix_in_the_browser_reaches_history_and_ml_cache(
 
 
 def test_placeholder_clears_the_color_and_an_override_shows_in_the_browser(
-    browser: object,
-    demo: ScrapedDemo,
-    running_app: dict,
-    app_settings: object,
-    ml_server: object,
-    tmp_path: Path,
+    browser: object, shared_app: SharedApp, tmp_path: Path
 ) -> None:
     from db.fixes import FixChange
     from db.models import FixSource, LabelSource
     from tagging.fixes import record_fixes
     from tests.utils.factories import actor
 
-    sessions = demo.sessions
+    sessions = shared_app.sessions
     with sessions.begin() as session:
         items = session.scalars(
             select(SitemapItem)
@@ -135,7 +125,7 @@ def test_placeholder_clears_the_color_and_an_override_shows_in_the_browser(
 
     page = browser.new_page(viewport={"width": 1600, "height": 1200})  # type: ignore[attr-defined]
     page.set_default_timeout(30_000)
-    page.goto(running_app["url"])
+    page.goto(shared_app.url)
     page.get_by_label("Username", exact=True).fill("analyst")
     page.get_by_label("Password", exact=True).fill("analyst-demo-pass")
     page.keyboard.press("Enter")

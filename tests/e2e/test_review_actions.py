@@ -19,7 +19,7 @@ from sqlalchemy import select
 from db.models import ManualFix, SitemapItem
 from db.review import ReviewFilter, review_page
 from tests.utils.browser import (
-    ScrapedDemo,
+    SharedApp,
     box,
     latest_items,
     running,
@@ -43,14 +43,9 @@ def ticked(page: object, item_id: int) -> bool:
 
 
 def test_bulk_fix_toast_selection_relaunch_titles_and_no_match(
-    browser: object,
-    demo: ScrapedDemo,
-    running_app: dict,
-    app_settings: object,
-    ml_server: object,
-    tmp_path: Path,
+    browser: object, shared_app: SharedApp, tmp_path: Path
 ) -> None:
-    sessions = demo.sessions
+    sessions = shared_app.sessions
     with sessions.begin() as session:
         items = latest_items(session)
         first = items[0]
@@ -76,7 +71,7 @@ def test_bulk_fix_toast_selection_relaunch_titles_and_no_match(
 
     page = browser.new_page(viewport={"width": 1600, "height": 1200})  # type: ignore[attr-defined]
     page.set_default_timeout(30_000)
-    page.goto(running_app["url"])
+    page.goto(shared_app.url)
     page.get_by_label("Username", exact=True).fill("analyst")
     page.get_by_label("Password", exact=True).fill("analyst-demo-pass")
     page.keyboard.press("Enter")

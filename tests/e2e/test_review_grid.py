@@ -4,6 +4,8 @@ changes kept across pages and guarded against a reload or a link, the large view
 the thumbnails' cache and the sort by confidence.
 
 Each test signs in once and works on one page. The database is read through ``demo.sessions``.
+The tests share one app and its scraped demo (``shared_app``: put back as the scrape left it
+before each test).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from db.models import ManualFix, SitemapItem
 from tests.utils.browser import (
     TOAST_END,
     ScrapedDemo,
+    SharedApp,
     focused,
     go_to_page,
     idle,
@@ -97,28 +100,24 @@ def fixes(demo: ScrapedDemo) -> list[tuple[int | None, str, str | None, str | No
         ]
 
 
-def signed_in_review(browser: object, running_app: dict) -> object:
+def signed_in_review(browser: object, app: SharedApp) -> object:
     page = new_page(browser)
-    sign_in(page, running_app["url"])
+    sign_in(page, app.url)
     open_review(page)
     return page
 
 
 def test_three_tiles_fixed_with_the_keyboard_only(
-    browser: object,
-    demo: ScrapedDemo,
-    running_app: dict,
-    app_settings: object,
-    ml_server: object,
-    tmp_path: Path,
+    browser: object, shared_app: SharedApp, tmp_path: Path
 ) -> None:
+    demo = shared_app.demo
     with demo.sessions() as session:
         top = latest_items(session)[:3]
     first, second, third = (i.id for i in top)
     preset(
         demo, {first: ("Dealer", "Beige"), second: ("Stock", "Beige"), third: ("Stock", "White")}
     )
-    page = signed_in_review(browser, running_app)
+    page = signed_in_review(browser, shared_app)
 
     # From the top of the page, Tab reaches the first tile (the others are one Tab stop: the
     # arrows move between them); from there on, only keys.
@@ -174,18 +173,14 @@ def test_three_tiles_fixed_with_the_keyboard_only(
 
 
 def test_two_picks_in_one_dropdown_both_stick_and_survive_a_reload(
-    browser: object,
-    demo: ScrapedDemo,
-    running_app: dict,
-    app_settings: object,
-    ml_server: object,
-    tmp_path: Path,
+    browser: object, shared_app: SharedApp, tmp_path: Path
 ) -> None:
+    demo = shared_app.demo
     with demo.sessions() as session:
         one, other = (i.id for i in fixable_run(latest_items(session), 2))
     preset(demo, {one: ("Stock", "Beige"), other: ("Stock", "Gray")})
     dialogs: list[str] = []
-    page = signed_in_review(browser, running_app)
+    page = signed_in_review(browser, shared_app)
     page.on("dialog", lambda dialog: (dialogs.append(dialog.type), dialog.accept()))
 
     kind = tile(page, one).locator("select.type")
@@ -233,19 +228,15 @@ def test_two_picks_in_one_dropdown_both_stick_and_survive_a_reload(
 
 
 def test_a_range_selected_takes_one_key(
-    browser: object,
-    demo: ScrapedDemo,
-    running_app: dict,
-    app_settings: object,
-    ml_server: object,
-    tmp_path: Path,
+    browser: object, shared_app: SharedApp, tmp_path: Path
 ) -> None:
+    demo = shared_app.demo
     with demo.sessions() as session:
         items = latest_items(session)
         run = [i.id for i in fixable_run(items, 4)]
         outside = next(i.id for i in items[:24] if i.id not in run and i.image_key)
     preset(demo, {item_id: ("Stock", "Gray") for item_id in [*run, outside]})
-    page = signed_in_review(browser, running_app)
+    page = signed_in_review(browser, shared_app)
 
     tile(page, run[0]).locator("img").click()
     page.keyboard.press(" ")
@@ -277,18 +268,12 @@ def test_a_range_selected_takes_one_key(
     assert [shows(page, i) for i in run] == [("Placeholder", NO_COLOR)] * 4
 
 
-def test_undo_the_last_update(
-    browser: object,
-    demo: ScrapedDemo,
-    running_app: dict,
-    app_settings: object,
-    ml_server: object,
-    tmp_path: Path,
-) -> None:
+def test_undo_the_last_update(browser: object, shared_app: SharedApp, tmp_path: Path) -> None:
+    demo = shared_app.demo
     with demo.sessions() as session:
         one, other = (i.id for i in fixable_run(latest_items(session), 2))
     preset(demo, {one: ("Stock", "Beige"), other: ("Dealer", "White")})
-    page = signed_in_review(browser, running_app)
+    page = signed_in_review(browser, shared_app)
 
     tile(page, one).locator("select.type").select_option("Placeholder")
     tile(page, other).locator("select.color").select_option("Purple")
@@ -319,17 +304,13 @@ def test_undo_the_last_update(
 
 
 def test_unsaved_changes_are_kept_and_guarded(
-    browser: object,
-    demo: ScrapedDemo,
-    running_app: dict,
-    app_settings: object,
-    ml_server: object,
-    tmp_path: Path,
+    browser: object, shared_app: SharedApp, tmp_path: Path
 ) -> None:
+    demo = shared_app.demo
     with demo.sessions() as session:
         (changed,) = (i.id for i in fixable_run(latest_items(session), 1))
     preset(demo, {changed: ("Stock", "Beige")})
-    page = signed_in_review(browser, running_app)
+    page = signed_in_review(browser, shared_app)
     dialogs: list[tuple[str, str]] = []
     answer = {"accept": False}
 
@@ -392,14 +373,8 @@ def test_unsaved_changes_are_kept_and_guarded(
     assert [d[0] for d in dialogs] == ["beforeunload", "confirm", "confirm"]
 
 
-def test_the_large_view(
-    browser: object,
-    demo: ScrapedDemo,
-    running_app: dict,
-    app_settings: object,
-    ml_server: object,
-    tmp_path: Path,
-) -> None:
+def test_the_large_view(browser: object, shared_app: SharedApp, tmp_path: Path) -> None:
+    demo = shared_app.demo
     with demo.sessions() as session:
         items = latest_items(session)
         first, second = fixable_run(items, 2)
@@ -407,7 +382,7 @@ def test_the_large_view(
         # An image the scrape could not read: the server has neither its original nor a thumbnail.
         broken = next(i for i in items[:24] if i.status == "error" and i.image_key)
     preset(demo, {first.id: ("Stock", "Beige"), second.id: ("Stock", "Beige")})
-    page = signed_in_review(browser, running_app)
+    page = signed_in_review(browser, shared_app)
     viewer = page.locator(".viewer")
     picture = viewer.locator(".stage img")
     asked: list[str] = []
@@ -487,43 +462,15 @@ def test_the_large_view(
     assert fixes(demo) == []
 
 
-def test_dense_view_shows_two_dozen_tiles(
-    browser: object,
-    demo: ScrapedDemo,
-    running_app: dict,
-    app_settings: object,
-    ml_server: object,
-    tmp_path: Path,
+def test_thumbnails_once_then_sorted_by_confidence_then_the_dense_view(
+    browser: object, shared_app: SharedApp, tmp_path: Path
 ) -> None:
-    page = signed_in_review(browser, running_app)
-    clicked = pick(page, "Per page", "48")
-    settle(page, lambda: page.locator(".tile").count() == 44 or "not yet", "48 per page", clicked)
-    grid = page.locator(".grid")
-    tiles = page.locator(".tile")
-
-    def fully_visible() -> int:
-        grid.evaluate("g => g.scrollIntoView({block: 'start'})")
-        return tiles.evaluate_all(FULLY_VISIBLE)
-
-    comfortable = fully_visible()
-    assert 0 < comfortable < 24, comfortable  # (the count can tell the two views apart)
-    tiles.first.locator("img").click()
-    page.keyboard.press("d")
-    assert "dense" in (grid.get_attribute("class") or "").split()
-    assert page.get_by_role("button", name="Comfortable view (d)").count() == 1
-    dense = fully_visible()
-    page.screenshot(path=str(tmp_path / "dense.png"))
-    assert dense >= 24, f"{dense} tiles fully in sight (comfortable: {comfortable})"
-
-
-def test_thumbnails_are_downloaded_once(
-    browser: object,
-    demo: ScrapedDemo,
-    running_app: dict,
-    app_settings: object,
-    ml_server: object,
-    tmp_path: Path,
-) -> None:
+    """Three views of one page that change nothing, in one visit: each thumbnail is downloaded
+    once, the sort by confidence puts the lowest first, and the dense view shows two dozen tiles
+    at a laptop's size."""
+    with shared_app.sessions() as session:
+        items = latest_items(session)
+    lowest = min((i for i in items if i.ml_confidence is not None), key=lambda i: i.ml_confidence)
     page = new_page(browser)
     page.add_init_script("performance.setResourceTimingBufferSize(10000)")
     responses: dict[str, object] = {}
@@ -531,15 +478,18 @@ def test_thumbnails_are_downloaded_once(
         "response",
         lambda r: responses.setdefault(r.url, r) if THUMB_PATH in r.url else None,
     )
-    sign_in(page, running_app["url"])
+    sign_in(page, shared_app.url)
     open_review(page)
     pictures = page.locator(".tile img")
+    tiles = page.locator(".tile")
+    grid = page.locator(".grid")
 
+    # --- the thumbnails are downloaded once ---
     def loaded_thumbs() -> list[str]:
         return [url for url in pictures.evaluate_all(THUMBS) if THUMB_PATH in url]
 
     def shown_thumbs(enough: Callable[[list[str]], bool]) -> list[str]:
-        page.locator(".grid").evaluate("g => g.scrollIntoView({block: 'start'})")
+        grid.evaluate("g => g.scrollIntoView({block: 'start'})")
         return wait_until(
             page, lambda: enough(loaded_thumbs()) and loaded_thumbs(), "the thumbnails loaded"
         )  # type: ignore[return-value]
@@ -571,23 +521,13 @@ def test_thumbnails_are_downloaded_once(
              .filter(n => n.includes("/api/thumb/"))"""
     )
     assert asked == [], asked
+    assert "dense" not in (grid.get_attribute("class") or "").split()  # (d twice: as before)
 
-
-def test_sort_by_confidence_lowest_first(
-    browser: object,
-    demo: ScrapedDemo,
-    running_app: dict,
-    app_settings: object,
-    ml_server: object,
-    tmp_path: Path,
-) -> None:
-    with demo.sessions() as session:
-        items = latest_items(session)
-    lowest = min((i for i in items if i.ml_confidence is not None), key=lambda i: i.ml_confidence)
-    page = signed_in_review(browser, running_app)
-    tiles = page.locator(".tile")
+    # --- sorted by confidence, lowest first ---
     assert tiles.first.get_attribute("data-id") == str(items[0].id)  # sitemap order first
-
+    # Back at the top, as on a page just opened (a list opened while the page still scrolls to
+    # its box closes again).
+    page.get_by_role("heading", name="Sitemap review").scroll_into_view_if_needed()
     clicked = pick(page, "Order", "ML confidence, lowest first")
     settle(
         page,
@@ -603,3 +543,22 @@ def test_sort_by_confidence_lowest_first(
     assert percents == sorted(percents), percents
     assert percents[0] == round(lowest.ml_confidence * 100)
     page.screenshot(path=str(tmp_path / "by-confidence.png"))
+
+    # --- the dense view shows two dozen tiles ---
+    page.get_by_role("heading", name="Sitemap review").scroll_into_view_if_needed()
+    clicked = pick(page, "Per page", "48")
+    settle(page, lambda: tiles.count() == 44 or "not yet", "48 per page", clicked)
+
+    def fully_visible() -> int:
+        grid.evaluate("g => g.scrollIntoView({block: 'start'})")
+        return tiles.evaluate_all(FULLY_VISIBLE)
+
+    comfortable = fully_visible()
+    assert 0 < comfortable < 24, comfortable  # (the count can tell the two views apart)
+    tiles.first.locator("img").click()
+    page.keyboard.press("d")
+    assert "dense" in (grid.get_attribute("class") or "").split()
+    assert page.get_by_role("button", name="Comfortable view (d)").count() == 1
+    dense = fully_visible()
+    page.screenshot(path=str(tmp_path / "dense.png"))
+    assert dense >= 24, f"{dense} tiles fully in sight (comfortable: {comfortable})"

@@ -19,7 +19,7 @@ from db.models import Advertiser, Scrape, SitemapItem
 from db.review import ReviewFilter, review_page
 from tagging.ingest.scrape import run_scrape
 from tagging.server.client import MLClient
-from tests.utils.browser import ScrapedDemo, box, pick, query, search, settle
+from tests.utils.browser import SharedApp, box, pick, query, search, settle
 
 pytestmark = pytest.mark.browser
 
@@ -48,15 +48,10 @@ def match_caption(page: object) -> str:
 
 
 def test_every_pick_sticks_the_first_time(
-    browser: object,
-    demo: ScrapedDemo,
-    running_app: dict,
-    app_settings: object,
-    ml_server: object,
-    tmp_path: Path,
+    browser: object, shared_app: SharedApp, tmp_path: Path
 ) -> None:
-    sessions, client = demo.sessions, demo.client
-    ml = MLClient.from_settings(app_settings)  # type: ignore[arg-type]
+    sessions, client = shared_app.sessions, shared_app.demo.client
+    ml = MLClient.from_settings(shared_app.settings)  # type: ignore[arg-type]
     for name in PICKED:
         run_scrape(sessions, name, ml=ml, client=client)
     with sessions() as session:
@@ -93,7 +88,7 @@ def test_every_pick_sticks_the_first_time(
 
     page = browser.new_page(viewport={"width": 1600, "height": 1200})  # type: ignore[attr-defined]
     page.set_default_timeout(30_000)
-    page.goto(running_app["url"])
+    page.goto(shared_app.url)
     page.get_by_label("Username", exact=True).fill("analyst")
     page.get_by_label("Password", exact=True).fill("analyst-demo-pass")
     page.keyboard.press("Enter")

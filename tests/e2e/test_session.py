@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from db.models import Advertiser, UserSession
-from tests.utils.browser import ScrapedDemo
+from tests.utils.browser import SharedApp
 
 pytestmark = pytest.mark.browser
 
@@ -55,19 +55,14 @@ def wait_for_cookie(page: object, context: object, present: bool = True) -> dict
 
 
 def test_reloads_and_links_keep_the_session_and_the_view(
-    browser: object,
-    demo: ScrapedDemo,
-    running_app: dict,
-    app_settings: object,
-    ml_server: object,
-    tmp_path: Path,
+    browser: object, shared_app: SharedApp, tmp_path: Path
 ) -> None:
-    sessions = demo.sessions
+    sessions = shared_app.sessions
     with sessions() as session:
         advertiser = session.scalars(select(Advertiser.name).order_by(Advertiser.name)).first()
     assert advertiser is not None
     search = "jpg"
-    review_url = f"{running_app['url']}/review?{urlencode({'advertiser': advertiser, 'q': search})}"
+    review_url = f"{shared_app.url}/review?{urlencode({'advertiser': advertiser, 'q': search})}"
 
     context = browser.new_context(viewport={"width": 1600, "height": 1200})  # type: ignore[attr-defined]
     context.set_default_timeout(30_000)
@@ -106,7 +101,7 @@ def test_reloads_and_links_keep_the_session_and_the_view(
 
     # A shared link in a new tab of the same browser: signed in, on that view.
     other = context.new_page()
-    other.goto(f"{running_app['url']}/history")
+    other.goto(f"{shared_app.url}/history")
     signed_in_as_analyst(other)
     other.get_by_role("heading", name="Fix history").wait_for()
     other.goto(review_url)
@@ -118,7 +113,7 @@ def test_reloads_and_links_keep_the_session_and_the_view(
     # for the browser) opens signed in too: SameSite=Strict keeps the cookie off that first
     # cross-site request, but Streamlit reads it from the WebSocket the page opens itself.
     elsewhere = context.new_page()
-    elsewhere.goto(running_app["url"].replace("127.0.0.1", "localhost") + "/_stcore/health")
+    elsewhere.goto(shared_app.url.replace("127.0.0.1", "localhost") + "/_stcore/health")
     elsewhere.set_content(f'<a href="{review_url}">open in review</a>')
     elsewhere.get_by_text("open in review").click()
     signed_in_as_analyst(elsewhere)
@@ -139,7 +134,7 @@ def test_reloads_and_links_keep_the_session_and_the_view(
 
     # Even a copy of the old cookie opens nothing now.
     stale = browser.new_context()  # type: ignore[attr-defined]
-    stale.add_cookies([{"name": COOKIE, "value": cookie["value"], "url": running_app["url"]}])
+    stale.add_cookies([{"name": COOKIE, "value": cookie["value"], "url": shared_app.url}])
     stale_page = stale.new_page()
     stale_page.goto(review_url)
     stale_page.get_by_label("Username", exact=True).wait_for(timeout=30_000)

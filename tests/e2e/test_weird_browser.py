@@ -18,7 +18,7 @@ from db.findings import get_finding, list_findings
 from db.models import FindingState
 from db.vocab import LEGACY_PLACEHOLDER
 from tagging.detectors.refresh import refresh_findings
-from tests.utils.browser import ScrapedDemo, choose, query, running, settle
+from tests.utils.browser import SharedApp, choose, query, running, settle
 from tests.utils.world import World, photos
 
 pytestmark = pytest.mark.browser
@@ -28,15 +28,8 @@ REASON = "purged from the cache on Monday"
 CARD = re.compile(f"^{ADVERTISER} · scrape #")  # the head of the finding's card
 
 
-def test_ignore_takes_one_click(
-    browser: object,
-    demo: ScrapedDemo,
-    running_app: dict,
-    app_settings: object,
-    ml_server: object,
-    tmp_path: Path,
-) -> None:
-    sessions = demo.sessions
+def test_ignore_takes_one_click(browser: object, shared_app: SharedApp, tmp_path: Path) -> None:
+    sessions = shared_app.sessions
     with sessions.begin() as session:
         world = World(session)
         legacy = {"type": "Placeholder", "color": "N/A"}
@@ -50,7 +43,7 @@ def test_ignore_takes_one_click(
 
     page = browser.new_page(viewport={"width": 1600, "height": 1200})  # type: ignore[attr-defined]
     page.set_default_timeout(30_000)
-    page.goto(running_app["url"])
+    page.goto(shared_app.url)
     page.get_by_label("Username", exact=True).fill("analyst")
     page.get_by_label("Password", exact=True).fill("analyst-demo-pass")
     page.keyboard.press("Enter")

@@ -37,6 +37,26 @@ class ScrapedDemo:
     """The guarded client the scrape used (for scraping again)."""
 
 
+@dataclass(frozen=True)
+class SharedApp:
+    """The package's app, as the scrape left it: what ``demo``, ``running_app``,
+    ``app_settings`` and ``ml_server`` give a test of its own."""
+
+    url: str
+    """The app's base URL (``running_app["url"]``)."""
+    log: Path
+    settings: object
+    """The app's settings (``app_settings``): its database, ML server and token."""
+    ml_url: str
+    """The ML server's base URL (``ml_server.url``)."""
+    demo: ScrapedDemo
+    """The app database's sessions and the scrape's client (``demo``)."""
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        return self.demo.sessions
+
+
 @contextmanager
 def scraped_demo(app_settings: object, demo_dir: Path, cdn: object) -> Iterator[ScrapedDemo]:
     """The demo's advertisers and accounts, and one real scrape of the page's default advertiser."""
@@ -141,12 +161,21 @@ def search(page: object, text: str) -> float:
 
 
 def go_to_page(page: object, number: int) -> None:
-    """Type ``number`` in the review page's Page box, as a person would, and wait for it."""
+    """Type ``number`` in the review page's Page box, as a person would, and wait for it: the
+    caption says so, the script is idle, and the grid (drawn in the browser after the run) shows
+    other tiles than before."""
+    first_tile = page.locator(".tile").first  # type: ignore[attr-defined]
+    before = first_tile.get_attribute("data-id")
     field = page.get_by_label("Page", exact=True)  # type: ignore[attr-defined]
     field.fill(str(number))
     field.press("Enter")
     page.get_by_text(f" · page {number} of ").wait_for()  # type: ignore[attr-defined]
     idle(page, f"page {number}")
+    wait_until(
+        page,
+        lambda: first_tile.get_attribute("data-id") not in (before, None),
+        f"the grid's tiles of page {number}",
+    )
 
 
 TOAST_END = r"( · \d\d:\d\d:\d\d)?$"

@@ -1,4 +1,8 @@
-"""Serving the Image Type model, and evaluating both models on a small demo inventory."""
+"""Serving the Image Type model, and evaluating both models on a small demo inventory.
+
+The model is the suite's quickly trained one and the demo its small one (``models_dir``,
+``classifier`` and ``demo_dir`` in tests/conftest.py: trained and drawn once for every test).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ import pytest
 from PIL import Image
 
 from db.vocab import IMAGE_TYPES
-from tagging.demo.generate import generate_demo
 from tagging.errors import ModelError
 from tagging.ml.color import EmbeddedColorModel
 from tagging.ml.data import load_demo_ground_truth, render_decoded
@@ -22,19 +25,6 @@ from tagging.ml.evaluate import (
     format_report,
 )
 from tagging.ml.inference import MAX_FORWARD_BATCH, TypeClassifier
-from tagging.ml.train import TrainConfig, train
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("models")
-    train(TrainConfig.quick(), out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def classifier(models_dir: Path) -> TypeClassifier:
-    return TypeClassifier.load(models_dir)
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +35,6 @@ def images() -> list[Image.Image]:
         image_type = IMAGE_TYPES[i % 3]
         color = None if image_type == "Placeholder" else "Blue"
         out.append(render_decoded(image_type, color, rng, quality=85))
-    return out
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    generate_demo(out, seed=7, scale=0.1, workers=1)
     return out
 
 

@@ -13,18 +13,10 @@ from db.vocab import IMAGE_TYPES
 from tagging.ml.data import DEMO_SEED, SyntheticDatasetConfig, generate_dataset, render_decoded
 from tagging.ml.inference import TypeClassifier
 from tagging.ml.model import list_versions, production_version
-from tagging.ml.train import TrainConfig, TrainResult, stratified_split, train
+from tagging.ml.train import TrainConfig, stratified_split, train
 
 # Small enough to train twice in a few seconds; reproducibility does not need a good model.
 TINY = TrainConfig.quick(n_per_class=30, epochs=2, batch_size=16)
-
-
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainResult, Path, list]:
-    models_dir = tmp_path_factory.mktemp("models")
-    calls: list[tuple[int, int]] = []
-    result = train(TrainConfig.quick(), models_dir, progress=lambda d, t: calls.append((d, t)))
-    return result, models_dir, calls
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -87,15 +79,20 @@ def test_config_validation_and_overrides() -> None:
 # --- training ----------------------------------------------------------------------------------
 
 
+# The quick configuration's model is the suite's own (``models_dir`` and ``classifier`` in
+# tests/conftest.py, trained once for every test); the first two tests look at it. What a training
+# run returns and reports (TrainResult, progress, promotion) is checked on the tiny ones below.
+
+
 @pytest.mark.slow
-def test_quick_training_clearly_learns(quick: tuple[TrainResult, Path, list]) -> None:
-    result, models_dir, _ = quick
-    assert result.val_accuracy >= 0.85, result.summary()
-    assert set(result.per_class_recall) == set(IMAGE_TYPES)
-    assert sum(map(sum, result.confusion)) == result.metadata.metrics["val_size"]
+def test_quick_training_clearly_learns(classifier: TypeClassifier) -> None:
+    meta = classifier.metadata
+    assert meta.train_config == TrainConfig.quick().to_dict()
+    assert meta.metrics["val_accuracy"] >= 0.85, meta.metrics
+    assert set(meta.metrics["val_per_class_recall"]) == set(IMAGE_TYPES)
+    assert sum(map(sum, meta.metrics["val_confusion"])) == meta.metrics["val_size"]
 
     # Fresh images from another seed, through the serving path (PIL → TypeClassifier).
-    classifier = TypeClassifier.load(models_dir, result.version)
     rng = random.Random("fresh-images")
     truth, images = [], []
     for i in range(60):
@@ -112,22 +109,18 @@ def test_quick_training_clearly_learns(quick: tuple[TrainResult, Path, list]) ->
 
 
 @pytest.mark.slow
-def test_first_model_is_promoted_and_described(quick: tuple[TrainResult, Path, list]) -> None:
-    result, models_dir, calls = quick
-    assert result.promoted and production_version(models_dir) == result.version
-    meta = result.metadata
+def test_quick_model_is_promoted_and_described(
+    models_dir: Path, classifier: TypeClassifier
+) -> None:
+    assert production_version(models_dir) == classifier.version
+    meta = classifier.metadata
     assert meta.train_config == TrainConfig.quick().to_dict()
     data = meta.training_data
     assert data["generator"] == "tagging.ml.synth.render"
     assert data["config"]["seed"] == 1
     assert data["counts"] == {name: 150 for name in IMAGE_TYPES}
     assert sum(data["train_counts"].values()) + sum(data["val_counts"].values()) == 450
-    assert meta.metrics["val_accuracy"] == result.val_accuracy
     assert "val_confusion" in meta.metrics and "epoch_losses" in meta.metrics
-    assert "held-out accuracy" in result.summary()
-    # Progress went through rendering (450 images), then training steps to their total.
-    assert (450, 450) in calls
-    assert calls[-1][0] == calls[-1][1]
 
 
 @pytest.mark.slow
@@ -144,7 +137,21 @@ def test_training_is_reproducible(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_later_models_are_promoted_only_on_request(tmp_path: Path) -> None:
-    first = train(TINY, tmp_path)
+    calls: list[tuple[int, int]] = []
+    first = train(TINY, tmp_path, progress=lambda d, t: calls.append((d, t)))
+    # What the run returns is what it saved, and its summary says it.
+    meta = first.metadata
+    assert meta.train_config == TINY.to_dict()
+    assert meta.metrics["val_accuracy"] == first.val_accuracy
+    assert meta.metrics["val_per_class_recall"] == first.per_class_recall
+    assert meta.metrics["val_confusion"] == first.confusion
+    assert set(first.per_class_recall) == set(IMAGE_TYPES)
+    assert sum(map(sum, first.confusion)) == meta.metrics["val_size"]
+    assert first.path == tmp_path / first.version and "held-out accuracy" in first.summary()
+    # Progress went through rendering (90 images), then training steps to their total.
+    assert (90, 90) in calls
+    assert calls[-1][0] == calls[-1][1]
+
     second = train(TINY.replace(seed=3), tmp_path)
     assert first.promoted and not second.promoted
     assert production_version(tmp_path) == first.version
