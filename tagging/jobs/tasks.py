@@ -58,7 +58,7 @@ from tagging.config import Settings
 from tagging.errors import Conflict
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from datetime import datetime
 
     from sqlalchemy.orm import Session, sessionmaker
@@ -574,16 +574,25 @@ def enqueue_dataset_build(
     try:
         sessions = make_session_factory(engine)
         job = record_dataset_build(settings, sessions, actor, params)
-        try:
-            task_queue().dataset_build(job.id)
-        except Exception as exc:
-            # Not queued, so never run: say so on the job rather than leave it queued forever.
-            with sessions.begin() as session:
-                fail_job(session, job.id, f"could not be queued: {exc}")
-            raise
+        _queue_job(sessions, job.id, task_queue().dataset_build)
     finally:
         engine.dispose()
     return job.id
+
+
+def _queue_job(
+    sessions: sessionmaker[Session], job_id: int, task: Callable[[int], object] | None
+) -> None:
+    """Queue recorded job ``job_id`` with ``task``; if it cannot be queued it would never run, so
+    the job is failed with why (rather than left queued forever) and the error raised."""
+    try:
+        if task is None:
+            raise RuntimeError("the queue has no task for this job")
+        task(job_id)
+    except Exception as exc:
+        with sessions.begin() as session:
+            fail_job(session, job_id, f"could not be queued: {exc}")
+        raise
 
 
 def enqueue_training_grid(
@@ -611,16 +620,7 @@ def enqueue_training_grid(
     try:
         sessions = make_session_factory(engine)
         job = record_training(sessions, actor, params)
-        queue = task_queue().training_grid
-        try:
-            if queue is None:
-                raise RuntimeError("the training queue has no training_grid task")
-            queue(job.id)
-        except Exception as exc:
-            # Not queued, so never run: say so on the job rather than leave it queued forever.
-            with sessions.begin() as session:
-                fail_job(session, job.id, f"could not be queued: {exc}")
-            raise
+        _queue_job(sessions, job.id, task_queue().training_grid)
     finally:
         engine.dispose()
     return job.id

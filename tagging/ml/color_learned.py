@@ -43,7 +43,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +61,7 @@ from tagging.ml.architectures import ARCHITECTURES, SMALL_CNN, build_architectur
 from tagging.ml.color import ColorModel
 from tagging.ml.data import DEMO_SEED, render_decoded
 from tagging.ml.evaluate import NO_COLOR, ClassificationMetrics
+from tagging.ml.train import reproducible
 from tagging.ml.transforms import MEAN, STD, resize_to_array, stack_arrays, to_model_input
 
 if TYPE_CHECKING:
@@ -648,7 +648,7 @@ def train_color_model(
     labels = torch.tensor(train_y, dtype=torch.int64)
     val_images = stack_arrays(np.stack(val_x)) if val_x else None
     val_labels = torch.tensor(val_y, dtype=torch.int64)
-    with _reproducible(config.seed, config.threads):
+    with reproducible(config.seed, config.threads):
         network = build_architecture(
             config.architecture, num_classes=len(COLORS), width=config.width
         )
@@ -837,26 +837,6 @@ def _logits(network: nn.Module, images: torch.Tensor, batch_size: int = 256) -> 
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(parts)
-
-
-@contextmanager
-def _reproducible(seed: int, threads: int) -> Iterator[None]:
-    """Seed torch and pin threads and algorithms for a block, restoring the caller's state after.
-
-    The thread count is part of reproducibility: reductions split across another number of
-    threads add floating-point numbers in another order.
-    """
-    previous_threads = torch.get_num_threads()
-    previous_deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            yield
-    finally:
-        torch.use_deterministic_algorithms(previous_deterministic)
-        torch.set_num_threads(previous_threads)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def train(
     dataset = generate_dataset(config.dataset_config(), progress=report)
     timings["render"] = dataset.seconds
 
-    with _reproducible(config.seed, config.threads):
+    with reproducible(config.seed, config.threads):
         t0 = time.perf_counter()
         train_idx, val_idx = stratified_split(dataset.labels, config.val_fraction, config.seed)
         images = stack_arrays(dataset.images)
@@ -330,7 +330,7 @@ def _describe_split(
 
 
 @contextmanager
-def _reproducible(seed: int, threads: int) -> Iterator[None]:
+def reproducible(seed: int, threads: int) -> Iterator[None]:
     """Seed torch and pin threads and algorithms for a block, restoring the caller's state after.
 
     The thread count is part of reproducibility: reductions split across a different number of
